@@ -1,0 +1,7 @@
+"""native_megatron: native alignment pre-training for Arabic LLMs on megatron-core.
+
+Layers, lowest first (a layer never imports a higher one):
+utils -> ops -> data -> alignment -> training -> checkpoint.
+"""
+
+__version__ = "0.1.0"

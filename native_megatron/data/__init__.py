@@ -1,0 +1,1 @@
+"""Raw text to Megatron indexed datasets: read, clean, deduplicate, tokenize, write."""

@@ -1,0 +1,217 @@
+"""The tokenize stage: document shards -> Megatron indexed dataset (.bin/.idx).
+
+Each shard is tokenized by a worker process into its own partition, written
+with megatron-core's ``IndexedDatasetBuilder``; the partitions are then merged,
+in shard order, with the same builder's ``add_index``. One document is one
+sequence and one Megatron document, followed by the EOD id.
+
+Per worker, the fast path encodes a batch of documents in one tokenizer call
+that returns arrays (no Python int per token) and hands each document to the
+builder as an array of the file's dtype already.
+
+A partition is complete when its ``.done.json`` exists (written last), so a
+killed run resumes by redoing only the unfinished partitions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from native_megatron.data.tokenizer import Tokenizer, load_tokenizer
+from native_megatron.utils.io import Progress, atomic_open, atomic_write_json, read_json
+from native_megatron.utils.logging import quiet_third_party
+from native_megatron.utils.parallel import ordered_map
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenizeSettings:
+    tokenizer: str
+    eod_token: str | None = None
+    append_eod: bool = True
+    add_bos: bool = False
+    batch_size: int = 64
+    workers: int = 1
+
+
+@dataclass
+class PartResult:
+    prefix: str
+    documents: int
+    tokens: int
+    seconds: float
+    reused: bool = False
+
+
+def dataset_prefix(output_prefix: str) -> str:
+    """``{prefix}_text_document``, the name Megatron's own preprocessing gives."""
+    return f"{output_prefix}_text_document"
+
+
+def _builder_cls():
+    quiet_third_party()
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    return IndexedDatasetBuilder
+
+
+def read_shard_texts(path: str) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)
+
+
+# ---- worker side -----------------------------------------------------------------
+
+_TOKENIZERS: dict[tuple, Tokenizer] = {}
+
+
+def _tokenizer(settings: TokenizeSettings) -> Tokenizer:
+    key = (settings.tokenizer, settings.eod_token)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = load_tokenizer(settings.tokenizer, settings.eod_token)
+    return _TOKENIZERS[key]
+
+
+def _part_signature(shard: str, settings: TokenizeSettings, tok: Tokenizer) -> dict:
+    st = os.stat(shard)
+    return {"shard": os.path.abspath(shard), "shard_bytes": st.st_size, "shard_mtime_ns": st.st_mtime_ns,
+            "tokenizer": tok.describe(), "append_eod": settings.append_eod, "add_bos": settings.add_bos}
+
+
+def tokenize_shard(task: tuple[str, str, TokenizeSettings]) -> PartResult:
+    """Tokenize one shard into partition ``part_prefix`` (.bin/.idx/.manifest.jsonl/.done.json)."""
+    shard, part_prefix, settings = task
+    tok = _tokenizer(settings)
+    done_path = Path(part_prefix + ".done.json")
+    signature = _part_signature(shard, settings, tok)
+    if done_path.exists():
+        done = read_json(done_path)
+        if done.get("signature") == signature:
+            return PartResult(part_prefix, done["documents"], done["tokens"], 0.0, reused=True)
+    start = time.monotonic()
+    dtype = tok.dtype
+    tmp = f"{part_prefix}.tmp{os.getpid()}"
+    builder = _builder_cls()(tmp + ".bin", dtype=dtype)
+    prefix_ids = [tok.bos_id] if settings.add_bos and tok.bos_id is not None else []
+    suffix_ids = [tok.eod_id] if settings.append_eod else []
+    documents = tokens = 0
+    with atomic_open(part_prefix + ".manifest.jsonl", "w") as mf:
+        batch: list[dict] = []
+        for row in _with_flush(read_shard_texts(shard), settings.batch_size):
+            if row is not None:
+                batch.append(row)
+                continue
+            arrays = tok.encode_batch([r["text"] for r in batch])
+            for r, ids in zip(batch, arrays):
+                doc = _assemble(ids, prefix_ids, suffix_ids, dtype)
+                builder.add_document(doc, [doc.size])
+                mf.write(json.dumps({"id": r["id"], "file": r["file"], "line": r["line"],
+                                     "tokens": int(doc.size)}, ensure_ascii=False) + "\n")
+                documents += 1
+                tokens += int(doc.size)
+            batch = []
+        builder.finalize(tmp + ".idx")
+    os.replace(tmp + ".bin", part_prefix + ".bin")
+    os.replace(tmp + ".idx", part_prefix + ".idx")
+    seconds = time.monotonic() - start
+    atomic_write_json(done_path, {"signature": signature, "documents": documents, "tokens": tokens,
+                                  "seconds": round(seconds, 3)})
+    return PartResult(part_prefix, documents, tokens, seconds)
+
+
+def _with_flush(rows: Iterator[dict], size: int) -> Iterator[dict | None]:
+    """The rows, with ``None`` after every ``size`` rows and at the end: 'encode now'."""
+    n = 0
+    for row in rows:
+        yield row
+        n += 1
+        if n == size:
+            yield None
+            n = 0
+    if n:
+        yield None
+
+
+def _assemble(ids: np.ndarray, prefix: list[int], suffix: list[int], dtype) -> np.ndarray:
+    doc = np.empty(len(prefix) + ids.size + len(suffix), dtype=dtype)
+    doc[: len(prefix)] = prefix
+    doc[len(prefix): len(prefix) + ids.size] = ids
+    if suffix:
+        doc[-len(suffix):] = suffix
+    return doc
+
+
+# ---- main side -------------------------------------------------------------------
+
+
+def merge_partitions(parts: list[str], out_prefix: str, dtype) -> None:
+    """Concatenate partitions, in order, into ``out_prefix``.bin/.idx with megatron-core's builder.
+
+    The .bin is renamed into place before the .idx, and a dataset exists for
+    megatron-core only when both do, so a crash never leaves a usable-looking
+    half dataset.
+    """
+    Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{out_prefix}.tmp{os.getpid()}"
+    for suffix in (".idx", ".bin"):
+        if os.path.exists(out_prefix + suffix):
+            os.unlink(out_prefix + suffix)
+    builder = _builder_cls()(tmp + ".bin", dtype=dtype)
+    for part in parts:
+        builder.add_index(part)
+    builder.finalize(tmp + ".idx")
+    os.replace(tmp + ".bin", out_prefix + ".bin")
+    os.replace(tmp + ".idx", out_prefix + ".idx")
+
+
+def run_tokenize(shards: list[str], work_dir: Path, out_prefix: str, settings: TokenizeSettings,
+                 show_progress: bool = True) -> dict[str, Any]:
+    """Tokenize ``shards`` into partitions under ``work_dir`` and merge them into ``out_prefix``."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tok = _tokenizer(settings)
+    start = time.monotonic()
+    tasks = [(s, str(work_dir / f"part-{i:05d}"), settings) for i, s in enumerate(shards)]
+    results: list[PartResult] = []
+    workers = max(1, min(settings.workers, len(tasks)))
+    with Progress(len(tasks), "tokenize", unit="shard", enabled=show_progress) as bar:
+        for result in ordered_map(tokenize_shard, tasks, workers, window=2 * workers):
+            results.append(result)
+            bar.update()
+    merge_start = time.monotonic()
+    merge_partitions([r.prefix for r in results], out_prefix, tok.dtype)
+    merge_seconds = time.monotonic() - merge_start
+    elapsed = time.monotonic() - start
+    worker_seconds = sum(r.seconds for r in results)
+    tokens = sum(r.tokens for r in results)
+    done_now = [r for r in results if not r.reused]
+    stats = {
+        "tokenizer": tok.describe(),
+        "documents": sum(r.documents for r in results),
+        "tokens": tokens,
+        "partitions": len(results),
+        "partitions_reused": len(results) - len(done_now),
+        "workers": workers,
+        "seconds": round(elapsed, 3),
+        "merge_seconds": round(merge_seconds, 3),
+        # Tokens per second of worker time: the per-core rate, independent of worker count.
+        "tokens_per_worker_second": round(sum(r.tokens for r in done_now) / worker_seconds, 1)
+        if worker_seconds > 0 else None,
+        "settings": {k: v for k, v in asdict(settings).items() if k != "workers"},
+    }
+    logger.info("tokenize: %d documents, %d tokens, %d partitions in %.1fs",
+                stats["documents"], tokens, len(results), elapsed)
+    return stats
+
+
+def partition_manifests(work_dir: Path, count: int) -> list[str]:
+    return [str(work_dir / f"part-{i:05d}.manifest.jsonl") for i in range(count)]

@@ -1,0 +1,246 @@
+"""Raw corpus -> clean -> dedup -> tokenize -> Megatron .bin/.idx, with a manifest.
+
+The configuration (:class:`PreprocessConfig`) is checked, the inputs found, the
+tokenizer loaded and the output directory proven writable before any work
+starts. Stages write into ``{prefix}_work/`` and mark themselves done, so a
+rerun of the same command reuses finished work and a changed command is refused
+(``output.overwrite`` starts over). Outputs beside the prefix:
+
+- ``{prefix}_text_document.bin/.idx``: the dataset;
+- ``{prefix}_manifest.jsonl``: one row per input line, ``kept`` or ``dropped`` with a reason;
+- ``{prefix}_stats.json``: counts per status and reason, tokens, timings;
+- ``{prefix}_config.yaml``: the resolved configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from native_megatron.data.cleaning import CleanConfig
+from native_megatron.data.dedup import DedupConfig
+from native_megatron.data.indexed import (TokenizeSettings, dataset_prefix, partition_manifests,
+                                          run_tokenize)
+from native_megatron.data.manifest import DROPPED, PASSED, ManifestWriter, merge_stage_rows, read_manifest
+from native_megatron.data.prepare import PrepareSettings, run_prepare
+from native_megatron.data.readers import expand_inputs
+from native_megatron.data.tokenizer import load_tokenizer
+from native_megatron.utils.config import ConfigError, dump_yaml
+from native_megatron.utils.io import atomic_open, atomic_write_json, check_writable_dir, read_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class InputConfig:
+    paths: list[str] = field(default_factory=list)
+    text_key: str = "text"
+    id_key: str = "id"
+
+
+@dataclass
+class TokenizeConfig:
+    tokenizer: str = ""
+    eod_token: str | None = None
+    append_eod: bool = True
+    add_bos: bool = False
+    batch_size: int = 64
+
+    def validate(self) -> None:
+        if not self.tokenizer:
+            raise ConfigError("no tokenizer: pass --tokenizer PATH (a .model, a tokenizer.json or a directory)")
+        if self.batch_size < 1:
+            raise ConfigError("tokenize.batch_size must be at least 1")
+
+
+@dataclass
+class OutputConfig:
+    prefix: str = ""
+    # Documents per work shard: the unit of parallel tokenization and of resumption.
+    shard_size: int = 20_000
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if not self.prefix:
+            raise ConfigError("no output: pass --output-prefix PREFIX")
+        if self.shard_size < 1:
+            raise ConfigError("output.shard_size must be at least 1")
+
+
+@dataclass
+class RunConfig:
+    stage: Literal["all", "prepare", "tokenize"] = "all"
+    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.workers < 1:
+            raise ConfigError("run.workers must be at least 1")
+
+
+@dataclass
+class PreprocessConfig:
+    input: InputConfig = field(default_factory=InputConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class Paths:
+    prefix: str
+    work: Path
+    prepare: Path
+    tokenize: Path
+    dataset: str
+    manifest: str
+    stats: str
+    config: str
+
+    @classmethod
+    def of(cls, prefix: str) -> "Paths":
+        work = Path(prefix + "_work")
+        return cls(prefix, work, work / "prepare", work / "tokenize", dataset_prefix(prefix),
+                   prefix + "_manifest.jsonl", prefix + "_stats.json", prefix + "_config.yaml")
+
+
+def _input_fingerprint(files: list[str], cfg: PreprocessConfig) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    settings = {"input": asdict(cfg.input), "clean": asdict(cfg.clean), "dedup": asdict(cfg.dedup),
+                "shard_size": cfg.output.shard_size}
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _prepare_stage(cfg: PreprocessConfig, files: list[str], paths: Paths) -> tuple[list[str], dict, bool]:
+    """Run or reuse the prepare stage; returns (shards, stats, reused)."""
+    fingerprint = _input_fingerprint(files, cfg)
+    done_path = paths.prepare / "DONE.json"
+    if done_path.exists():
+        done = read_json(done_path)
+        if done["fingerprint"] == fingerprint:
+            logger.info("prepare: reusing finished work in %s", paths.prepare)
+            return done["shards"], read_json(paths.prepare / "stats.json"), True
+        raise ConfigError(f"{paths.work} was made from other inputs or settings; pass --overwrite "
+                          f"to redo it, or choose another --output-prefix")
+    # An unfinished prepare (killed mid-way) cannot be continued: dedup needs every
+    # earlier document, so it starts over; tokenize partitions depend on it.
+    shutil.rmtree(paths.work, ignore_errors=True)
+    settings = PrepareSettings(files, cfg.input.text_key, cfg.input.id_key, cfg.clean, cfg.dedup,
+                               cfg.output.shard_size, cfg.run.workers)
+    result = run_prepare(settings, paths.prepare, show_progress=cfg.run.progress)
+    atomic_write_json(done_path, {"fingerprint": fingerprint, "shards": result.shards, "files": files})
+    return result.shards, result.stats, False
+
+
+def _finish_manifest(paths: Paths, parts: int) -> dict[str, Any]:
+    """Write the final manifest; returns counts per status and per reason."""
+    with atomic_open(paths.manifest, "w") as f:
+        writer = ManifestWriter(f)
+        stages = [itertools.chain.from_iterable(
+            read_manifest(m) for m in partition_manifests(paths.tokenize, parts))]
+        for row in merge_stage_rows(read_manifest(paths.prepare / "manifest.jsonl"), stages):
+            writer.write(row)
+    return {"status": dict(sorted(writer.status.items())), "reasons": dict(sorted(writer.reasons.items()))}
+
+
+def run_preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
+    """Run the configured stages; returns the stats that are also written to ``{prefix}_stats.json``."""
+    start = time.monotonic()
+    files = expand_inputs(cfg.input.paths) if cfg.run.stage != "tokenize" else []
+    tok = load_tokenizer(cfg.tokenize.tokenizer, cfg.tokenize.eod_token)
+    paths = Paths.of(cfg.output.prefix)
+    check_writable_dir(Path(paths.prefix).parent)
+    if cfg.output.overwrite and cfg.run.stage != "tokenize":
+        shutil.rmtree(paths.work, ignore_errors=True)
+    dump_yaml(cfg, paths.config)
+    logger.info("tokenizer %s: vocab %d, EOD %d, token dtype %s", tok.path, tok.vocab_size, tok.eod_id,
+                tok.describe()["dtype"])
+
+    if cfg.run.stage == "tokenize":
+        done_path = paths.prepare / "DONE.json"
+        if not done_path.exists():
+            raise ConfigError(f"nothing to tokenize: {paths.prepare} has no finished prepare stage; "
+                              f"run --stage prepare (or all) first")
+        shards, prepare_stats, reused = read_json(done_path)["shards"], read_json(paths.prepare / "stats.json"), True
+        files = read_json(done_path)["files"]
+    else:
+        shards, prepare_stats, reused = _prepare_stage(cfg, files, paths)
+    if cfg.run.stage == "prepare":
+        return {"prepare": prepare_stats}
+    if not reused:
+        shutil.rmtree(paths.tokenize, ignore_errors=True)
+
+    settings = TokenizeSettings(cfg.tokenize.tokenizer, cfg.tokenize.eod_token, cfg.tokenize.append_eod,
+                                cfg.tokenize.add_bos, cfg.tokenize.batch_size, cfg.run.workers)
+    tok_stats = run_tokenize(shards, paths.tokenize, paths.dataset, settings, show_progress=cfg.run.progress)
+    counts = _finish_manifest(paths, len(shards))
+    elapsed = time.monotonic() - start
+    input_bytes = sum(os.path.getsize(f) for f in files)
+    stats = {
+        "inputs": files,
+        "outputs": {"dataset": paths.dataset, "manifest": paths.manifest, "config": paths.config},
+        "documents_in": prepare_stats["documents_in"],
+        "documents_by_status": counts["status"],
+        "dropped_by_reason": counts["reasons"],
+        "cleaning_steps": prepare_stats["cleaning_steps"],
+        "empty_files": prepare_stats["empty_files"],
+        "read_errors": prepare_stats["read_errors"],
+        "dedup": prepare_stats["dedup"],
+        "tokenizer": tok_stats["tokenizer"],
+        "documents_written": tok_stats["documents"],
+        "tokens_written": tok_stats["tokens"],
+        "partitions": tok_stats["partitions"],
+        # Everything that depends on the clock lives under "timing": the rest is
+        # identical between reruns of the same command.
+        "timing": {
+            "seconds_total": round(elapsed, 3),
+            "seconds_prepare": prepare_stats["seconds"],
+            "seconds_tokenize": tok_stats["seconds"],
+            "prepare_reused": reused,
+            "partitions_reused": tok_stats["partitions_reused"],
+            "workers": cfg.run.workers,
+            "input_mb_per_second": round(input_bytes / 1e6 / elapsed, 3) if elapsed > 0 else None,
+            "documents_per_second": round(prepare_stats["documents_in"] / elapsed, 1) if elapsed > 0 else None,
+            "tokens_per_second": round(tok_stats["tokens"] / elapsed, 1) if elapsed > 0 else None,
+            "tokens_per_worker_second": tok_stats["tokens_per_worker_second"],
+        },
+    }
+    atomic_write_json(paths.stats, stats)
+    if stats["documents_by_status"].get(PASSED, 0) + stats["documents_by_status"].get(DROPPED, 0) \
+            != stats["documents_in"]:
+        raise RuntimeError("manifest does not account for every input document; this is a bug")
+    return stats
+
+
+def format_summary(stats: dict[str, Any]) -> str:
+    """The end-of-run summary a user reads: counts, reasons, tokens, throughput, where outputs went."""
+    t = stats["timing"]
+    by = stats["documents_by_status"]
+    lines = [
+        f"documents: {stats['documents_in']} in, {by.get(PASSED, 0)} kept, {by.get(DROPPED, 0)} dropped",
+    ]
+    if stats["dropped_by_reason"]:
+        lines.append("dropped:   " + ", ".join(f"{k} {v}" for k, v in stats["dropped_by_reason"].items()))
+    lines += [
+        f"tokens:    {stats['tokens_written']:,} ({stats['tokenizer']['dtype']}, vocab "
+        f"{stats['tokenizer']['vocab_size']:,}) in {stats['partitions']} partition(s)",
+        f"time:      {t['seconds_total']:.1f}s, {t['documents_per_second'] or 0:,.0f} docs/s, "
+        f"{t['tokens_per_second'] or 0:,.0f} tokens/s",
+        f"dataset:   {stats['outputs']['dataset']}.bin/.idx",
+        f"manifest:  {stats['outputs']['manifest']}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,219 @@
+"""Read raw corpora (JSONL, JSONL.gz/.zst, Parquet) as numbered records.
+
+Every physical line (or Parquet row) becomes exactly one :class:`RawRecord`, so
+that every input document can be accounted for in the manifest, including the
+broken ones: parsing happens later, in worker processes, and a record that cannot
+be parsed is skipped with a reason, never silently.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+logger = logging.getLogger(__name__)
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+COMPRESSED_SUFFIXES = (".gz", ".zst", ".zstd")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+class InputError(ValueError):
+    """A setup mistake about the inputs (missing, unreadable, unknown format)."""
+
+
+class RecordSkip(Exception):
+    """A record that cannot become a document; ``reason`` goes into the manifest."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One input line or row, not yet parsed.
+
+    ``payload`` is the line's bytes for JSONL, or a ``(id, text)`` pair already
+    read by Arrow for Parquet. ``line`` is 1-based (the row number for Parquet).
+    """
+
+    file: int
+    line: int
+    payload: bytes | tuple[Any, Any] | None
+
+
+def input_format(path: str | Path) -> str:
+    name = str(path).lower()
+    for suffix in COMPRESSED_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    raise InputError(
+        f"input {path}: unknown format; expected one of "
+        f"{', '.join(JSONL_SUFFIXES + PARQUET_SUFFIXES)} (JSONL optionally .gz or .zst)")
+
+
+def expand_inputs(patterns: list[str]) -> list[str]:
+    """Files, directories (searched recursively) and globs -> sorted, checked file list.
+
+    Raises :class:`InputError` for a path that does not exist or cannot be read,
+    before any work starts.
+    """
+    if not patterns:
+        raise InputError("no input given: pass --input FILE [FILE ...]")
+    files: list[str] = []
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            matches = sorted(glob.glob(pattern, recursive=True))
+            if not matches:
+                raise InputError(f"input pattern {pattern} matches no file")
+            files.extend(m for m in matches if os.path.isfile(m))
+        elif os.path.isdir(pattern):
+            found = sorted(str(p) for p in Path(pattern).rglob("*") if p.is_file() and _known(p))
+            if not found:
+                raise InputError(f"input directory {pattern} holds no JSONL or Parquet file")
+            files.extend(found)
+        elif os.path.exists(pattern):
+            files.append(pattern)
+        else:
+            raise InputError(f"input not found: {pattern}")
+    for path in files:
+        input_format(path)
+        if not os.access(path, os.R_OK):
+            raise InputError(f"input {path} is not readable (permission denied)")
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise InputError(f"input {path} cannot be opened: {exc.strerror}") from None
+    seen = set()
+    unique = [f for f in files if not (f in seen or seen.add(f))]
+    return unique
+
+
+def _known(path: Path) -> bool:
+    try:
+        input_format(path)
+        return True
+    except InputError:
+        return False
+
+
+def _open_binary(path: str) -> io.BufferedIOBase:
+    lower = path.lower()
+    if lower.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if lower.endswith((".zst", ".zstd")):
+        import zstandard
+
+        raw = open(path, "rb")
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+    return open(path, "rb")
+
+
+def iter_jsonl(path: str, file_index: int) -> Iterator[RawRecord]:
+    with _open_binary(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            yield RawRecord(file_index, line_no, line)
+
+
+def iter_parquet(path: str, file_index: int, text_key: str, id_key: str,
+                 batch_size: int = 1024) -> Iterator[RawRecord]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    names = set(pf.schema_arrow.names)
+    if text_key not in names:
+        # Same outcome as a JSONL line without the key: every row is counted and skipped.
+        logger.warning("%s has no column '%s' (columns: %s)", path, text_key, ", ".join(sorted(names)))
+        for row in range(1, pf.metadata.num_rows + 1):
+            yield RawRecord(file_index, row, None)
+        return
+    columns = [text_key] + ([id_key] if id_key in names and id_key != text_key else [])
+    row = 0
+    for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+        texts = batch.column(text_key).to_pylist()
+        ids = batch.column(id_key).to_pylist() if len(columns) > 1 else [None] * len(texts)
+        for doc_id, text in zip(ids, texts):
+            row += 1
+            yield RawRecord(file_index, row, (doc_id, text))
+
+
+def iter_records(files: list[str], text_key: str, id_key: str,
+                 stats: dict[str, Any] | None = None) -> Iterator[RawRecord]:
+    """All records of all files, in order. A file that breaks mid-read (truncated gzip,
+    corrupt Parquet) yields one record with payload ``None`` and a ``read_error`` marker
+    in ``stats['read_errors']``, and reading goes on with the next file."""
+    for index, path in enumerate(files):
+        count = 0
+        try:
+            if input_format(path) == "parquet":
+                it = iter_parquet(path, index, text_key, id_key)
+            else:
+                it = iter_jsonl(path, index)
+            for record in it:
+                count += 1
+                yield record
+        except (OSError, EOFError, ValueError) as exc:
+            # Anything after the break is unreadable; say so once, in the manifest too.
+            logger.error("%s: read error after %d records: %s", path, count, exc)
+            if stats is not None:
+                stats.setdefault("read_errors", {})[path] = str(exc)
+            yield RawRecord(index, count + 1, _ReadError(str(exc)))
+            continue
+        if count == 0:
+            logger.warning("%s is empty", path)
+            if stats is not None:
+                stats.setdefault("empty_files", []).append(path)
+
+
+class _ReadError(str):
+    """Marks the record standing for the unreadable rest of a file."""
+
+
+def parse_record(record: RawRecord, text_key: str, id_key: str, file_name: str) -> tuple[str, str]:
+    """A raw record -> ``(doc_id, text)``; raises :class:`RecordSkip` with the reason."""
+    payload = record.payload
+    default_id = f"{file_name}:{record.line}"
+    if isinstance(payload, _ReadError):
+        raise RecordSkip("read_error", str(payload))
+    if payload is None:
+        raise RecordSkip("missing_text_key")
+    if isinstance(payload, tuple):
+        doc_id, text = payload
+    else:
+        try:
+            line = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RecordSkip("invalid_utf8", f"byte {exc.start}") from None
+        if not line.strip():
+            raise RecordSkip("blank_line")
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RecordSkip("invalid_json", exc.msg) from None
+        if not isinstance(obj, dict):
+            raise RecordSkip("not_an_object")
+        if text_key not in obj:
+            raise RecordSkip("missing_text_key")
+        text, doc_id = obj[text_key], obj.get(id_key)
+    if text is None:
+        raise RecordSkip("missing_text_key")
+    if not isinstance(text, str):
+        raise RecordSkip("text_not_string", type(text).__name__)
+    if not text.strip():
+        raise RecordSkip("empty_text")
+    return (default_id if doc_id is None else str(doc_id)), text

@@ -1,0 +1,1 @@
+"""Small helpers every layer may use: config loading, atomic I/O, logging."""

@@ -1,0 +1,207 @@
+"""End to end: raw JSONL -> manifest + Megatron .bin/.idx, read back with megatron-core."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from native_megatron.data.cleaning import CleanConfig, Cleaner
+from native_megatron.data.indexed import dataset_prefix
+from native_megatron.data.pipeline import PreprocessConfig, run_preprocess
+from native_megatron.data.readers import RecordSkip, iter_records, parse_record
+from native_megatron.data.tokenizer import load_tokenizer
+from native_megatron.utils.config import ConfigError, load_config
+from tests.conftest import same_bytes
+
+
+def make_cfg(inputs, prefix, tokenizer, *overrides, workers=1):
+    base = {"input.paths": [str(p) for p in inputs], "output.prefix": str(prefix),
+            "tokenize.tokenizer": str(tokenizer), "run.workers": workers, "run.progress": False}
+    return load_config(PreprocessConfig, overrides=list(overrides), base=base)
+
+
+def read_dataset(prefix):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    return IndexedDataset(dataset_prefix(str(prefix)), mmap=True)
+
+
+def manifest(prefix):
+    with open(f"{prefix}_manifest.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def count_lines(path):
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory, sample_corpus, sample_tokenizer):
+    prefix = tmp_path_factory.mktemp("sample") / "ar"
+    stats = run_preprocess(make_cfg([sample_corpus], prefix, sample_tokenizer, "--output.shard_size=100",
+                                    workers=2))
+    return prefix, stats
+
+
+def test_dataset_holds_exactly_the_tokenizer_ids_of_each_kept_document(sample_run, sample_corpus,
+                                                                       sample_tokenizer):
+    prefix, stats = sample_run
+    tok = load_tokenizer(sample_tokenizer)
+    cleaner = Cleaner(CleanConfig())
+    texts = {}
+    for rec in iter_records([str(sample_corpus)], "text", "id"):
+        try:
+            doc_id, raw = parse_record(rec, "text", "id", sample_corpus.name)
+        except RecordSkip:
+            continue
+        texts[rec.line] = cleaner.clean(raw)
+    rows = manifest(prefix)
+    kept = [r for r in rows if r["status"] == "kept"]
+    ds = read_dataset(prefix)
+    assert len(ds) == len(kept) == stats["documents_written"] > 300 * 0.8
+    assert ds.index.dtype == np.uint16
+    for i, row in enumerate(kept):
+        expected = tok.encode(texts[row["line"]]) + [tok.eod_id]
+        assert ds[i].tolist() == expected, row["id"]
+        assert row["tokens"] == len(expected)
+    assert sum(r["tokens"] for r in kept) == stats["tokens_written"] == ds.sequence_lengths.sum()
+    # Megatron documents: one sequence each.
+    assert ds.document_indices.tolist() == list(range(len(kept) + 1))
+
+
+def test_manifest_accounts_for_every_input_line(sample_run, sample_corpus):
+    prefix, stats = sample_run
+    rows = manifest(prefix)
+    assert len(rows) == count_lines(sample_corpus) == stats["documents_in"]
+    assert [r["line"] for r in rows] == list(range(1, len(rows) + 1))
+    assert {r["status"] for r in rows} == {"kept", "dropped"}
+    dropped = [r for r in rows if r["status"] == "dropped"]
+    assert all(r["reason"] for r in dropped)
+    assert sum(stats["dropped_by_reason"].values()) == len(dropped)
+    assert stats["documents_by_status"] == {"dropped": len(dropped), "kept": len(rows) - len(dropped)}
+
+
+def test_sample_has_real_work_for_every_filter(sample_run):
+    prefix, stats = sample_run
+    reasons = stats["dropped_by_reason"]
+    for reason in ("exact_duplicate", "near_duplicate", "too_short", "low_arabic_ratio"):
+        assert reasons.get(reason, 0) > 0, reason
+    rows = {r["id"]: r for r in manifest(prefix)}
+    for r in rows.values():
+        if r.get("reason") in ("exact_duplicate", "near_duplicate"):
+            assert rows[r["duplicate_of"]]["status"] == "kept"
+    steps = stats["cleaning_steps"]
+    for step in ("strip_html", "remove_control", "normalize_letters", "normalize_whitespace",
+                 "boilerplate:copyright", "boilerplate:share", "boilerplate:cookies"):
+        assert steps.get(step, 0) > 0, step
+
+
+def test_outputs_do_not_depend_on_workers_or_shards_and_reruns_are_byte_identical(
+        tmp_path, sample_run, sample_corpus, sample_tokenizer):
+    ref, _ = sample_run
+    one = tmp_path / "one"
+    run_preprocess(make_cfg([sample_corpus], one, sample_tokenizer, workers=1))
+    again = tmp_path / "again"
+    stats = run_preprocess(make_cfg([sample_corpus], again, sample_tokenizer, "--output.shard_size=100",
+                                    workers=2))
+    for prefix in (one, again):
+        for suffix in ("_text_document.bin", "_text_document.idx", "_manifest.jsonl"):
+            assert same_bytes(f"{ref}{suffix}", f"{prefix}{suffix}"), (prefix, suffix)
+    ref_stats = json.loads(open(f"{ref}_stats.json").read())
+    for key in ("documents_by_status", "dropped_by_reason", "cleaning_steps", "tokens_written"):
+        assert stats[key] == ref_stats[key]
+
+
+def test_rerun_reuses_finished_work_and_redoes_a_lost_partition(tmp_path, sample_corpus, sample_tokenizer):
+    prefix = tmp_path / "r"
+    cfg = make_cfg([sample_corpus], prefix, sample_tokenizer, "--output.shard_size=50", workers=2)
+    first = run_preprocess(cfg)
+    bin_bytes = open(f"{prefix}_text_document.bin", "rb").read()
+    # As if the job had been killed before partition 2 finished.
+    os.unlink(f"{prefix}_work/tokenize/part-00002.done.json")
+    second = run_preprocess(cfg)
+    assert second["timing"]["prepare_reused"]
+    assert second["timing"]["partitions_reused"] == first["partitions"] - 1
+    assert open(f"{prefix}_text_document.bin", "rb").read() == bin_bytes
+
+
+def test_changed_settings_on_the_same_prefix_are_refused_unless_overwrite(tmp_path, sample_corpus,
+                                                                          sample_tokenizer):
+    prefix = tmp_path / "c"
+    run_preprocess(make_cfg([sample_corpus], prefix, sample_tokenizer))
+    with pytest.raises(ConfigError, match="other inputs or settings"):
+        run_preprocess(make_cfg([sample_corpus], prefix, sample_tokenizer, "--clean.min_chars=300"))
+    stats = run_preprocess(make_cfg([sample_corpus], prefix, sample_tokenizer, "--clean.min_chars=300",
+                                    "--output.overwrite=true"))
+    assert not stats["timing"]["prepare_reused"]
+
+
+def test_stages_run_separately(tmp_path, sample_corpus, sample_tokenizer, sample_run):
+    ref, _ = sample_run
+    prefix = tmp_path / "s"
+    with pytest.raises(ConfigError, match="no finished prepare stage"):
+        run_preprocess(make_cfg([sample_corpus], prefix, sample_tokenizer, "--run.stage=tokenize"))
+    out = run_preprocess(make_cfg([sample_corpus], prefix, sample_tokenizer, "--run.stage=prepare"))
+    assert out["prepare"]["documents_in"] == count_lines(sample_corpus)
+    assert not os.path.exists(f"{prefix}_text_document.bin")
+    run_preprocess(make_cfg([], prefix, sample_tokenizer, "--run.stage=tokenize"))
+    assert same_bytes(f"{ref}_text_document.bin", f"{prefix}_text_document.bin")
+    assert same_bytes(f"{ref}_manifest.jsonl", f"{prefix}_manifest.jsonl")
+
+
+def test_bad_inputs_are_counted_skips_and_nothing_is_lost(tmp_path, sample_tokenizer):
+    good = ("هذه وثيقة عربية سليمة تماما تتحدث عن تاريخ مدينة بغداد ومكتبتها الكبيرة "
+            "التي جمعت العلماء والمترجمين من كل مكان في العصر العباسي الذهبي.")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b"".join([
+        json.dumps({"id": "good", "text": good}, ensure_ascii=False).encode() + b"\n",
+        b'{"id": "broken", "text": \n',
+        b'{"id": "bytes", "text": "\xff\xfe"}\n',
+        b'{"id": "nokey", "body": "x"}\n',
+        b'{"id": "empty", "text": ""}\n',
+        json.dumps({"id": "huge", "text": "ب " * 5_000_000}).encode() + b"\n",
+        b"\n",
+        json.dumps({"id": "english", "text": "This is an English page " * 10}).encode() + b"\n",
+    ]))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    prefix = tmp_path / "out" / "b"
+    stats = run_preprocess(make_cfg([bad, empty], prefix, sample_tokenizer))
+    rows = manifest(prefix)
+    assert [(r["line"], r["status"], r.get("reason")) for r in rows] == [
+        (1, "kept", None), (2, "dropped", "invalid_json"), (3, "dropped", "invalid_utf8"),
+        (4, "dropped", "missing_text_key"), (5, "dropped", "empty_text"), (6, "dropped", "too_long"),
+        (7, "dropped", "blank_line"), (8, "dropped", "low_arabic_ratio")]
+    assert all(r["file"] == str(bad) for r in rows)
+    assert stats["empty_files"] == [str(empty)]
+    assert len(read_dataset(prefix)) == 1
+
+
+def test_hf_tokenizer_with_a_large_vocabulary_writes_int32(tmp_path, sample_corpus):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=2000, special_tokens=["<unk>", "<|end_of_text|>"])
+    texts = [json.loads(line)["text"] for line in open(sample_corpus, encoding="utf-8")]
+    tok.train_from_iterator(texts, trainer)
+    # Past megatron-core's uint16 limit (65,500), as Llama-3's 128,256 ids are: they must not wrap.
+    tok.add_special_tokens([f"<|reserved_{i}|>" for i in range(66_000 - tok.get_vocab_size())])
+    tok_dir = tmp_path / "hf"
+    tok_dir.mkdir()
+    tok.save(str(tok_dir / "tokenizer.json"))
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|end_of_text|>"}))
+
+    loaded = load_tokenizer(tok_dir)
+    assert loaded.vocab_size == 66_000 and loaded.eod_id == tok.token_to_id("<|end_of_text|>")
+    assert np.dtype(loaded.dtype) == np.int32
+    prefix = tmp_path / "hf_out"
+    run_preprocess(make_cfg([sample_corpus], prefix, tok_dir))
+    ds = read_dataset(prefix)
+    assert ds.index.dtype == np.int32
+    first = [r for r in manifest(prefix) if r["status"] == "kept"][0]
+    assert ds[0][-1] == loaded.eod_id and len(ds[0]) == first["tokens"]

@@ -1,0 +1,126 @@
+import gzip
+import json
+import os
+
+import pytest
+
+from native_megatron.data.readers import (InputError, RecordSkip, expand_inputs, iter_records,
+                                          parse_record)
+
+
+def write_lines(path, lines):
+    path.write_bytes(b"".join(lines))
+    return str(path)
+
+
+def parsed(files, text_key="text", id_key="id"):
+    out = []
+    for rec in iter_records(files, text_key, id_key):
+        try:
+            out.append(parse_record(rec, text_key, id_key, os.path.basename(files[rec.file])))
+        except RecordSkip as skip:
+            out.append(skip.reason)
+    return out
+
+
+def test_jsonl_gz_zst_and_parquet_give_the_same_documents(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    rows = [{"id": "a", "text": "نص أول"}, {"id": "b", "text": "نص ثان"}]
+    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    plain = write_lines(tmp_path / "x.jsonl", [body])
+    gz = tmp_path / "x.jsonl.gz"
+    gz.write_bytes(gzip.compress(body))
+    zst = tmp_path / "x.jsonl.zst"
+    zst.write_bytes(zstandard.ZstdCompressor().compress(body))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "x.parquet")
+    expected = [("a", "نص أول"), ("b", "نص ثان")]
+    for path in (plain, str(gz), str(zst), str(tmp_path / "x.parquet")):
+        assert parsed([path]) == expected, path
+
+
+def test_every_bad_line_is_a_counted_skip_with_its_line_number(tmp_path):
+    path = write_lines(tmp_path / "bad.jsonl", [
+        b'{"id": "ok", "text": "\xd9\x86\xd8\xb5"}\n',   # valid
+        b'{"id": "broken", "text": \n',                   # invalid JSON
+        b'{"text": "\xff\xfe bad bytes"}\n',              # invalid UTF-8
+        b'{"id": "nokey", "body": "x"}\n',                # missing text key
+        b'{"id": "empty", "text": "   "}\n',              # empty text
+        b'\n',                                            # blank line
+        b'[1, 2]\n',                                      # not an object
+        b'{"text": 42}\n',                                # text not a string
+        b'{"text": null}\n',                              # null text
+        b'{"text": "no id"}',                             # no trailing newline, no id
+    ])
+    records = list(iter_records([path], "text", "id"))
+    assert [r.line for r in records] == list(range(1, 11))
+    assert parsed([path]) == [("ok", "نص"), "invalid_json", "invalid_utf8", "missing_text_key", "empty_text",
+                              "blank_line", "not_an_object", "text_not_string", "missing_text_key",
+                              ("bad.jsonl:10", "no id")]
+
+
+def test_text_and_id_keys(tmp_path):
+    path = write_lines(tmp_path / "k.jsonl", [b'{"doc": 7, "content": "abc"}\n'])
+    assert parsed([path], text_key="content", id_key="doc") == [("7", "abc")]
+
+
+def test_parquet_without_the_text_column_counts_each_row(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{"body": "x"}, {"body": "y"}]), tmp_path / "p.parquet")
+    assert parsed([str(tmp_path / "p.parquet")]) == ["missing_text_key", "missing_text_key"]
+
+
+def test_empty_file_and_truncated_gzip(tmp_path):
+    empty = write_lines(tmp_path / "empty.jsonl", [])
+    gz = tmp_path / "cut.jsonl.gz"
+    body = b"".join(b'{"text": "a%d"}\n' % (i * 7919 % 100003) for i in range(50000))
+    gz.write_bytes(gzip.compress(body)[:-1000])
+    stats = {}
+    out = []
+    for rec in iter_records([empty, str(gz)], "text", "id", stats):
+        try:
+            out.append(parse_record(rec, "text", "id", "f")[1])
+        except RecordSkip as skip:
+            out.append(skip.reason)
+    assert stats["empty_files"] == [empty]
+    assert str(gz) in stats["read_errors"]
+    assert out[-1] == "read_error" and 0 < len(out) - 1 < 50000
+    assert all(t.startswith("a") for t in out[:-1])
+
+
+def test_a_10mb_line_is_read_whole(tmp_path):
+    big = "ب" * 5_000_000
+    path = write_lines(tmp_path / "big.jsonl", [json.dumps({"text": big}, ensure_ascii=False).encode() + b"\n"])
+    assert parsed([path]) == [("big.jsonl:1", big)]
+
+
+def test_expand_inputs_directories_globs_and_errors(tmp_path):
+    (tmp_path / "d").mkdir()
+    for name in ("b.jsonl", "a.jsonl.gz", "notes.txt"):
+        (tmp_path / "d" / name).write_bytes(b"")
+    assert expand_inputs([str(tmp_path / "d")]) == [str(tmp_path / "d" / "a.jsonl.gz"), str(tmp_path / "d" / "b.jsonl")]
+    assert expand_inputs([str(tmp_path / "d" / "*.jsonl")]) == [str(tmp_path / "d" / "b.jsonl")]
+    with pytest.raises(InputError, match="input not found"):
+        expand_inputs([str(tmp_path / "missing.jsonl")])
+    with pytest.raises(InputError, match="matches no file"):
+        expand_inputs([str(tmp_path / "*.parquet")])
+    with pytest.raises(InputError, match="unknown format"):
+        expand_inputs([str(tmp_path / "d" / "notes.txt")])
+    os.symlink(tmp_path / "gone.jsonl", tmp_path / "link.jsonl")
+    with pytest.raises(InputError, match="input not found"):
+        expand_inputs([str(tmp_path / "link.jsonl")])
+    with pytest.raises(InputError, match="no input"):
+        expand_inputs([])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_file_is_a_setup_error(tmp_path):
+    path = tmp_path / "secret.jsonl"
+    path.write_text("{}\n")
+    path.chmod(0)
+    with pytest.raises(InputError, match="not readable"):
+        expand_inputs([str(path)])
