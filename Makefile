@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 .PHONY: help install demo test clean
 
 help:
-	@echo "make demo   preprocess the shipped Arabic sample into a Megatron dataset"
+	@echo "make demo   preprocess the shipped Arabic sample, then train a tiny model on it"
 	@echo "make test   run the test suite"
 
 install: $(STAMP)
@@ -28,6 +28,8 @@ demo: install
 		--input examples/data/sample_ar.jsonl \
 		--tokenizer examples/tokenizer/sample_ar.model \
 		--output-prefix runs/demo/data/sample_ar
+	rm -rf runs/demo/tiny_cpu
+	$(BIN)/python pretrain_arabic.py --config examples/configs/tiny_cpu.yaml
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

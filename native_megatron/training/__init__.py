@@ -1,0 +1,1 @@
+"""Pre-training on megatron-core: config, model, data, loop, checkpoints, metrics."""

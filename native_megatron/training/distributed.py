@@ -1,0 +1,96 @@
+"""Process groups: torch.distributed plus megatron-core's parallel_state, and their teardown."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from native_megatron.training import cpu_compat
+from native_megatron.training.config import TrainConfig, validate_for_world
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Layout:
+    world_size: int
+    rank: int
+    tp: int
+    pp: int
+    dp: int
+    vp: int | None
+    on_gpu: bool
+
+    @property
+    def is_logging_rank(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(cfg: TrainConfig, timeout_minutes: int = 30) -> Layout:
+    """Start torch.distributed (nccl on GPU, gloo on CPU) and megatron-core's model-parallel groups.
+
+    Works under ``torchrun`` and as a plain single process (world size 1).
+    """
+    from megatron.core import parallel_state
+
+    on_gpu = torch.cuda.is_available()
+    backend = cfg.parallel.backend if cfg.parallel.backend != "auto" else ("nccl" if on_gpu else "gloo")
+    if "RANK" not in os.environ:  # plain `python pretrain_arabic.py`: a world of one
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if on_gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    world, rank = dist.get_world_size(), dist.get_rank()
+    dp = validate_for_world(cfg, world)
+    cpu_compat.install()
+    cpu_compat.install_torch_adam_checkpoint_fix()
+    p = cfg.parallel
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=p.tensor,
+        pipeline_model_parallel_size=p.pipeline,
+        virtual_pipeline_model_parallel_size=p.virtual_pipeline,
+    )
+    set_seeds(cfg.seed)
+    return Layout(world, rank, p.tensor, p.pipeline, dp, p.virtual_pipeline, on_gpu)
+
+
+def set_seeds(seed: int) -> None:
+    """Seed every generator as Megatron-LM does: per pipeline stage, and per TP rank for TP regions."""
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+    stage_seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
+    random.seed(stage_seed)
+    np.random.seed(stage_seed)
+    torch.manual_seed(stage_seed)
+    model_parallel_cuda_manual_seed(stage_seed)
+
+
+def destroy_distributed() -> None:
+    """Tear everything down; safe to call when nothing was set up, and twice."""
+    try:
+        from megatron.core import parallel_state
+
+        parallel_state.destroy_model_parallel()
+    except Exception:  # noqa: BLE001 - teardown must not mask the original error
+        logger.debug("destroy_model_parallel failed", exc_info=True)
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,78 @@
+"""Build the Llama-style megatron-core GPTModel for this rank's pipeline stage(s)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import torch
+
+from native_megatron.training.config import TrainConfig
+from native_megatron.utils.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def padded_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel: int) -> int:
+    """Round the vocabulary up so that every tensor-parallel shard of the embedding is equal."""
+    multiple = divisible_by * tensor_parallel
+    return -(-vocab_size // multiple) * multiple
+
+
+def have_transformer_engine() -> bool:
+    return importlib.util.find_spec("transformer_engine") is not None
+
+
+def resolve_spec_name(cfg: TrainConfig, on_gpu: bool) -> str:
+    name = cfg.model.spec
+    if name == "auto":
+        return "te" if on_gpu and have_transformer_engine() else "local"
+    if name == "te" and not (on_gpu and have_transformer_engine()):
+        raise ConfigError("model.spec=te needs a GPU and transformer-engine (pip install -e '.[gpu]'); "
+                          "use model.spec=local")
+    return name
+
+
+def layer_spec(name: str):
+    """The ModuleSpec that chooses the layer implementations."""
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    if name == "te":
+        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
+    if name == "local":
+        return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    raise ConfigError(f"model.spec={name!r} is not available")
+
+
+def build_model_chunks(cfg: TrainConfig, tf_config, vocab_size: int, spec_name: str) -> list[torch.nn.Module]:
+    """GPTModel chunk(s) for this rank: one, or one per virtual stage with interleaving."""
+    from megatron.core import parallel_state
+    from megatron.core.models.gpt.gpt_model import GPTModel
+
+    m = cfg.model
+    spec = layer_spec(spec_name)
+    vp = cfg.parallel.virtual_pipeline
+    chunks = []
+    for vp_stage in range(vp or 1):
+        stage = vp_stage if vp else None
+        model = GPTModel(
+            config=tf_config,
+            transformer_layer_spec=spec,
+            vocab_size=vocab_size,
+            max_sequence_length=m.max_position_embeddings or cfg.data.seq_length,
+            pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
+            post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
+            share_embeddings_and_output_weights=not m.untie_embeddings,
+            position_embedding_type="rope",
+            rotary_percent=1.0,
+            rotary_base=m.rotary_base,
+            rope_scaling=m.rope_scaling,
+            vp_stage=stage,
+        )
+        chunks.append(model)
+    return chunks
+
+
+def count_parameters(chunks: list[torch.nn.Module]) -> int:
+    """Parameters held by this rank (each tensor-parallel shard counted once)."""
+    return sum(p.numel() for c in chunks for p in c.parameters())

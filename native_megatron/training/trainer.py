@@ -1,0 +1,347 @@
+"""The training loop, readable top to bottom: set up, resume, step, log, evaluate, save.
+
+Built on megatron-core: GPTModel chunks wrapped in its DistributedDataParallel,
+its (distributed) optimizer and LR scheduler, ``get_forward_backward_func()``
+for no-pipelining / 1F1B / interleaved 1F1B, ``finalize_model_grads`` for the
+gradient all-reduces, and dist_checkpointing through ``checkpointing``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from native_megatron.training import checkpointing, megatron_config
+from native_megatron.training.config import TrainConfig
+from native_megatron.training.cpu_compat import cuda_to_cpu
+from native_megatron.training.data import build_datasets, microbatch_iterator
+from native_megatron.training.distributed import Layout, init_distributed
+from native_megatron.training.metrics import (ModelShape, ScalarWriter, StepMetrics, memory_gib, peak_tflops,
+                                              throughput)
+from native_megatron.training.model import build_model_chunks, padded_vocab_size, resolve_spec_name
+from native_megatron.training.preemption import PreemptionHandler
+from native_megatron.utils.config import config_to_dict
+from native_megatron.utils.io import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint needs, beyond weights and optimizer, to continue the same run."""
+
+    step: int = 0
+    consumed_samples: int = 0
+    tokens: int = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "consumed_samples": self.consumed_samples, "tokens": self.tokens}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.step, self.consumed_samples, self.tokens = sd["step"], sd["consumed_samples"], sd["tokens"]
+
+
+@dataclass
+class TrainResult:
+    final_step: int
+    losses: dict[int, float] = field(default_factory=dict)
+    valid_losses: dict[int, float] = field(default_factory=dict)
+    checkpoint: str | None = None
+    stopped_by_signal: bool = False
+
+
+def forward_step(data_iterator: Iterator[dict], model: torch.nn.Module, device: torch.device):
+    """One microbatch forward; the loss is a sum over tokens (megatron-core divides by their count)."""
+    batch = next(data_iterator)
+    tokens = batch["tokens"].to(device, non_blocking=True)
+    labels = batch["labels"].to(device, non_blocking=True)
+    position_ids = batch["position_ids"].to(device, non_blocking=True)
+    loss_mask = batch["loss_mask"].to(device, non_blocking=True)
+    output = model(tokens, position_ids, None, labels=labels)
+    return output, partial(_loss_func, loss_mask)
+
+
+def _loss_func(loss_mask: torch.Tensor, output: torch.Tensor):
+    losses = output.float().view(-1)
+    mask = loss_mask.view(-1).float()
+    loss_sum = torch.sum(losses * mask)
+    num_tokens = mask.sum().to(torch.int)
+    report = torch.stack([loss_sum.detach(), mask.sum().detach()])
+    return loss_sum, num_tokens, {"lm loss": report}
+
+
+class Trainer:
+    """Owns the model, optimizer, data and checkpoints of one run. ``close()`` always."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.layout: Layout = init_distributed(cfg)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if self.layout.on_gpu \
+            else torch.device("cpu")
+        self.state = TrainState()
+        self.config_dict = config_to_dict(cfg)
+        self.config_yaml = yaml.safe_dump(self.config_dict, sort_keys=False, allow_unicode=True)
+        self._prepare_run_dir()
+        self._build()
+        self.preemption = PreemptionHandler()
+        self.writer = ScalarWriter(cfg.logging.run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project,
+                                   self.config_dict, enabled=self.layout.is_logging_rank)
+
+    # ---- set-up --------------------------------------------------------------------
+
+    def _prepare_run_dir(self) -> None:
+        if self.layout.is_logging_rank:
+            os.makedirs(self.cfg.logging.run_dir, exist_ok=True)
+            atomic_write_text(os.path.join(self.cfg.logging.run_dir, "config.yaml"), self.config_yaml)
+
+    def _build(self) -> None:
+        from megatron.core.distributed import DistributedDataParallel, finalize_model_grads
+        from megatron.core.optimizer import get_megatron_optimizer
+        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        cfg, on_gpu = self.cfg, self.layout.on_gpu
+        self.datasets = build_datasets(cfg)
+        vocab = cfg.model.vocab_size or self.datasets.tokenizer.vocab_size
+        self.vocab_size = padded_vocab_size(vocab, cfg.model.make_vocab_size_divisible_by, cfg.parallel.tensor)
+        self.spec_name = resolve_spec_name(cfg, on_gpu)
+        self.tf_config = megatron_config.transformer_config(cfg, on_gpu)
+        self.tf_config.calculate_per_token_loss = True
+        chunks = build_model_chunks(cfg, self.tf_config, self.vocab_size, self.spec_name)
+        if on_gpu:
+            for c in chunks:
+                c.cuda(torch.cuda.current_device())
+        ddp_cfg = megatron_config.ddp_config(cfg, on_gpu)
+        with cuda_to_cpu():
+            self.model = [DistributedDataParallel(config=self.tf_config, ddp_config=ddp_cfg, module=c,
+                                                  disable_bucketing=i > 0)
+                          for i, c in enumerate(chunks)]
+            self.optimizer = get_megatron_optimizer(megatron_config.optimizer_config(cfg, on_gpu), self.model)
+        self.scheduler = OptimizerParamScheduler(self.optimizer, **megatron_config.scheduler_kwargs(cfg))
+        self.tf_config.finalize_model_grads_func = finalize_model_grads
+        if len(self.model) > 1:
+            self.tf_config.no_sync_func = [m.no_sync for m in self.model]
+        self.forward_backward = get_forward_backward_func()
+        self.shape = ModelShape(cfg.model.num_layers, cfg.model.hidden_size, cfg.model.ffn_hidden_size,
+                                cfg.model.num_attention_heads, cfg.model.num_query_groups, self.vocab_size,
+                                tied_embeddings=not cfg.model.untie_embeddings)
+        self.flops_per_token = self.shape.flops_per_token(cfg.data.seq_length)
+        self.peak = peak_tflops(cfg.logging.peak_tflops)
+        self.microbatches = cfg.schedule.global_batch_size // (cfg.schedule.micro_batch_size * self.layout.dp)
+        logger.info("model: %s parameters (%s spec), vocab %d (padded from %d), layout TP=%d PP=%d%s DP=%d, "
+                    "%d microbatches of %d", f"{self.shape.num_params():,}", self.spec_name, self.vocab_size, vocab,
+                    self.layout.tp, self.layout.pp, f" VP={self.layout.vp}" if self.layout.vp else "",
+                    self.layout.dp, self.microbatches, cfg.schedule.micro_batch_size)
+
+    def _unwrapped(self) -> list[torch.nn.Module]:
+        return [m.module for m in self.model]
+
+    # ---- checkpoints -----------------------------------------------------------------
+
+    def _state_dict(self, is_loading: bool, with_optimizer: bool = True, with_rng: bool = True) -> dict:
+        return checkpointing.build_state_dict(self._unwrapped(), self.optimizer, self.scheduler,
+                                              self.state.state_dict(), self.config_dict, is_loading,
+                                              with_optimizer=with_optimizer, with_rng=with_rng)
+
+    def save_checkpoint(self) -> str:
+        root = self.cfg.checkpoint_dir()
+        start = time.monotonic()
+        with cuda_to_cpu():
+            sd = self._state_dict(is_loading=False)
+            path = checkpointing.save(root, self.state.step, sd, self.config_yaml, self.cfg.checkpoint.keep_last)
+        logger.info("saved checkpoint %s in %.1fs", path, time.monotonic() - start)
+        return str(path)
+
+    def save_initial_weights(self) -> str:
+        path = os.path.join(self.cfg.checkpoint_dir(), "initial")
+        with cuda_to_cpu():
+            sd = self._state_dict(is_loading=False, with_optimizer=False, with_rng=False)
+            checkpointing.save_weights(path, sd, self.config_yaml)
+        logger.info("saved the initial weights to %s (use it as checkpoint.init_from)", path)
+        return path
+
+    def maybe_resume(self) -> None:
+        """Resume from the latest checkpoint, or start from ``init_from`` weights, or from scratch."""
+        ck = self.cfg.checkpoint
+        step = checkpointing.latest_step(self.cfg.checkpoint_dir()) if ck.resume else None
+        if step is not None:
+            self._load_full(checkpointing.iter_dir(self.cfg.checkpoint_dir(), step))
+        elif ck.init_from:
+            self._load_weights(ck.init_from)
+
+    def _load_full(self, path) -> None:
+        same_layout = checkpointing.saved_layout_matches(path)
+        with cuda_to_cpu():
+            sd = self._state_dict(is_loading=True, with_rng=same_layout)
+            loaded = checkpointing.load(path, sd)
+            self._load_model(loaded)
+            self.optimizer.load_state_dict(loaded["optimizer"])
+        self.scheduler.load_state_dict(loaded["scheduler"])
+        self.state.load_state_dict(loaded["trainer"])
+        if same_layout:
+            checkpointing.restore_rng_state(loaded["rng_state"])
+        else:
+            logger.warning("checkpoint %s was saved at another TP/PP layout: weights and optimizer resharded, "
+                           "RNG states (dropout) start afresh", path)
+        logger.info("resumed from %s at step %d (%d samples consumed)", path, self.state.step,
+                    self.state.consumed_samples)
+
+    def _load_weights(self, path) -> None:
+        with cuda_to_cpu():
+            sd = checkpointing.model_sharded_state_dict(self._unwrapped())
+            loaded = checkpointing.load(path, sd)
+            self._load_model(loaded)
+            self.optimizer.reload_model_params()
+        logger.info("initialised weights from %s (fresh optimizer, step 0)", path)
+
+    def _load_model(self, loaded: dict) -> None:
+        chunks = self._unwrapped()
+        if len(chunks) == 1:
+            chunks[0].load_state_dict(loaded["model"])
+        else:
+            for i, c in enumerate(chunks):
+                c.load_state_dict(loaded[f"model{i}"])
+
+    # ---- steps -----------------------------------------------------------------------
+
+    def _data_iterator(self, dataset, consumed: int, total: int | None = None):
+        from megatron.core import parallel_state as ps
+
+        def make():
+            return microbatch_iterator(dataset, consumed, self.cfg.schedule.micro_batch_size,
+                                       ps.get_data_parallel_rank(), self.layout.dp, self.cfg.data.num_workers, total)
+
+        # Interleaved pipelining reads each microbatch once per model chunk: one iterator
+        # per chunk, all over the same samples.
+        return [make() for _ in self.model] if len(self.model) > 1 else make()
+
+    def _run_microbatches(self, data_iterator, forward_only: bool) -> tuple[float, float]:
+        """Forward (and backward) over one global batch; returns (loss sum, tokens) over all ranks."""
+        s = self.cfg.schedule
+        with cuda_to_cpu():
+            reports = self.forward_backward(
+                forward_step_func=partial(forward_step, device=self.device), data_iterator=data_iterator,
+                model=self.model if len(self.model) > 1 else self.model[0], num_microbatches=self.microbatches,
+                seq_length=self.cfg.data.seq_length, micro_batch_size=s.micro_batch_size, forward_only=forward_only)
+        return self._reduce_loss(reports)
+
+    def _reduce_loss(self, reports: list[dict]) -> tuple[float, float]:
+        from megatron.core import parallel_state as ps
+
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        # Every TP rank of the last stage holds the same loss: count it once.
+        if ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0:
+            for r in reports:
+                total += r["lm loss"].to(total)
+        if dist.get_world_size() > 1:
+            dist.all_reduce(total)
+        return float(total[0]), float(total[1])
+
+    def train_step(self, data_iterator) -> tuple[float, float]:
+        for m in self.model:
+            m.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        loss_sum, tokens = self._run_microbatches(data_iterator, forward_only=False)
+        with cuda_to_cpu():
+            ok, grad_norm, _ = self.optimizer.step()
+        self.scheduler.step(increment=1)
+        if not ok:
+            logger.warning("step %d skipped by the optimizer (inf/nan gradients)", self.state.step + 1)
+        return loss_sum / max(tokens, 1.0), float(grad_norm or 0.0)
+
+    def evaluate(self) -> float | None:
+        valid = self.datasets.valid
+        if valid is None:
+            return None
+        for m in self.model:
+            m.eval()
+        s = self.cfg.schedule
+        it = self._data_iterator(valid, 0, total=s.eval_steps * s.global_batch_size)
+        loss_sum = tokens = 0.0
+        with torch.no_grad():
+            for _ in range(s.eval_steps):
+                ls, n = self._run_microbatches(it, forward_only=True)
+                loss_sum, tokens = loss_sum + ls, tokens + n
+        for m in self.model:
+            m.train()
+        return loss_sum / max(tokens, 1.0)
+
+    # ---- the loop --------------------------------------------------------------------
+
+    def train(self) -> TrainResult:
+        cfg, s = self.cfg, self.cfg.schedule
+        self.maybe_resume()
+        result = TrainResult(self.state.step)
+        if s.skip_train:
+            result.valid_losses[self.state.step] = self._log_eval(os.path.join(cfg.logging.run_dir, "metrics.jsonl"))
+            return result
+        if cfg.checkpoint.save_initial and self.state.step == 0:
+            self.save_initial_weights()
+        data = self._data_iterator(self.datasets.train, self.state.consumed_samples)
+        tokens_per_step = s.global_batch_size * cfg.data.seq_length
+        metrics_path = os.path.join(cfg.logging.run_dir, "metrics.jsonl")
+        saved_step = None
+        for m in self.model:
+            m.train()
+        while self.state.step < s.train_steps:
+            start = time.perf_counter()
+            loss, grad_norm = self.train_step(data)
+            seconds = time.perf_counter() - start
+            self.state.step += 1
+            self.state.consumed_samples += s.global_batch_size
+            self.state.tokens += tokens_per_step
+            result.losses[self.state.step] = loss
+            if self.state.step % cfg.logging.log_interval == 0 or self.state.step == s.train_steps:
+                self._log_step(loss, grad_norm, seconds, tokens_per_step, metrics_path)
+            if s.eval_interval and self.state.step % s.eval_interval == 0:
+                result.valid_losses[self.state.step] = self._log_eval(metrics_path)
+            if cfg.checkpoint.save_interval and self.state.step % cfg.checkpoint.save_interval == 0:
+                result.checkpoint, saved_step = self.save_checkpoint(), self.state.step
+            if self.preemption.should_stop(self.device):
+                result.stopped_by_signal = True
+                break
+        must_save = result.stopped_by_signal or (cfg.checkpoint.save_at_end and self.state.step > result.final_step)
+        if must_save and saved_step != self.state.step:
+            result.checkpoint = self.save_checkpoint()
+        result.final_step = self.state.step
+        return result
+
+    def _log_step(self, loss: float, grad_norm: float, seconds: float, tokens: int, metrics_path: str) -> None:
+        tok_s, tflops, mfu = throughput(tokens, seconds, self.flops_per_token, self.layout.world_size, self.peak)
+        lr = self.optimizer.param_groups[0]["lr"]
+        m = StepMetrics(self.state.step, loss, lr, grad_norm, tok_s, tflops, mfu, memory_gib(), seconds)
+        if self.layout.is_logging_rank:
+            logger.info(m.line(self.cfg.schedule.train_steps))
+            self.writer.scalars(self.state.step, {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
+                                                  "perf/tokens_per_s": tok_s, "perf/tflops_per_device": tflops,
+                                                  "perf/mfu": mfu, "perf/memory_gib": m.memory_gib})
+            self._append_metrics(metrics_path, {"step": self.state.step, "loss": loss, "lr": lr,
+                                                "grad_norm": grad_norm, "tokens_per_s": tok_s,
+                                                "tflops_per_device": tflops, "mfu": mfu,
+                                                "memory_gib": m.memory_gib, "tokens": self.state.tokens})
+
+    def _log_eval(self, metrics_path: str) -> float | None:
+        loss = self.evaluate()
+        if loss is not None and self.layout.is_logging_rank:
+            logger.info("step %d | validation loss %.4f", self.state.step, loss)
+            self.writer.scalars(self.state.step, {"valid/loss": loss})
+            self._append_metrics(metrics_path, {"step": self.state.step, "valid_loss": loss})
+        return loss
+
+    @staticmethod
+    def _append_metrics(path: str, row: dict[str, Any]) -> None:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def close(self) -> None:
+        self.writer.close()
+        self.preemption.restore()

@@ -1,0 +1,59 @@
+"""Run pretrain_arabic.py under torchrun (gloo, CPU) from tests, and read what it logged."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "pretrain_arabic.py"
+TINY = ROOT / "examples" / "configs" / "tiny_cpu.yaml"
+
+# A model small enough for 4 gloo ranks on 2 cores, large enough to shard 2 x 2.
+MOCK_TINY = ["--data.mock=true", "--data.paths=[]", "--model.vocab_size=256", "--data.seq_length=32",
+             "--schedule.micro_batch_size=2", "--schedule.global_batch_size=8", "--schedule.warmup_steps=1",
+             "--schedule.eval_interval=0", "--checkpoint.save_interval=0", "--logging.log_interval=1",
+             "--logging.tensorboard=false"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_cmd(nproc: int, args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+            f"--master-port={free_port()}", str(SCRIPT), "--config", str(TINY), *args]
+
+
+def env() -> dict:
+    e = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+    return e
+
+
+def train(run_dir: Path, nproc: int = 1, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    args = [f"--logging.run_dir={run_dir}", *overrides]
+    out = subprocess.run(torchrun_cmd(nproc, args), capture_output=True, text=True, timeout=timeout,
+                         env=env(), cwd=ROOT)
+    if out.returncode != 0:
+        raise AssertionError(f"training failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}")
+    return out
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in metrics(run_dir) if "loss" in r}
+
+
+def valid_losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["valid_loss"] for r in metrics(run_dir) if "valid_loss" in r}
