@@ -134,7 +134,7 @@ def main() -> int:
             out = str(tmp / f"ours{workers}")
             st = ours(shards, args.tokenizer, tmp / f"work{workers}", dataset_prefix(out), workers)
             outputs.append(dataset_prefix(out))
-            rows.append((f"native_megatron tokenize stage", workers, st["tokens"], st["wall"],
+            rows.append(("native_megatron tokenize stage", workers, st["tokens"], st["wall"],
                          st["tokens_per_worker_second"], st["tokens"] / st["wall"]))
         identical = all(same(str(tmp / "baseline"), o) for o in outputs)
     print(f"\n{'variant':44} {'workers':>7} {'tokens':>12} {'wall s':>8} {'tok/s/worker':>13} "

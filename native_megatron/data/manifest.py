@@ -31,7 +31,7 @@ class ManifestWriter:
 
     def write(self, row: dict) -> None:
         self.status[row["status"]] += 1
-        if row.get("reason"):
+        if row["status"] == DROPPED and row.get("reason"):
             self.reasons[row["reason"]] += 1
         self.f.write(json.dumps(row, ensure_ascii=False) + "\n")
 

@@ -23,7 +23,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from native_megatron.data.cleaning import CleanConfig
 from native_megatron.data.dedup import DedupConfig
@@ -77,7 +77,8 @@ class OutputConfig:
 
 @dataclass
 class RunConfig:
-    stage: Literal["all", "prepare", "tokenize"] = "all"
+    # all, or one stage: prepare, rewrite (when rewriting is configured), tokenize.
+    stage: Literal["all", "prepare", "rewrite", "tokenize"] = "all"
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     progress: bool = True
 
@@ -146,50 +147,86 @@ def _prepare_stage(cfg: PreprocessConfig, files: list[str], paths: Paths) -> tup
     return result.shards, result.stats, False
 
 
-def _finish_manifest(paths: Paths, parts: int) -> dict[str, Any]:
+class MiddleStage(Protocol):
+    """A stage between prepare and tokenize (the alignment rewrite). It maps prepare's
+    shards to new shards, writes one manifest per shard, and reports whether every
+    shard is finished (with several ranks, each does only its share)."""
+
+    name: str
+
+    def run(self, shards: list[str], work_dir: Path, show_progress: bool, do_work: bool = True) -> Any: ...
+
+
+def _finish_manifest(paths: Paths, middle_manifests: list[str], parts: int) -> dict[str, Any]:
     """Write the final manifest; returns counts per status and per reason."""
+    def chained(files):
+        return itertools.chain.from_iterable(read_manifest(m) for m in files)
+
     with atomic_open(paths.manifest, "w") as f:
         writer = ManifestWriter(f)
-        stages = [itertools.chain.from_iterable(
-            read_manifest(m) for m in partition_manifests(paths.tokenize, parts))]
+        stages = ([chained(middle_manifests)] if middle_manifests else []) + \
+            [chained(partition_manifests(paths.tokenize, parts))]
         for row in merge_stage_rows(read_manifest(paths.prepare / "manifest.jsonl"), stages):
             writer.write(row)
     return {"status": dict(sorted(writer.status.items())), "reasons": dict(sorted(writer.reasons.items()))}
 
 
-def run_preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
-    """Run the configured stages; returns the stats that are also written to ``{prefix}_stats.json``."""
+def _finished_prepare(paths: Paths) -> tuple[list[str], dict, list[str]]:
+    done_path = paths.prepare / "DONE.json"
+    if not done_path.exists():
+        raise ConfigError(f"{paths.prepare} has no finished prepare stage; run --stage prepare (or all) first")
+    done = read_json(done_path)
+    return done["shards"], read_json(paths.prepare / "stats.json"), done["files"]
+
+
+def run_preprocess(cfg: PreprocessConfig, middle: MiddleStage | None = None) -> dict[str, Any]:
+    """Run the configured stages; returns the stats that are also written to ``{prefix}_stats.json``.
+
+    ``middle`` (the alignment rewrite) runs between prepare and tokenize.
+    """
     start = time.monotonic()
-    files = expand_inputs(cfg.input.paths) if cfg.run.stage != "tokenize" else []
+    stage = cfg.run.stage
+    if stage == "rewrite" and middle is None:
+        raise ConfigError("--stage rewrite needs a rewriting backend (--rewrite vllm|openai|hf)")
+    files = expand_inputs(cfg.input.paths) if stage in ("all", "prepare") else []
     tok = load_tokenizer(cfg.tokenize.tokenizer, cfg.tokenize.eod_token)
     paths = Paths.of(cfg.output.prefix)
     check_writable_dir(Path(paths.prefix).parent)
-    if cfg.output.overwrite and cfg.run.stage != "tokenize":
+    if cfg.output.overwrite and stage in ("all", "prepare"):
         shutil.rmtree(paths.work, ignore_errors=True)
     dump_yaml(cfg, paths.config)
     logger.info("tokenizer %s: vocab %d, EOD %d, token dtype %s", tok.path, tok.vocab_size, tok.eod_id,
                 tok.describe()["dtype"])
 
-    if cfg.run.stage == "tokenize":
-        done_path = paths.prepare / "DONE.json"
-        if not done_path.exists():
-            raise ConfigError(f"nothing to tokenize: {paths.prepare} has no finished prepare stage; "
-                              f"run --stage prepare (or all) first")
-        shards, prepare_stats, reused = read_json(done_path)["shards"], read_json(paths.prepare / "stats.json"), True
-        files = read_json(done_path)["files"]
-    else:
+    if stage in ("all", "prepare"):
         shards, prepare_stats, reused = _prepare_stage(cfg, files, paths)
-    if cfg.run.stage == "prepare":
+    else:
+        shards, prepare_stats, files = _finished_prepare(paths)
+        reused = True
+    if stage == "prepare":
         return {"prepare": prepare_stats}
     if not reused:
         shutil.rmtree(paths.tokenize, ignore_errors=True)
 
+    middle_stats, middle_manifests = None, []
+    if middle is not None:
+        # --stage tokenize only collects what the ranks of the middle stage finished.
+        result = middle.run(shards, paths.work / middle.name, cfg.run.progress, do_work=stage != "tokenize")
+        middle_stats = result.stats
+        if stage == middle.name:
+            return {middle.name: middle_stats}
+        if not result.complete:
+            raise ConfigError(f"{middle.name}: {middle_stats['shards_done']} of {middle_stats['shards_total']} "
+                              f"shards are finished; run the remaining ranks (--stage {middle.name}) before "
+                              f"--stage tokenize")
+        shards, middle_manifests = result.shards, result.manifests
+
     settings = TokenizeSettings(cfg.tokenize.tokenizer, cfg.tokenize.eod_token, cfg.tokenize.append_eod,
                                 cfg.tokenize.add_bos, cfg.tokenize.batch_size, cfg.run.workers)
     tok_stats = run_tokenize(shards, paths.tokenize, paths.dataset, settings, show_progress=cfg.run.progress)
-    counts = _finish_manifest(paths, len(shards))
+    counts = _finish_manifest(paths, middle_manifests, len(shards))
     elapsed = time.monotonic() - start
-    input_bytes = sum(os.path.getsize(f) for f in files)
+    input_bytes = sum(os.path.getsize(f) for f in files if os.path.exists(f))
     stats = {
         "inputs": files,
         "outputs": {"dataset": paths.dataset, "manifest": paths.manifest, "config": paths.config},
@@ -219,9 +256,11 @@ def run_preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
             "tokens_per_worker_second": tok_stats["tokens_per_worker_second"],
         },
     }
+    if middle_stats is not None:
+        stats["timing"][middle.name] = middle_stats.pop("timing")
+        stats[middle.name] = middle_stats
     atomic_write_json(paths.stats, stats)
-    if stats["documents_by_status"].get(PASSED, 0) + stats["documents_by_status"].get(DROPPED, 0) \
-            != stats["documents_in"]:
+    if sum(stats["documents_by_status"].values()) != stats["documents_in"]:
         raise RuntimeError("manifest does not account for every input document; this is a bug")
     return stats
 
@@ -230,11 +269,18 @@ def format_summary(stats: dict[str, Any]) -> str:
     """The end-of-run summary a user reads: counts, reasons, tokens, throughput, where outputs went."""
     t = stats["timing"]
     by = stats["documents_by_status"]
-    lines = [
-        f"documents: {stats['documents_in']} in, {by.get(PASSED, 0)} kept, {by.get(DROPPED, 0)} dropped",
-    ]
+    order = [PASSED, "rewritten", "kept_raw", DROPPED]
+    statuses = sorted(by, key=lambda k: order.index(k) if k in order else len(order))
+    lines = [f"documents: {stats['documents_in']} in, "
+             + ", ".join(f"{by[k]} {k.replace('_', ' ')}" for k in statuses)]
     if stats["dropped_by_reason"]:
         lines.append("dropped:   " + ", ".join(f"{k} {v}" for k, v in stats["dropped_by_reason"].items()))
+    rw = stats.get("rewrite")
+    if rw:
+        checks = ", ".join(f"{k} {v}" for k, v in rw["failed_checks"].items()) or "none"
+        t_rw = stats["timing"].get("rewrite", {})
+        lines.append(f"rewrite:   {rw['backend']} {rw['model']} ({rw['guidelines']}); failed checks: {checks}; "
+                     f"{t_rw.get('generated_tokens_per_second') or 0:,.0f} generated tokens/s")
     lines += [
         f"tokens:    {stats['tokens_written']:,} ({stats['tokenizer']['dtype']}, vocab "
         f"{stats['tokenizer']['vocab_size']:,}) in {stats['partitions']} partition(s)",

@@ -1,0 +1,113 @@
+"""Settings of the rewriting stage: backend, model, guidelines, chunking, sampling, failure policy, work split."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+from native_megatron.utils.config import ConfigError
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 0.2
+    top_p: float = 0.9
+    # Upper bound on generated tokens per chunk; a rewrite that hits it is "truncated".
+    max_new_tokens: int = 3072
+    seed: int | None = 1234
+
+    def validate(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
+            raise ConfigError("sampling: need temperature >= 0, 0 < top_p <= 1, max_new_tokens >= 1")
+
+
+@dataclass
+class OpenAIConfig:
+    # One or more servers (e.g. a fleet of `vllm serve`); requests are spread round-robin.
+    base_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:8000/v1"])
+    # The API key is read from this environment variable, never from a file or flag.
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 16
+    timeout_s: float = 300.0
+    max_retries: int = 6
+    backoff_s: float = 1.0
+
+    def validate(self) -> None:
+        if not self.base_urls:
+            raise ConfigError("rewrite.openai.base_urls is empty")
+        if self.concurrency < 1 or self.max_retries < 0 or self.timeout_s <= 0:
+            raise ConfigError("rewrite.openai: concurrency >= 1, max_retries >= 0, timeout_s > 0 required")
+
+
+@dataclass
+class VLLMConfig:
+    tensor_parallel_size: int = 1
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.9
+    dtype: str = "auto"
+
+
+@dataclass
+class HFConfig:
+    device: str = "auto"       # auto: cuda when available, else cpu
+    dtype: str = "auto"        # auto: bf16 on GPU, fp32 on CPU
+    batch_size: int = 8
+
+
+
+
+@dataclass
+class RewriteConfig:
+    # none: no rewriting (the raw baseline); vllm / openai / hf: see docs/alignment.md.
+    backend: Literal["none", "vllm", "openai", "hf"] = "none"
+    model: str = ""
+    # Tokenizer used to count tokens for chunking; default: the model's (a local
+    # directory, or the vLLM engine's). Without one, 1 token per 3 characters is assumed.
+    tokenizer: str | None = None
+    guidelines: str = ""
+    # Documents longer than this (in rewriter tokens) are rewritten in pieces.
+    max_input_tokens: int = 2048
+    # Documents handed to the backend per call (their chunks all go in one batch).
+    batch_size: int = 64
+    # A rewrite that fails validation: keep the raw text, drop the document, or
+    # retry once with retry_sampling and then apply after_retry.
+    on_failure: Literal["keep_raw", "drop", "retry"] = "retry"
+    after_retry: Literal["keep_raw", "drop"] = "keep_raw"
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    retry_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.95,
+                                                                                  seed=4321))
+    # This process's share of the shards: shard i goes to rank i % world_size. Unset:
+    # from a SLURM job array (SLURM_ARRAY_TASK_ID / _COUNT) or SLURM tasks, else 0 of 1.
+    rank: int | None = None
+    world_size: int | None = None
+    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    hf: HFConfig = field(default_factory=HFConfig)
+
+    def validate(self) -> None:
+        if self.backend == "none":
+            return
+        if not self.model:
+            raise ConfigError("--rewrite needs --model (a model directory, or the served model name for openai)")
+        if not self.guidelines:
+            raise ConfigError("--rewrite needs --guidelines (e.g. examples/guidelines/native_alignment_en.yaml)")
+        if not os.path.isfile(self.guidelines):
+            raise ConfigError(f"guidelines file not found: {self.guidelines}")
+        if self.max_input_tokens < 16 or self.batch_size < 1:
+            raise ConfigError("rewrite: max_input_tokens >= 16 and batch_size >= 1 required")
+        rank, world = self.work_split()
+        if not 0 <= rank < world:
+            raise ConfigError(f"rewrite: rank {rank} is not in [0, world_size={world})")
+
+    def work_split(self) -> tuple[int, int]:
+        """(rank, world size) for the shard split, from the config or SLURM."""
+        env = os.environ
+        if self.world_size is not None:
+            return (self.rank or 0), self.world_size
+        if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+            first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+            return int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"])
+        if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+            return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+        return (self.rank or 0), 1

@@ -1,0 +1,38 @@
+"""The full preprocessing pipeline with native alignment: clean -> dedup -> rewrite -> validate -> tokenize."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from native_megatron.alignment.config import RewriteConfig
+from native_megatron.alignment.rewrite import StageResult, run_rewrite
+from native_megatron.alignment.validation import ValidationConfig
+from native_megatron.data.pipeline import PreprocessConfig, run_preprocess
+
+
+@dataclass
+class AlignedPreprocessConfig(PreprocessConfig):
+    rewrite: RewriteConfig = field(default_factory=RewriteConfig)
+    validate: ValidationConfig = field(default_factory=ValidationConfig)
+
+
+class RewriteStage:
+    """The rewrite stage, plugged in between the data path's prepare and tokenize stages."""
+
+    name = "rewrite"
+
+    def __init__(self, cfg: AlignedPreprocessConfig, backend=None) -> None:
+        self.cfg = cfg
+        self.backend = backend
+
+    def run(self, shards: list[str], work_dir: Path, show_progress: bool, do_work: bool = True) -> StageResult:
+        return run_rewrite(shards, work_dir, self.cfg.rewrite, self.cfg.validate, show_progress, self.backend,
+                           do_work=do_work)
+
+
+def run_preprocess_aligned(cfg: AlignedPreprocessConfig, backend=None) -> dict[str, Any]:
+    """Run the configured stages; with ``rewrite.backend: none`` this is the raw data path."""
+    middle = RewriteStage(cfg, backend) if cfg.rewrite.backend != "none" else None
+    return run_preprocess(cfg, middle)

@@ -1,0 +1,167 @@
+"""A real OpenAI-compatible server for tests (`transformers serve` on a tiny local model), and a
+fault-injecting proxy in front of it (5xx answers, slow answers, a killed upstream)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServedModel:
+    """`transformers serve MODEL` on 127.0.0.1, started and stopped by the test."""
+
+    def __init__(self, model_dir: str, port: int | None = None) -> None:
+        self.model_dir = model_dir
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout: float = 180) -> "ServedModel":
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+        exe = os.path.join(os.path.dirname(sys.executable), "transformers")
+        self.proc = subprocess.Popen([exe, "serve", self.model_dir, "--host", "127.0.0.1", "--port", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("transformers serve exited at start")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2).read()
+                return self
+            except (urllib.error.URLError, ConnectionError, socket.timeout):
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("transformers serve did not come up")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+
+class _QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def reply(self, code: int, payload: bytes | dict) -> None:
+        if isinstance(payload, dict):
+            payload = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+class _LocalServer:
+    """A threaded HTTP server on a free localhost port, run as a context manager."""
+
+    def _serve(self, handler: type) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FaultProxy(_LocalServer):
+    """Forwards POSTs to ``upstream``; every ``fail_every``-th request gets a 503 instead, every
+    ``slow_every``-th waits ``delay`` seconds first, and ``on_request(n)`` runs before request n."""
+
+    def __init__(self, upstream: str, fail_every: int = 0, slow_every: int = 0, delay: float = 0.0,
+                 on_request=None) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.fail_every, self.slow_every, self.delay = fail_every, slow_every, delay
+        self.on_request = on_request
+        self.count = self.failed = self.slowed = 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(_QuietHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with proxy.lock:
+                    proxy.count += 1
+                    n = proxy.count
+                if proxy.on_request:
+                    proxy.on_request(n)
+                if proxy.fail_every and n % proxy.fail_every == 0:
+                    with proxy.lock:
+                        proxy.failed += 1
+                    return self.reply(503, b'{"error": "overloaded"}')
+                if proxy.slow_every and n % proxy.slow_every == 0:
+                    with proxy.lock:
+                        proxy.slowed += 1
+                    time.sleep(proxy.delay)
+                path = self.path[len("/v1"):] if self.path.startswith("/v1") else self.path
+                req = urllib.request.Request(proxy.upstream + path, data=body,
+                                             headers={"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(req, timeout=120) as resp:
+                        self.reply(resp.status, resp.read())
+                except urllib.error.HTTPError as exc:
+                    self.reply(exc.code, exc.read())
+                except (urllib.error.URLError, ConnectionError, socket.timeout):
+                    self.reply(502, json.dumps({"error": "upstream unreachable"}).encode())
+
+        self._serve(Handler)
+
+
+class ExpertServer(_LocalServer):
+    """A stand-in for a strong model behind an OpenAI-compatible API: answers /v1/chat/completions with
+    the fakes' faithful polishing edit (so rewrites pass validation), refuses documents containing
+    REFUSE, and answers 503 to every request after ``fail_after`` of them (a fleet going away)."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        from tests.alignment.fakes import PolishingBackend
+
+        self.backend = PolishingBackend()
+        self.fail_after = fail_after
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        expert = self
+
+        class Handler(_QuietHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                with expert.lock:
+                    expert.requests.append(body)
+                    n = len(expert.requests)
+                if expert.fail_after is not None and n > expert.fail_after:
+                    return self.reply(503, {"error": "overloaded"})
+                from native_megatron.alignment.backends.base import SamplingConfig
+
+                gen = expert.backend.generate([body["messages"]], SamplingConfig())[0]
+                self.reply(200, {"choices": [{"message": {"role": "assistant", "content": gen.text},
+                                               "finish_reason": gen.finish_reason}],
+                                  "usage": {"prompt_tokens": gen.prompt_tokens,
+                                            "completion_tokens": gen.completion_tokens}})
+
+        self._serve(Handler)

@@ -1,0 +1,164 @@
+"""The rewrite stage end to end (prepare -> rewrite -> validate -> tokenize) with a deterministic
+in-process backend: failure policies, chunking, resumption after a dead backend, work split by rank."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from native_megatron.alignment.backends import BackendUnavailable
+from native_megatron.alignment.pipeline import AlignedPreprocessConfig, run_preprocess_aligned
+from native_megatron.data.indexed import dataset_prefix
+from native_megatron.data.tokenizer import load_tokenizer
+from native_megatron.utils.config import ConfigError, load_config
+from tests.alignment.fakes import PolishingBackend
+from tests.conftest import same_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+GUIDELINES = ROOT / "examples" / "guidelines" / "native_alignment_ar.yaml"
+BODY = ("تحدث الخبراء في المؤتمر السنوي عن مستقبل الزراعة في المناطق الجافة واستخدام تقنيات الري بالتنقيط "
+        "وتحلية المياه، وأكدوا أن الاستثمار في البحث العلمي هو الطريق الأهم لتحقيق الأمن الغذائي. ")
+
+
+def corpus(tmp_path: Path, n: int = 24) -> Path:
+    rows = []
+    for i in range(n):
+        marker = {3: "REFUSE", 7: "TRUNCATE", 11: "FLAKY"}.get(i, "")
+        text = f"المقال رقم {i} عن موضوع مختلف {'ب' * (i + 1)}. {BODY}{marker} يا غبي!!!"
+        rows.append({"id": f"d{i:02d}", "text": text})
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def cfg(inputs, prefix, tokenizer, *overrides):
+    base = {"input.paths": [str(inputs)], "output.prefix": str(prefix), "tokenize.tokenizer": str(tokenizer),
+            "run.workers": 1, "run.progress": False, "rewrite.backend": "hf", "rewrite.model": "fake",
+            "rewrite.guidelines": str(GUIDELINES), "output.shard_size": 5, "rewrite.batch_size": 3,
+            "dedup.near": False}
+    return load_config(AlignedPreprocessConfig, overrides=list(overrides), base=base)
+
+
+def manifest(prefix) -> dict[str, dict]:
+    return {r["id"]: r for r in map(json.loads, open(f"{prefix}_manifest.jsonl", encoding="utf-8"))}
+
+
+def read_texts(prefix, tokenizer):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    tok = load_tokenizer(tokenizer)
+    ds = IndexedDataset(dataset_prefix(str(prefix)))
+    return [tok.decode(ds[i][:-1].tolist()) for i in range(len(ds))]
+
+
+def test_policies_statuses_and_what_reaches_the_dataset(tmp_path, sample_tokenizer):
+    src = corpus(tmp_path)
+    prefix = tmp_path / "out" / "a"
+    stats = run_preprocess_aligned(cfg(src, prefix, sample_tokenizer), backend=PolishingBackend())
+    rows = manifest(prefix)
+    assert len(rows) == 24 and stats["documents_in"] == 24
+    assert rows["d00"]["status"] == "rewritten" and "retried" not in rows["d00"]
+    assert rows["d11"]["status"] == "rewritten" and rows["d11"]["retried"]           # FLAKY: retry worked
+    assert rows["d03"]["status"] == "kept_raw" and "refusal" in rows["d03"]["failed_checks"]
+    assert rows["d07"]["status"] == "kept_raw" and "truncated" in rows["d07"]["failed_checks"]
+    assert {r["backend"] for r in rows.values()} == {"fake"}
+    assert all(r["guidelines"].startswith("native-alignment@1.0#") for r in rows.values())
+    assert stats["rewrite"]["by_status"]["rewritten"] == 22
+    assert stats["rewrite"]["failed_checks"]["refusal"] >= 1
+    texts = read_texts(prefix, sample_tokenizer)
+    assert len(texts) == 24
+    assert "يا غبي" not in texts[0] and "!!!" not in texts[0]   # the polished text was tokenized
+    assert "يا غبي" in texts[3]                                 # kept raw
+
+
+@pytest.mark.parametrize("policy, d03, d11", [
+    (["--rewrite.on_failure=drop"], "dropped", "dropped"),
+    (["--rewrite.on_failure=keep_raw"], "kept_raw", "kept_raw"),
+    (["--rewrite.on_failure=retry", "--rewrite.after_retry=drop"], "dropped", "rewritten"),
+])
+def test_failure_policies(tmp_path, sample_tokenizer, policy, d03, d11):
+    prefix = tmp_path / "p"
+    stats = run_preprocess_aligned(cfg(corpus(tmp_path), prefix, sample_tokenizer, *policy),
+                                   backend=PolishingBackend())
+    rows = manifest(prefix)
+    assert (rows["d03"]["status"], rows["d11"]["status"]) == (d03, d11)
+    if d03 == "dropped":
+        assert rows["d03"]["reason"] == "rewrite_failed_validation"
+        assert stats["dropped_by_reason"]["rewrite_failed_validation"] >= 1
+    assert sum(stats["documents_by_status"].values()) == 24
+
+
+def test_long_documents_are_chunked_and_joined_in_order(tmp_path, sample_tokenizer):
+    long_text = "\n".join(f"الفقرة {i}: {BODY}يا غبي!!!" for i in range(12))
+    src = tmp_path / "long.jsonl"
+    src.write_text(json.dumps({"id": "long", "text": long_text}, ensure_ascii=False) + "\n", encoding="utf-8")
+    prefix = tmp_path / "l"
+    backend = PolishingBackend()
+    run_preprocess_aligned(cfg(src, prefix, sample_tokenizer, "--rewrite.max_input_tokens=60"), backend=backend)
+    row = manifest(prefix)["long"]
+    assert row["status"] == "rewritten" and row["chunks"] > 3
+    expected = "\n".join(f"الفقرة {i}: {BODY.strip()}!" for i in range(12))
+    aligned = json.loads(open(tmp_path / "l_work" / "rewrite" / "shard-00000.jsonl", encoding="utf-8").readline())
+    assert aligned["text"] == expected
+
+
+def test_a_dead_backend_loses_nothing_and_the_rerun_equals_an_uninterrupted_run(tmp_path, sample_tokenizer):
+    src = corpus(tmp_path)
+    ref = tmp_path / "ref"
+    run_preprocess_aligned(cfg(src, ref, sample_tokenizer), backend=PolishingBackend())
+    prefix = tmp_path / "cut"
+    with pytest.raises(BackendUnavailable):
+        run_preprocess_aligned(cfg(src, prefix, sample_tokenizer), backend=PolishingBackend(fail_after=3))
+    work = tmp_path / "cut_work" / "rewrite"
+    done = sorted(p.name for p in work.glob("*.done.json"))
+    assert done and len(done) < 5                          # some shards finished, not all
+    assert not any(p.name.endswith(".tmp") for p in work.iterdir() if p.name.startswith("shard"))
+    backend = PolishingBackend()
+    run_preprocess_aligned(cfg(src, prefix, sample_tokenizer), backend=backend)
+    # Only the unfinished shards were sent again: 5 documents per finished shard were not.
+    assert backend.requests <= 24 - 5 * len(done) + 3      # + the FLAKY/REFUSE/TRUNCATE retries
+    for suffix in ("_text_document.bin", "_text_document.idx", "_manifest.jsonl"):
+        assert same_bytes(f"{ref}{suffix}", f"{prefix}{suffix}"), suffix
+
+
+def test_ranks_share_the_shards_and_tokenize_waits_for_all(tmp_path, sample_tokenizer):
+    src = corpus(tmp_path)
+    ref = tmp_path / "ref"
+    run_preprocess_aligned(cfg(src, ref, sample_tokenizer), backend=PolishingBackend())
+    prefix = tmp_path / "split"
+    run_preprocess_aligned(cfg(src, prefix, sample_tokenizer, "--run.stage=prepare"))
+    out0 = run_preprocess_aligned(cfg(src, prefix, sample_tokenizer, "--run.stage=rewrite", "--rewrite.rank=0",
+                                      "--rewrite.world_size=2"), backend=PolishingBackend())
+    assert out0["rewrite"]["shards_done"] == 3 and out0["rewrite"]["shards_total"] == 5
+    with pytest.raises(ConfigError, match="3 of 5 shards are finished"):
+        run_preprocess_aligned(cfg(src, prefix, sample_tokenizer, "--run.stage=tokenize"), backend=PolishingBackend())
+    run_preprocess_aligned(cfg(src, prefix, sample_tokenizer, "--run.stage=rewrite", "--rewrite.rank=1",
+                               "--rewrite.world_size=2"), backend=PolishingBackend())
+    run_preprocess_aligned(cfg(src, prefix, sample_tokenizer, "--run.stage=tokenize"), backend=PolishingBackend())
+    for suffix in ("_text_document.bin", "_manifest.jsonl"):
+        assert same_bytes(f"{ref}{suffix}", f"{prefix}{suffix}"), suffix
+
+
+def test_slurm_array_variables_pick_the_rank(monkeypatch):
+    from native_megatron.alignment.config import RewriteConfig
+
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "4")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "8")
+    assert RewriteConfig().work_split() == (3, 8)
+    assert RewriteConfig(rank=1, world_size=2).work_split() == (1, 2)
+
+
+def test_changed_guidelines_redo_the_rewrites(tmp_path, sample_tokenizer):
+    src = corpus(tmp_path, 6)
+    prefix = tmp_path / "g"
+    run_preprocess_aligned(cfg(src, prefix, sample_tokenizer), backend=PolishingBackend())
+    other = tmp_path / "other.yaml"
+    other.write_text(GUIDELINES.read_text(encoding="utf-8").replace('version: "1.0"', 'version: "1.1"'),
+                     encoding="utf-8")
+    backend = PolishingBackend()
+    run_preprocess_aligned(cfg(src, prefix, sample_tokenizer, f"--rewrite.guidelines={other}"), backend=backend)
+    assert backend.requests >= 6
+    assert all(r["guidelines"].startswith("native-alignment@1.1#") for r in manifest(prefix).values())
