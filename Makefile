@@ -12,23 +12,33 @@ PYTEST_ARGS ?=
 .PHONY: help install demo test clean
 
 help:
-	@echo "make demo   preprocess the shipped Arabic sample, then train a tiny model on it"
+	@echo "make demo   preprocess the shipped Arabic sample (raw and aligned), then train a tiny model on the blend"
 	@echo "make test   run the test suite"
 
 install: $(STAMP)
 
-$(STAMP): setup.py pyproject.toml
+# --no-build-isolation: setup.py compiles csrc/ against the torch installed here.
+$(STAMP): setup.py pyproject.toml $(wildcard csrc/*)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(if $(TORCH),$(BIN)/python -m pip install -q $(TORCH))
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q setuptools wheel
+	$(BIN)/python -m pip install -q --no-build-isolation -e '.[dev]'
 	touch $(STAMP)
 
+# The demo: raw baseline data, the same sample natively aligned by a (tiny, random)
+# rewriter, and a tiny model trained on a 50/50 blend of the two.
+DEMO := runs/demo
 demo: install
-	$(BIN)/python tools/preprocess_aligned.py --rewrite none --overwrite \
-		--input examples/data/sample_ar.jsonl \
-		--tokenizer examples/tokenizer/sample_ar.model \
-		--output-prefix runs/demo/data/sample_ar
-	rm -rf runs/demo/tiny_cpu
+	$(BIN)/python tools/preprocess_aligned.py --rewrite none --overwrite --no-progress \
+		--input examples/data/sample_ar.jsonl --tokenizer examples/tokenizer/sample_ar.model \
+		--output-prefix $(DEMO)/data/sample_ar
+	$(BIN)/python tools/make_tiny_model.py --out $(DEMO)/tiny_rewriter --corpus examples/data/sample_ar.jsonl
+	$(BIN)/python tools/preprocess_aligned.py --overwrite --no-progress \
+		--input examples/data/sample_ar.jsonl --tokenizer examples/tokenizer/sample_ar.model \
+		--output-prefix $(DEMO)/data/sample_ar_aligned \
+		--rewrite hf --model $(DEMO)/tiny_rewriter --guidelines examples/guidelines/native_alignment_ar.yaml \
+		--rewrite.sampling.max_new_tokens=16 --rewrite.on_failure=keep_raw
+	rm -rf $(DEMO)/tiny_cpu
 	$(BIN)/python pretrain_arabic.py --config examples/configs/tiny_cpu.yaml
 
 test: install

@@ -1,6 +1,49 @@
-"""native_megatron: native alignment pre-training for Arabic LLMs on megatron-core."""
+"""native_megatron: native alignment pre-training for Arabic LLMs on megatron-core.
+
+The fused ops in csrc/ are built here, never at run time. NM_BUILD_EXT=1 requires them,
+0 skips them, auto (the default) builds them when torch is importable (install torch
+first and use `pip install --no-build-isolation`). CUDA kernels are compiled when the
+CUDA toolkit is found (CUDA_HOME) and torch is a CUDA build, whether or not this machine
+has a GPU (login nodes do not); arches from TORCH_CUDA_ARCH_LIST, default 8.0;9.0
+(A100, H100). Otherwise the extension has the CPU kernels only.
+"""
+
+import glob
+import os
+import sys
 
 from setuptools import find_packages, setup
+
+
+def extensions():
+    mode = os.environ.get("NM_BUILD_EXT", "auto")
+    if mode not in ("0", "1", "auto"):
+        sys.exit(f"NM_BUILD_EXT must be 0, 1 or auto, not {mode!r}")
+    if mode == "0":
+        return [], {}
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+    except ImportError:
+        if mode == "1":
+            sys.exit("NM_BUILD_EXT=1: install torch first, then pip install --no-build-isolation .")
+        print("native_megatron: torch is not importable here, so the fused-op extension is not built "
+              "(the torch reference ops are used); see setup.py", file=sys.stderr)
+        return [], {}
+    here = os.path.dirname(os.path.abspath(__file__))
+    cxx = ["-O3", "-std=c++20"]
+    if CUDA_HOME is not None and torch.version.cuda is not None:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        cuda_files = glob.glob(os.path.join(here, "csrc", "*.cu"))
+        sources = ["csrc/ops.cpp"] + sorted(os.path.relpath(p, here) for p in cuda_files)
+        ext = CUDAExtension("native_megatron._C", sources, extra_compile_args={
+            "cxx": cxx + ["-DNM_WITH_CUDA"], "nvcc": ["-O3", "-DNM_WITH_CUDA"]})
+    else:
+        ext = CppExtension("native_megatron._C", ["csrc/ops.cpp"], extra_compile_args={"cxx": cxx})
+    return [ext], {"build_ext": BuildExtension}
+
+
+EXT_MODULES, CMDCLASS = extensions()
 
 setup(
     name="native_megatron",
@@ -8,6 +51,8 @@ setup(
     description="Native alignment pre-training for Arabic LLMs: rewrite, tokenize, train on megatron-core",
     packages=find_packages(include=["native_megatron", "native_megatron.*"]),
     python_requires=">=3.10",
+    ext_modules=EXT_MODULES,
+    cmdclass=CMDCLASS,
     install_requires=[
         "torch>=2.4",
         # 0.17+ needs Python >= 3.12; 0.16.1 ships compiled dataset helpers for 3.10/3.11.
@@ -26,7 +71,11 @@ setup(
     ],
     extras_require={
         "gpu": ["transformer-engine[pytorch]"],
-        "rewrite": ["vllm"],
-        "dev": ["pytest>=8", "pytest-timeout"],
+        # Rewriting engines: vLLM on GPUs; transformers for CPU/small runs (and the demo).
+        # The openai backend (vllm serve fleets, hosted APIs) needs nothing extra.
+        "rewrite": ["vllm", "transformers>=4.56"],
+        "hf": ["transformers>=4.56"],
+        # Tests serve a tiny model with `transformers serve` to exercise the openai backend.
+        "dev": ["pytest>=8", "pytest-timeout", "transformers[serving]>=4.56"],
     },
 )

@@ -38,9 +38,11 @@ class ModelConfig:
     untie_embeddings: bool = True
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
-    # Layer implementation: te (transformer-engine) or local (megatron-core's torch
-    # layers); auto picks te on GPU when transformer-engine is installed.
-    spec: Literal["auto", "te", "local"] = "auto"
+    # Layer implementation: te (transformer-engine), local (megatron-core's torch
+    # layers) or native (local layers with our fused RMSNorm, RoPE, SwiGLU and
+    # cross-entropy from csrc/); auto: te on GPU when transformer-engine is installed,
+    # else native on GPU when the extension has CUDA kernels, else local.
+    spec: Literal["auto", "te", "local", "native"] = "auto"
     recompute: Literal["none", "selective", "full"] = "none"
 
     def validate(self) -> None:

@@ -26,9 +26,16 @@ def use_sequence_parallel(cfg: TrainConfig, on_gpu: bool) -> bool:
     return sp and cfg.parallel.tensor > 1
 
 
-def transformer_config(cfg: TrainConfig, on_gpu: bool):
+def transformer_config(cfg: TrainConfig, on_gpu: bool, spec_name: str = "local"):
     """megatron-core TransformerConfig for a Llama-style model under this layout."""
     from megatron.core.transformer.transformer_config import TransformerConfig
+
+    native = {}
+    if spec_name == "native":
+        from native_megatron.ops.megatron import install_rope, native_config_overrides
+
+        install_rope()
+        native = native_config_overrides()
 
     m, p = cfg.model, cfg.parallel
     dtype = params_dtype(cfg, on_gpu)
@@ -37,7 +44,7 @@ def transformer_config(cfg: TrainConfig, on_gpu: bool):
         recompute = dict(recompute_granularity="selective")
     elif m.recompute == "full":
         recompute = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
-    return TransformerConfig(
+    kwargs = dict(
         num_layers=m.num_layers,
         hidden_size=m.hidden_size,
         ffn_hidden_size=m.ffn_hidden_size,
@@ -78,6 +85,8 @@ def transformer_config(cfg: TrainConfig, on_gpu: bool):
         deallocate_pipeline_outputs=on_gpu,
         **recompute,
     )
+    kwargs.update(native)
+    return TransformerConfig(**kwargs)
 
 
 def ddp_config(cfg: TrainConfig, on_gpu: bool):

@@ -26,17 +26,37 @@ def have_transformer_engine() -> bool:
 def resolve_spec_name(cfg: TrainConfig, on_gpu: bool) -> str:
     name = cfg.model.spec
     if name == "auto":
-        return "te" if on_gpu and have_transformer_engine() else "local"
+        # On GPUs: transformer-engine when installed, else our fused CUDA kernels when built.
+        # On CPU the local spec: torch's vectorised CPU ops beat our plain C++ loops, which
+        # exist for correctness (tests) rather than speed.
+        from native_megatron.ops import extension_available
+
+        if on_gpu and have_transformer_engine():
+            name = "te"
+        elif on_gpu and extension_available("cuda"):
+            name = "native"
+        else:
+            return "local"
+    if name == "native":
+        from native_megatron.ops import describe
+
+        logger.info("model.spec=native: fused ops from %s", describe())
     if name == "te" and not (on_gpu and have_transformer_engine()):
         raise ConfigError("model.spec=te needs a GPU and transformer-engine (pip install -e '.[gpu]'); "
                           "use model.spec=local")
     return name
 
 
-def layer_spec(name: str):
-    """The ModuleSpec that chooses the layer implementations."""
+def layer_spec(name: str, tf_config=None, vp_stage: int | None = None):
+    """The spec that chooses the layer implementations."""
     from megatron.core.models.gpt import gpt_layer_specs
 
+    if name == "native":
+        from megatron.core.transformer.transformer_block import get_num_layers_to_build
+
+        from native_megatron.ops.megatron import native_block_spec
+
+        return native_block_spec(get_num_layers_to_build(tf_config, vp_stage=vp_stage))
     if name == "te":
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
     if name == "local":
@@ -50,14 +70,18 @@ def build_model_chunks(cfg: TrainConfig, tf_config, vocab_size: int, spec_name: 
     from megatron.core.models.gpt.gpt_model import GPTModel
 
     m = cfg.model
-    spec = layer_spec(spec_name)
     vp = cfg.parallel.virtual_pipeline
+    model_class = GPTModel
+    if spec_name == "native":
+        from native_megatron.ops.megatron import native_gpt_model_class
+
+        model_class = native_gpt_model_class()
     chunks = []
     for vp_stage in range(vp or 1):
         stage = vp_stage if vp else None
-        model = GPTModel(
+        model = model_class(
             config=tf_config,
-            transformer_layer_spec=spec,
+            transformer_layer_spec=layer_spec(spec_name, tf_config, stage),
             vocab_size=vocab_size,
             max_sequence_length=m.max_position_embeddings or cfg.data.seq_length,
             pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),

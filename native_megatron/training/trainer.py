@@ -114,7 +114,7 @@ class Trainer:
         vocab = cfg.model.vocab_size or self.datasets.tokenizer.vocab_size
         self.vocab_size = padded_vocab_size(vocab, cfg.model.make_vocab_size_divisible_by, cfg.parallel.tensor)
         self.spec_name = resolve_spec_name(cfg, on_gpu)
-        self.tf_config = megatron_config.transformer_config(cfg, on_gpu)
+        self.tf_config = megatron_config.transformer_config(cfg, on_gpu, self.spec_name)
         self.tf_config.calculate_per_token_loss = True
         chunks = build_model_chunks(cfg, self.tf_config, self.vocab_size, self.spec_name)
         if on_gpu:
