@@ -1,0 +1,213 @@
+"""The two conversions: an HF Llama directory -> a weights-only dist_checkpointing checkpoint
+(for ``checkpoint.init_from``), and any of our checkpoints -> an HF directory.
+
+hf-to-megatron builds this rank's GPTModel chunk at the requested TP/PP (one process per
+rank under torchrun, or a single process), fills each parameter from the HF tensors one at a
+time, and saves with the trainer's own checkpoint code, so the model is held once (sharded
+over the ranks). megatron-to-hf reads the model's tensors once and writes safetensors shards
+as it converts them (the model in memory once, plus one output shard).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+
+from native_megatron.convert.llama import (HFWeights, LlamaShape, hf_config_dict, hf_tensors_for, local_shard,
+                                           megatron_global, read_hf_config)
+from native_megatron.utils.config import ConfigError, config_to_dict, load_config
+from native_megatron.utils.io import Progress
+
+logger = logging.getLogger(__name__)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "generation_config.json")
+SHAPE_FILE = "hf_llama.json"
+
+
+def _train_config(shape: LlamaShape, tp: int, pp: int, precision: str):
+    from native_megatron.training.config import TrainConfig
+
+    base = {**shape.model_overrides(), "parallel.tensor": tp, "parallel.pipeline": pp, "precision": precision,
+            "data.mock": True, "data.paths": [], "data.seq_length": min(shape.max_positions, 4096),
+            "model.spec": "local", "logging.tensorboard": False}
+    return load_config(TrainConfig, None, [], base=base)
+
+
+def hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, precision: str = "bf16",
+                   progress: bool = True) -> Path:
+    from megatron.core import parallel_state
+
+    from native_megatron.training import checkpointing, megatron_config
+    from native_megatron.training.distributed import destroy_distributed, init_distributed
+    from native_megatron.training.model import build_model_chunks, padded_vocab_size
+
+    shape = read_hf_config(hf_dir)
+    hf = HFWeights(hf_dir)
+    cfg = _train_config(shape, tp, pp, precision)
+    layout = init_distributed(cfg)
+    try:
+        vocab = padded_vocab_size(shape.vocab, cfg.model.make_vocab_size_divisible_by, tp)
+        tf_config = megatron_config.transformer_config(cfg, on_gpu=False)
+        tf_config.perform_initialization = False      # every weight is overwritten from HF
+        (chunk,) = build_model_chunks(cfg, tf_config, vocab, "local")
+        tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        params = list(chunk.named_parameters())
+        with torch.no_grad(), Progress(len(params), "hf-to-megatron", enabled=progress and layout.rank == 0) as bar:
+            for name, param in params:
+                layer = None
+                if name.startswith("decoder.layers."):
+                    local_index = int(name.split(".")[2])
+                    layer = chunk.decoder.layers[local_index].layer_number - 1
+                full = megatron_global(hf, shape, name, layer, vocab)
+                part = local_shard(name, param, full, tp_rank, tp)
+                if part.shape != param.shape:
+                    raise ConfigError(f"{name}: converted shape {tuple(part.shape)} != model shape "
+                                      f"{tuple(param.shape)}")
+                param.copy_(part.to(param.dtype))
+                bar.update(1)
+        config_dict = config_to_dict(cfg)
+        sd = {"model": chunk.sharded_state_dict(), "config": config_dict}
+        path = checkpointing.save_weights(out, sd, yaml.safe_dump(config_dict, sort_keys=False))
+        if layout.rank == 0:
+            (Path(out) / SHAPE_FILE).write_text(json.dumps(shape.__dict__, indent=1))
+            _copy_tokenizer(Path(hf_dir), Path(out) / "tokenizer")
+        return path
+    finally:
+        destroy_distributed()
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> list[str]:
+    files = [f for f in TOKENIZER_FILES if (src / f).exists()]
+    if files:
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copy2(src / f, dst / f)
+    return files
+
+
+def _checkpoint_shape(ckpt: Path, vocab_size: int | None) -> LlamaShape:
+    """The model's shape: from the import record, else from the training config saved with it."""
+    if (ckpt / SHAPE_FILE).exists():
+        shape = LlamaShape(**json.loads((ckpt / SHAPE_FILE).read_text()))
+        return shape if vocab_size is None else LlamaShape(**{**shape.__dict__, "vocab": vocab_size})
+    cfg_path = ckpt / "config.yaml"
+    if not cfg_path.exists():
+        raise ConfigError(f"{ckpt}: no config.yaml; is this a checkpoint written by pretrain_arabic.py?")
+    c = yaml.safe_load(cfg_path.read_text())
+    m = c["model"]
+    vocab = vocab_size or m.get("vocab_size")
+    if vocab is None:
+        from native_megatron.data.tokenizer import load_tokenizer
+
+        tok = (c.get("data") or {}).get("tokenizer")
+        if not tok:
+            raise ConfigError(f"{ckpt}: the vocabulary size is unknown; pass --vocab-size")
+        vocab = load_tokenizer(tok).vocab_size
+    return LlamaShape(layers=m["num_layers"], hidden=m["hidden_size"], ffn=m["ffn_hidden_size"],
+                      heads=m["num_attention_heads"], kv_heads=m["num_query_groups"], vocab=int(vocab),
+                      max_positions=m.get("max_position_embeddings") or c["data"]["seq_length"],
+                      rope_theta=float(m["rotary_base"]), rope_scaling=bool(m["rope_scaling"]),
+                      eps=float(m["norm_epsilon"]), tied=not m["untie_embeddings"])
+
+
+def megatron_to_hf(ckpt: str, out: str, dtype: str = "bf16", tokenizer: str | None = None,
+                   vocab_size: int | None = None, max_shard_bytes: int = 5 << 30, progress: bool = True) -> Path:
+    import os
+
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing import ShardedTensor
+    from safetensors.torch import save_file
+
+    ckpt_dir, out_dir = Path(ckpt), Path(out)
+    if not (ckpt_dir / "metadata.json").exists():
+        raise ConfigError(f"{ckpt}: not a dist_checkpointing checkpoint (no metadata.json); pass an iter_* "
+                          f"directory or an imported checkpoint")
+    shape = _checkpoint_shape(ckpt_dir, vocab_size)
+    torch_dtype = DTYPES[dtype]
+    started = False
+    if not dist.is_initialized():
+        from native_megatron.training.distributed import _free_port
+
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        dist.init_process_group("gloo", rank=0, world_size=1)
+        started = True
+    try:
+        meta = dist_checkpointing.load_tensors_metadata(str(ckpt_dir))
+        model_keys = sorted(k for k in meta if k.startswith(("embedding.", "decoder.", "output_layer.")))
+        layer_keys = [k for k in model_keys if k.startswith("decoder.layers.")]
+        other_keys = [k for k in model_keys if k not in layer_keys]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        writer = _ShardWriter(out_dir, max_shard_bytes, save_file)
+
+        # Every model tensor at its global shape (layers stacked on a leading axis), read once; the
+        # HF tensors are views of them, written out shard by shard.
+        req = {k: ShardedTensor.from_rank_offsets(k, torch.empty(meta[k].global_shape, dtype=meta[k].dtype),
+                                                  replica_id=0) for k in model_keys}
+        loaded = dist_checkpointing.load(req, str(ckpt_dir))
+        with Progress(shape.layers + 1, "megatron-to-hf", enabled=progress) as bar:
+            for key in other_keys:
+                for name, v in hf_tensors_for(key, loaded.pop(key), shape, None).items():
+                    writer.add(name, v.to(torch_dtype))
+            bar.update(1)
+            for layer in range(shape.layers):
+                for key in layer_keys:
+                    for name, v in hf_tensors_for(key, loaded[key][layer], shape, layer).items():
+                        writer.add(name, v.to(torch_dtype))
+                bar.update(1)
+        writer.close()
+    finally:
+        if started:
+            dist.destroy_process_group()
+    (out_dir / "config.json").write_text(json.dumps(hf_config_dict(shape, torch_dtype), indent=2))
+    tok_src = Path(tokenizer) if tokenizer else ckpt_dir / "tokenizer"
+    if tok_src.is_dir():
+        _copy_tokenizer(tok_src, out_dir)
+    elif tokenizer:
+        raise ConfigError(f"--tokenizer {tokenizer} is not a directory with tokenizer files")
+    return out_dir
+
+
+class _ShardWriter:
+    """Writes tensors into model-0000i-of-0000n.safetensors files of at most max_bytes, and the index."""
+
+    def __init__(self, out: Path, max_bytes: int, save_file) -> None:
+        self.out, self.max_bytes, self.save_file = out, max_bytes, save_file
+        self.pending: dict[str, torch.Tensor] = {}
+        self.size = 0
+        self.files: list[tuple[str, list[str]]] = []
+        self.total = 0
+
+    def add(self, name: str, t: torch.Tensor) -> None:
+        nbytes = t.numel() * t.element_size()
+        if self.pending and self.size + nbytes > self.max_bytes:
+            self._flush()
+        self.pending[name] = t.contiguous().clone()
+        self.size += nbytes
+        self.total += nbytes
+
+    def _flush(self) -> None:
+        tmp = f"part-{len(self.files):05d}.safetensors"
+        self.save_file(self.pending, str(self.out / tmp), metadata={"format": "pt"})
+        self.files.append((tmp, list(self.pending)))
+        self.pending, self.size = {}, 0
+
+    def close(self) -> None:
+        if self.pending:
+            self._flush()
+        n = len(self.files)
+        weight_map = {}
+        for i, (tmp, names) in enumerate(self.files):
+            final = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+            (self.out / tmp).rename(self.out / final)
+            weight_map.update({name: final for name in names})
+        if n > 1:
+            index = {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(weight_map.items()))}
+            (self.out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
