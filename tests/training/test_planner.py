@@ -1,0 +1,145 @@
+"""tools/plan.py's estimates against published figures, the trainer's own measurements and its command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from native_megatron.training import planner
+from native_megatron.training.config import TrainConfig
+from native_megatron.utils.config import load_config
+from tests.training.launch import MOCK_TINY, ROOT, TINY
+
+CONFIGS = ROOT / "examples" / "configs"
+PLAN = ROOT / "tools" / "plan.py"
+H100 = planner.GPUS["h100"]
+
+
+def config(name: str, *overrides: str) -> TrainConfig:
+    return load_config(TrainConfig, CONFIGS / name, overrides, base={"data.mock": True, "checkpoint.init_from": None})
+
+
+def layout(tp=1, pp=1, dp=1, vp=None, mbs=1, gbs=64, sp=None, dist_opt=True, recompute="selective"):
+    return planner.Layout(tp=tp, pp=pp, dp=dp, vp=vp, micro_batch=mbs, global_batch=gbs,
+                          sequence_parallel=tp > 1 if sp is None else sp, distributed_optimizer=dist_opt,
+                          recompute=recompute)
+
+
+@pytest.mark.parametrize("name, published", [("llama3_8b.yaml", 8_030_261_248), ("llama3_70b.yaml", 70_553_706_496)])
+def test_parameter_counts_are_the_published_ones(name, published):
+    cfg = config(name)
+    plan = planner.plan_layout(cfg, layout(), 128_256, H100)
+    assert plan.num_params == published
+    # The shards of every (TP, PP) layout add back up to the model (norms are replicated over TP).
+    for tp, pp in [(1, 1), (2, 1), (8, 1), (8, 4), (4, 2)]:
+        vocab = planner.padded_vocab_size(128_256, cfg.model.make_vocab_size_divisible_by, tp)
+        shards = sum(planner.stage_params(cfg, vocab, tp, pp, stage) for stage in range(pp)) * tp
+        replicated_norms = (2 * cfg.model.num_layers + 1) * cfg.model.hidden_size * (tp - 1)
+        padding = 2 * (vocab - 128_256) * cfg.model.hidden_size
+        assert shards - replicated_norms - padding == published, (tp, pp)
+
+
+@pytest.mark.parametrize("precision, dist_opt, dp, per_param", [
+    # Megatron-LM's distributed-optimizer table (docs/source/api-guide/dist_optimizer.md):
+    # bf16 weights with fp32 gradients 18 bytes, 6 + 12/d sharded; fp32 16 bytes, 8 + 8/d sharded.
+    ("bf16", False, 8, 18), ("bf16", True, 8, 6 + 12 / 8), ("fp32", False, 4, 16), ("fp32", True, 4, 8 + 8 / 4),
+])
+def test_weights_grads_and_adam_bytes_per_parameter(precision, dist_opt, dp, per_param):
+    cfg = config("llama3_8b.yaml", f"--precision={precision}")
+    plan = planner.plan_layout(cfg, layout(tp=2, dp=dp, dist_opt=dist_opt), 128_256, H100)
+    stage = plan.worst
+    assert stage.weights + stage.grads + stage.optimizer == pytest.approx(per_param * stage.params, rel=1e-9)
+    # Llama-3-8B at TP=2: every matmul weight halved, norms whole.
+    assert stage.params == (8_030_261_248 - 65 * 4096) // 2 + 65 * 4096
+
+
+@pytest.mark.parametrize("name, seq", [("llama3_8b.yaml", 8192), ("llama3_70b.yaml", 8192), ("llama3_8b.yaml", 2048)])
+def test_flops_per_token_within_one_percent_of_6n_plus_attention(name, seq):
+    cfg = config(name, f"--data.seq_length={seq}")
+    m = cfg.model
+    plan = planner.plan_layout(cfg, layout(), 128_256, H100)
+    non_embedding = plan.num_params - 128_256 * m.hidden_size  # the input embedding is a lookup, not a matmul
+    standard = 6 * non_embedding + 12 * m.num_layers * seq * m.hidden_size
+    assert plan.flops_per_token == pytest.approx(standard, rel=0.01)
+
+
+def test_activation_rules_from_korthikanti_et_al():
+    cfg = config("llama3_8b.yaml")
+
+    def acts(**kw):
+        return planner.plan_layout(cfg, layout(**kw), 128_256, H100).stages[0].activations
+
+    # 1F1B: the first stage holds PP microbatches of L/PP layers, as much as one whole model's microbatch
+    # (plus the embedding output of each microbatch in flight).
+    embed = 8192 * 4096 * 2
+    assert acts(pp=4, gbs=64) - 4 * embed == acts(pp=1) - embed
+    # Interleaving holds more on the first stage; full recomputation far less; sequence parallel splits norms.
+    assert acts(pp=4, vp=2) > acts(pp=4)
+    assert acts(recompute="full") < acts() / 10
+    assert acts(tp=2, sp=True) < acts(tp=2, sp=False) < acts(tp=1)
+    # Without flash attention and without selective recomputation the a*s score matrices appear.
+    local = config("llama3_8b.yaml", "--model.spec=local", "--model.recompute=none")
+    no_flash = planner.plan_layout(local, layout(recompute="none"), 128_256, H100).stages[0].activations
+    assert no_flash > 3 * acts()
+
+
+def test_the_suggestion_is_the_smallest_layout_that_fits():
+    cfg = config("llama3_70b.yaml")
+    best = planner.suggest(cfg, nodes=8, gpus_per_node=8, vocab_size=128_256, gpu=H100)
+    assert best is not None and best.fits
+    size = best.layout.tp * best.layout.pp
+    for lay in planner.candidate_layouts(cfg, 8, 8):
+        if lay.tp * lay.pp < size:
+            assert not planner.plan_layout(cfg, lay, 128_256, H100).fits, lay
+    assert planner.suggest(cfg, nodes=1, gpus_per_node=1, vocab_size=128_256, gpu=H100) is None
+
+
+def measured_against_planned(run_dir: Path, nproc: int, *overrides: str) -> list[tuple[str, int, float, float]]:
+    """(what, rank, measured bytes, planned bytes) for each rank of a tiny CPU run's memory.json."""
+    cfg = load_config(TrainConfig, TINY, [*MOCK_TINY, *overrides])
+    plan = planner.plan_layout(cfg, planner.layout_from_config(cfg, nproc), cfg.model.vocab_size, H100)
+    out = []
+    for r in json.loads((run_dir / "memory.json").read_text())["ranks"]:
+        stage = plan.stages[r["pp_rank"]]
+        for what in ("weights", "grads", "optimizer"):
+            out.append((what, r["rank"], r[what], getattr(stage, what)))
+    return out
+
+
+def assert_plan_matches_trainer(run_dir: Path, nproc: int, *overrides: str) -> None:
+    # Within 3%: megatron-core pads its buffers (parameters to 64 elements, buckets to a multiple of DP x 128).
+    for what, rank, measured, planned in measured_against_planned(run_dir, nproc, *overrides):
+        assert measured == pytest.approx(planned, rel=0.03), (what, rank, measured, planned)
+
+
+def test_cli_report_reads_well_and_exits_by_fit():
+    out = subprocess.run([sys.executable, str(PLAN), "--config", str(CONFIGS / "llama3_8b.yaml"), "--nodes", "4",
+                          "--gpus-per-node", "8", "--tokens", "10B"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for needle in ("8,030,261,248 parameters", "TP 2 x PP 1 x DP 16 = 32 GPUs", "32 microbatches per step",
+                   "without the distributed optimizer", "fits,", "10,000,000,000 tokens in", "suggest"):
+        assert needle in text, needle
+    small = subprocess.run([sys.executable, str(PLAN), "--config", str(CONFIGS / "llama3_70b.yaml"), "--nodes", "1",
+                            "--gpus-per-node", "8", "--parallel.pipeline=1", "--parallel.virtual_pipeline=null",
+                            "--json"], capture_output=True, text=True)
+    assert small.returncode == 1, small.stderr
+    result = json.loads(small.stdout)
+    assert result["plan"]["fits"] is False and result["suggestion"] is None
+    bad = subprocess.run([sys.executable, str(PLAN), "--config", str(CONFIGS / "llama3_8b.yaml"), "--gpus-per-node",
+                          "4", "--parallel.tensor=8"], capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert "cannot run on 4 GPUs: world size 4 is not divisible by parallel.tensor" in bad.stdout
+    assert "smallest layout that fits: TP 2 x PP 1 x DP 2" in bad.stdout
+
+
+def test_plan_for_the_tiny_cpu_config_uses_the_tokenizer_vocabulary():
+    cfg = load_config(TrainConfig, TINY, base={"data.mock": True})
+    vocab = 8000  # examples/tokenizer/sample_ar.model
+    plan = planner.plan_layout(replace(cfg, precision="fp32"), planner.layout_from_config(cfg, 1), vocab, H100)
+    assert plan.vocab_padded == 8000 and plan.fits
