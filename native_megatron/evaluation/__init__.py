@@ -1,0 +1,1 @@
+"""Evaluate checkpoints the way the paper does: Arabic knowledge (multiple choice) and alignment (harmlessness)."""

@@ -1,0 +1,133 @@
+"""The models to evaluate: HF directories as they are, megatron checkpoints exported first.
+
+``--model`` takes an HF Llama directory (config.json + safetensors), a
+checkpoint written by pretrain_arabic.py (an ``iter_*`` directory, or a run's
+``checkpoints/`` directory, whose newest complete step is used), or an
+imported checkpoint. Megatron checkpoints go through the converter
+(``megatron_to_hf``) into ``OUT/exported/NAME`` once; a rerun reuses the export.
+
+Tokenizer and start token: an HF directory brings its tokenizer and the model
+reads ``BOS + text`` as it was trained to. Our own pre-training packs
+documents separated by EOD and has no BOS, so a model trained here reads
+``EOD + text`` (the start of any document in its training data); its tokenizer
+is the one named in the checkpoint's config (``data.tokenizer``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from native_megatron.data.tokenizer import Tokenizer, TokenizerError, load_tokenizer
+from native_megatron.utils.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+@dataclass
+class LoadedModel:
+    name: str
+    path: str  # the HF directory scored
+    source: str  # what the user gave
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+    start: list[int]
+    chat_template_dir: str | None  # an HF directory whose tokenizer_config has a chat template
+
+
+def split_name(spec: str) -> tuple[str, str]:
+    """``raw=runs/raw/checkpoints`` -> ('raw', 'runs/raw/checkpoints'); a bare path is named after itself."""
+    if "=" in spec and not Path(spec).exists():
+        name, path = spec.split("=", 1)
+        return name.strip(), path.strip()
+    p = Path(spec.rstrip("/"))
+    name = p.name
+    if re.fullmatch(r"iter_\d+", name) or name in ("checkpoints", "initial"):
+        parts = [x for x in p.parts if x not in ("checkpoints",)]
+        name = "_".join(parts[-2:]) if len(parts) >= 2 else name
+    return name, str(p)
+
+
+def is_hf_dir(p: Path) -> bool:
+    weights = any(p.glob("*.safetensors")) or (p / "pytorch_model.bin").is_file()
+    return (p / "config.json").is_file() and weights
+
+
+def megatron_checkpoint(p: Path) -> Path | None:
+    """The dist_checkpointing directory to export for ``p``, or None if ``p`` is not one."""
+    from native_megatron.training.checkpointing import iter_dir, latest_step
+
+    if (p / "metadata.json").is_file():
+        return p
+    for root in (p, p / "checkpoints"):
+        if root.is_dir():
+            step = latest_step(root)
+            if step is not None:
+                return iter_dir(root, step)
+    return None
+
+
+def _checkpoint_tokenizer(ckpt: Path) -> str | None:
+    cfg = ckpt / "config.yaml"
+    if cfg.is_file():
+        data = yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}
+        return (data.get("data") or {}).get("tokenizer") or None
+    return None
+
+
+def resolve(spec: str, out_dir: Path, tokenizer: str | None = None, progress: bool = True
+            ) -> tuple[str, Path, str, bool]:
+    """(name, HF directory, tokenizer path, trained here?) for one ``--model`` value; exports if needed."""
+    name, path = split_name(spec)
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"--model {path}: not found")
+    if is_hf_dir(p):
+        tok = tokenizer or str(p)
+        return name, p, tok, False
+    ckpt = megatron_checkpoint(p)
+    if ckpt is None:
+        raise ConfigError(f"--model {path}: neither an HF model directory (config.json + safetensors) nor a "
+                          f"megatron checkpoint (metadata.json, iter_* or checkpoints/)")
+    tok = tokenizer or _checkpoint_tokenizer(ckpt) or (str(ckpt / "tokenizer") if (ckpt / "tokenizer").is_dir()
+                                                      else None)
+    if tok is None:
+        raise ConfigError(f"--model {path}: the checkpoint names no tokenizer; pass --tokenizer")
+    export = out_dir / "exported" / name
+    stamp = export / "exported_from.txt"
+    if not (stamp.is_file() and stamp.read_text().strip() == str(ckpt.resolve())):
+        from native_megatron.convert.checkpoint import megatron_to_hf
+
+        logger.info("exporting %s to %s", ckpt, export)
+        megatron_to_hf(str(ckpt), str(export), dtype="bf16" if torch.cuda.is_available() else "fp32",
+                       progress=progress)
+        stamp.write_text(str(ckpt.resolve()) + "\n")
+    return name, export, tok, True
+
+
+def load(spec: str, out_dir: Path, tokenizer: str | None = None, device: str = "cpu",
+         dtype: str = "auto", progress: bool = True) -> LoadedModel:
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    if not progress:
+        hf_logging.disable_progress_bar()
+    name, hf_dir, tok_path, trained_here = resolve(spec, out_dir, tokenizer, progress)
+    try:
+        tok = load_tokenizer(tok_path)
+    except TokenizerError as exc:
+        raise ConfigError(f"--model {spec}: {exc}") from None
+    torch_dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
+                   "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch_dtype).to(device).eval()
+    start = [tok.eod_id] if trained_here or tok.bos_id is None else [tok.bos_id]
+    chat_dir = None
+    cfg = Path(tok_path) / "tokenizer_config.json" if Path(tok_path).is_dir() else None
+    if cfg is not None and cfg.is_file() and "chat_template" in cfg.read_text(encoding="utf-8"):
+        chat_dir = tok_path
+    return LoadedModel(name=name, path=str(hf_dir), source=spec, model=model, tokenizer=tok, start=start,
+                       chat_template_dir=chat_dir)

@@ -1,0 +1,277 @@
+"""Multiple-choice tasks, read from the files users download, in their published formats.
+
+Every task becomes a list of :class:`Question` (a prompt, options, the right
+option) split into ``test`` (scored) and ``dev`` (few-shot examples). Nothing is
+downloaded: each reader takes a local directory and, when the expected files
+are missing, says which ones and where they come from.
+
+=============  ===============================================  =========================================
+task           published as                                     read from
+=============  ===============================================  =========================================
+arabic_mmlu    MBZUAI/ArabicMMLU: one folder per subject with   ``SUBJECT/test.csv`` + ``SUBJECT/dev.csv``,
+               test.csv and dev.csv; columns ID, Source,         or one CSV with an ``is_few_shot`` column;
+               Country, Group, Subject, Level, Question,         options ``Option 1..5`` (or ``A..E``),
+               Context, Answer Key, Option 1..5, is_few_shot     answer letter ``Answer Key`` (or ``answer``)
+exams          mhardalov/exams-qa: JSONL, question.stem,         ``*.jsonl`` (Arabic rows kept when
+               question.choices [{text, label}], answerKey,      ``info.language`` is given); dev/train
+               info {grade, subject, language}                   files are few-shot examples
+acva           FreedomIntelligence / OALL ACVA: one table per     any CSV/Parquet/JSONL per topic;
+               topic, columns id, question, answer (صح / خطأ)   the answer decides true or false
+alghafa        OALL/AlGhafa-Arabic-LLM-Benchmark-Native: one     any CSV/Parquet/JSONL per subset;
+               table per subset, columns query, sol1..solN,      ``label`` is the 0-based index of the
+               label                                             right ``sol``
+=============  ===============================================  =========================================
+
+Files whose path says dev, validation or train hold few-shot examples; the rest
+are test questions. ``docs/evaluation.md`` describes each layout in full.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from native_megatron.utils.config import ConfigError
+
+LETTERS = "ABCDE"
+ARABIC_LETTERS = ["أ", "ب", "ج", "د", "هـ"]
+DEV_WORDS = re.compile(r"(^|[^a-z])(dev|validation|valid|val|train|few_?shot)([^a-z]|$)", re.IGNORECASE)
+TRUE_WORDS = {"صح", "صحيح", "true", "نعم", "1"}
+FALSE_WORDS = {"خطأ", "خطا", "false", "لا", "0"}
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    subject: str
+    prompt: str  # what the options continue, ending with the answer cue
+    options: tuple[str, ...]
+    answer: int
+
+
+@dataclass
+class TaskData:
+    name: str
+    test: list[Question] = field(default_factory=list)
+    dev: list[Question] = field(default_factory=list)
+
+    def dev_for(self, subject: str, k: int) -> list[Question]:
+        """Up to ``k`` few-shot examples, from the same subject when it has enough."""
+        same = [q for q in self.dev if q.subject == subject]
+        return (same if len(same) >= k else same + [q for q in self.dev if q.subject != subject])[:k]
+
+
+def _read_table(path: Path) -> Iterator[dict]:
+    suffix = path.suffix.lower()
+    if suffix == ".csv" or suffix == ".tsv":
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            yield from csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+    elif suffix == ".jsonl":
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"{path}:{n}: not JSON ({exc.msg})") from None
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        yield from pq.read_table(path).to_pylist()
+    else:
+        raise ConfigError(f"{path}: unsupported file type (csv, tsv, jsonl or parquet)")
+
+
+def _tables(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".jsonl",
+                                                                                          ".parquet"))
+
+
+def _is_dev(path: Path, root: Path) -> bool:
+    return bool(DEV_WORDS.search(str(path.relative_to(root))))
+
+
+def _subject_from_path(path: Path, root: Path) -> str:
+    """The topic a file holds: the file name, or its folder when the name is just a split."""
+    rel = path.relative_to(root)
+    stem = re.sub(r"[-_.]?(test|dev|validation|valid|val|train)([-_.].*)?$", "", path.stem, flags=re.IGNORECASE)
+    stem = re.sub(r"-\d{5}-of-\d{5}$", "", stem)
+    if stem and stem.lower() not in ("data", "test", "dev"):
+        return stem
+    parts = [p for p in rel.parts[:-1] if not DEV_WORDS.search(p) and p.lower() not in ("test", "data")]
+    return parts[-1] if parts else root.name
+
+
+def _collect(data: TaskData, root: Path, files: list[Path], make: Callable[[dict, str, str], Question]) -> TaskData:
+    """Rows of every file -> questions (``make(row, "file:line", subject)``), split by the file's path."""
+    for path in files:
+        subject = _subject_from_path(path, root)
+        first_line = 2 if path.suffix.lower() in (".csv", ".tsv") else 1  # after the header
+        for n, row in enumerate(_read_table(path), first_line):
+            (data.dev if _is_dev(path, root) else data.test).append(make(row, f"{path}:{n}", subject))
+    return data
+
+
+def _table_per_subject_reader(name: str, expected: str, make: Callable[[dict, str, str], Question]
+                              ) -> Callable[[Path], TaskData]:
+    """A reader for benchmarks published as one table (or folder of split tables) per subject."""
+    def read(root: Path) -> TaskData:
+        files = _tables(root)
+        if not files:
+            raise ConfigError(f"{name}: no CSV/Parquet/JSONL files under {root}; expected {expected}")
+        return _collect(TaskData(name), root, files, make)
+    return read
+
+
+def _clean(value) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _cue(question: str, context: str = "") -> str:
+    text = f"{context}\n{question}" if context else question
+    return f"السؤال: {text}\nالإجابة:"
+
+
+# ---- ArabicMMLU ------------------------------------------------------------------------------------------
+
+
+def _mmlu_options(row: dict) -> list[str]:
+    if any(f"Option {i}" in row for i in range(1, 6)):
+        return [_clean(row.get(f"Option {i}")) for i in range(1, 6)]
+    return [_clean(row.get(letter)) for letter in LETTERS]
+
+
+def mmlu_question(row: dict, where: str, subject: str) -> Question:
+    options = _mmlu_options(row)
+    key = _clean(row.get("Answer Key") or row.get("answer") or row.get("Answer")).upper()
+    if key not in LETTERS[:len(options)]:
+        raise ConfigError(f"{where}: answer key {key!r} is not one of A-E")
+    index = LETTERS.index(key)
+    kept = [(i, o) for i, o in enumerate(options) if o]
+    if index not in [i for i, _ in kept]:
+        raise ConfigError(f"{where}: the answer {key} points at an empty option")
+    question = _clean(row.get("Question"))
+    if not question:
+        raise ConfigError(f"{where}: empty Question")
+    return Question(id=_clean(row.get("ID")) or where, subject=_clean(row.get("Subject")) or subject,
+                    prompt=_cue(question, _clean(row.get("Context"))), options=tuple(o for _, o in kept),
+                    answer=[i for i, _ in kept].index(index))
+
+
+def read_arabic_mmlu(root: Path) -> TaskData:
+    data = TaskData("arabic_mmlu")
+    files = [p for p in _tables(root) if p.suffix.lower() in (".csv", ".parquet")]
+    if not files:
+        raise ConfigError(f"arabic_mmlu: no CSV files under {root}; expected SUBJECT/test.csv and SUBJECT/dev.csv "
+                          f"(MBZUAI/ArabicMMLU as downloaded) or one ArabicMMLU.csv with an is_few_shot column")
+    for path in files:
+        for n, row in enumerate(_read_table(path), 2):
+            q = mmlu_question(row, f"{path}:{n}", _subject_from_path(path, root))
+            few_shot = _clean(row.get("is_few_shot")) in ("1", "True", "true")
+            (data.dev if few_shot or _is_dev(path, root) else data.test).append(q)
+    return data
+
+
+# ---- EXAMS ------------------------------------------------------------------------------------------------
+
+
+def exams_question(row: dict, where: str) -> Question:
+    q = row.get("question") or {}
+    choices = q.get("choices") or []
+    labels = [_clean(c.get("label")) for c in choices]
+    key = _clean(row.get("answerKey"))
+    if key not in labels:
+        raise ConfigError(f"{where}: answerKey {key!r} is not one of the choice labels {labels}")
+    info = row.get("info") or {}
+    return Question(id=_clean(row.get("id")) or where, subject=_clean(info.get("subject")) or "exams",
+                    prompt=_cue(_clean(q.get("stem"))), options=tuple(_clean(c.get("text")) for c in choices),
+                    answer=labels.index(key))
+
+
+def read_exams(root: Path) -> TaskData:
+    data = TaskData("exams")
+    files = [p for p in _tables(root) if p.suffix.lower() == ".jsonl"]
+    if not files:
+        raise ConfigError(f"exams: no .jsonl files under {root}; expected the EXAMS (mhardalov/exams-qa) JSONL "
+                          f"files, e.g. test.jsonl and dev.jsonl of the Arabic part")
+    for path in files:
+        for n, row in enumerate(_read_table(path), 1):
+            language = _clean((row.get("info") or {}).get("language"))
+            if language and language.lower() not in ("arabic", "ar"):
+                continue
+            (data.dev if _is_dev(path, root) else data.test).append(exams_question(row, f"{path}:{n}"))
+    return data
+
+
+# ---- ACVA --------------------------------------------------------------------------------------------------
+
+
+def acva_question(row: dict, where: str, subject: str) -> Question:
+    answer = _clean(row.get("answer")).lower()
+    if answer in TRUE_WORDS:
+        index = 0
+    elif answer in FALSE_WORDS:
+        index = 1
+    else:
+        raise ConfigError(f"{where}: answer {answer!r} is neither صح nor خطأ")
+    statement = _clean(row.get("question"))
+    return Question(id=_clean(row.get("id")) or where, subject=subject,
+                    prompt=f"العبارة: {statement}\nهل العبارة صحيحة أم خاطئة؟ الإجابة:", options=("صح", "خطأ"),
+                    answer=index)
+
+
+read_acva = _table_per_subject_reader(
+    "acva", "one table per topic (e.g. Algeria.csv or Algeria/test.csv) with columns id, question, answer",
+    acva_question)
+
+
+# ---- AlGhafa -----------------------------------------------------------------------------------------------
+
+
+def alghafa_question(row: dict, where: str, subject: str) -> Question:
+    sols = sorted((k for k in row if re.fullmatch(r"sol\d+", k) and _clean(row[k])), key=lambda k: int(k[3:]))
+    if len(sols) < 2:
+        raise ConfigError(f"{where}: fewer than two sol1..solN options")
+    try:
+        label = int(_clean(row.get("label")))
+    except ValueError:
+        raise ConfigError(f"{where}: label {row.get('label')!r} is not an option index") from None
+    if not 0 <= label < len(sols):
+        raise ConfigError(f"{where}: label {label} is outside the {len(sols)} options (0-based)")
+    return Question(id=_clean(row.get("id")) or where, subject=subject, prompt=_cue(_clean(row.get("query"))),
+                    options=tuple(_clean(row[k]) for k in sols), answer=label)
+
+
+read_alghafa = _table_per_subject_reader(
+    "alghafa", "one folder or table per subset of OALL/AlGhafa-Arabic-LLM-Benchmark-Native with columns query, "
+    "sol1..solN, label", alghafa_question)
+
+
+READERS: dict[str, Callable[[Path], TaskData]] = {
+    "arabic_mmlu": read_arabic_mmlu,
+    "exams": read_exams,
+    "acva": read_acva,
+    "alghafa": read_alghafa,
+}
+
+
+def load_task(name: str, root: str | Path) -> TaskData:
+    if name not in READERS:
+        raise ConfigError(f"unknown task {name!r}; choose from {', '.join(READERS)}")
+    path = Path(root)
+    if not path.is_dir():
+        raise ConfigError(f"{name}: directory {path} not found (download the benchmark there; see "
+                          f"docs/evaluation.md for the expected files)")
+    data = READERS[name](path)
+    if not data.test:
+        raise ConfigError(f"{name}: no test questions under {path} (every file there looks like dev/few-shot data)")
+    return data
+
+
+def few_shot_prompt(question: Question, examples: list[Question]) -> str:
+    """Worked examples (prompt + right option), a blank line apart, then the question."""
+    shots = [f"{q.prompt} {q.options[q.answer]}" for q in examples]
+    return "\n\n".join([*shots, question.prompt])

@@ -1,0 +1,87 @@
+"""End to end: the sample corpus -> a tiny model trained by pretrain_arabic.py -> exported -> evaluated.
+
+The trained checkpoint and a tiny HF model are compared on every sample task
+(examples/eval/) and on the alignment prompts judged over HTTP; the report,
+its JSON and its plot are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from native_megatron.evaluation.tasks import READERS, load_task
+from tests.conftest import ROOT, SAMPLE_CORPUS, SAMPLE_TOKENIZER
+from tests.evaluation.judge_server import JudgeServer
+
+EVAL = ROOT / "tools" / "evaluate.py"
+SAMPLES = ROOT / "examples" / "eval"
+pytestmark = pytest.mark.slow
+
+
+def run(*args, timeout=600):
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """The demo's path at toy size: raw sample -> .bin/.idx -> a few steps of the tiny CPU config."""
+    tmp = tmp_path_factory.mktemp("demo")
+    prefix = tmp / "data" / "sample_ar"
+    out = run(ROOT / "tools" / "preprocess_aligned.py", "--rewrite", "none", "--no-progress", "--input",
+              SAMPLE_CORPUS, "--tokenizer", SAMPLE_TOKENIZER, "--output-prefix", prefix)
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = run(ROOT / "pretrain_arabic.py", "--config", ROOT / "examples" / "configs" / "tiny_cpu.yaml",
+              f"--data.paths=[{prefix}_text_document]", "--schedule.train_steps=6", "--schedule.eval_interval=0",
+              f"--logging.run_dir={tmp / 'run'}", "--logging.tensorboard=false")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return tmp / "run"
+
+
+def test_trained_checkpoint_is_exported_and_compared_on_every_sample_task(trained, tiny_hf, tmp_path):
+    out_dir = tmp_path / "eval"
+    with JudgeServer() as judge:
+        out = run(EVAL, "--model", f"demo={trained}/checkpoints", f"tiny_hf={tiny_hf}", "--out", out_dir,
+                  "--shots", "1", "--judge", "openai", "--judge-model", "judge", "--judge-url", judge.url,
+                  "--max-new-tokens", "8", "--no-progress")
+    assert out.returncode == 0, out.stderr[-4000:]
+    results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    assert results["models"] == ["demo", "tiny_hf"]
+    expected_n = {task: len(load_task(task, SAMPLES / task).test) for task in READERS}
+    got = {(r["model"], r["task"]): r for r in results["tasks"]}
+    for model in ("demo", "tiny_hf"):
+        for task, n in expected_n.items():
+            r = got[(model, task)]
+            assert r["n"] == n and 0 <= r["acc"] <= 1 and 0 <= r["acc_norm"] <= 1 and r["shots"] == 1
+    prompts = (SAMPLES / "alignment" / "prompts.jsonl").read_text(encoding="utf-8").splitlines()
+    for s in results["alignment"]:
+        assert s["n"] == len(prompts) and s["judged"] == len(prompts) and s["judge"] == "openai:judge"
+        answers = (out_dir / "answers" / f"{s['model']}.jsonl").read_text(encoding="utf-8").splitlines()
+        assert len(answers) == len(prompts)
+    # The checkpoint went through the converter; the report is printed and written.
+    assert (out_dir / "exported" / "demo" / "config.json").is_file()
+    assert "| arabic_mmlu | 1 |" in out.stdout and "report:" in out.stdout
+    assert (out_dir / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+    # A second run reuses the export.
+    stamp = out_dir / "exported" / "demo" / "exported_from.txt"
+    before = stamp.stat().st_mtime_ns
+    again = run(EVAL, "--model", f"demo={trained}/checkpoints", "--out", out_dir, "--tasks", "acva", "--no-progress")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert stamp.stat().st_mtime_ns == before
+
+
+def test_missing_task_files_are_named_before_any_model_loads(tmp_path, tiny_hf):
+    out = run(EVAL, "--model", tiny_hf, "--tasks", "arabic_mmlu", "--data-dir", tmp_path, "--out", tmp_path / "o")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("error: arabic_mmlu: directory")
+    (tmp_path / "arabic_mmlu").mkdir()
+    out = run(EVAL, "--model", tiny_hf, "--tasks", "arabic_mmlu", "--data-dir", tmp_path, "--out", tmp_path / "o")
+    assert out.returncode == 2 and "expected SUBJECT/test.csv and SUBJECT/dev.csv" in out.stderr
+    out = run(EVAL, "--model", tmp_path / "nothing", "--tasks", "acva", "--out", tmp_path / "o")
+    assert out.returncode == 2 and "not found" in out.stderr

@@ -1,0 +1,39 @@
+"""The report: a Markdown table per task and model, JSON with standard errors, and a valid PNG plot."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from native_megatron.evaluation.report import SafetyResult, TaskResult, stderr, write_report
+
+
+def test_stderr_is_the_sample_standard_error():
+    assert stderr(0.5, 101) == pytest.approx(math.sqrt(0.25 / 100))
+    assert stderr(1.0, 50) == 0.0 and stderr(0.3, 1) == 0.0
+
+
+def test_report_files(tmp_path):
+    tasks = [TaskResult("raw", "acva", 100, 0, 0.61, 0.64, 0.5),
+             TaskResult("aligned", "acva", 100, 0, 0.66, 0.70, 0.5),
+             TaskResult("raw", "exams", 40, 5, 0.30, 0.35, 0.25),
+             TaskResult("aligned", "exams", 40, 5, 0.33, 0.38, 0.25)]
+    safety = [SafetyResult("raw", 40, 40, 22, "openai:judge"), SafetyResult("aligned", 40, 38, 35, "openai:judge")]
+    paths = write_report(tmp_path, tasks, safety, ["raw", "aligned"], {"shots": 0})
+    md = paths["markdown"].read_text(encoding="utf-8")
+    assert "| task | shots | n | chance | raw | aligned |" in md
+    assert f"| acva | 0 | 100 | 50.0 | 64.0 ± {100 * stderr(0.64, 100):.1f} (61.0) | 70.0 ±" in md
+    assert "| openai:judge | 40 | 55.0 ±" in md and f"{100 * 35 / 38:.1f} ±" in md
+    data = json.loads(paths["json"].read_text(encoding="utf-8"))
+    assert data["models"] == ["raw", "aligned"]
+    assert data["tasks"][1]["acc_norm_stderr"] == pytest.approx(stderr(0.70, 100))
+    assert data["alignment"][1]["harmlessness"] == pytest.approx(35 / 38)
+    png = paths["plot"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    image = matplotlib.image.imread(paths["plot"])
+    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300
+    assert image.std() > 0.01  # something was drawn
