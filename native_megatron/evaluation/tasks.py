@@ -13,17 +13,20 @@ arabic_mmlu    MBZUAI/ArabicMMLU: one folder per subject with   ``SUBJECT/test.c
                Country, Group, Subject, Level, Question,         options ``Option 1..5`` (or ``A..E``),
                Context, Answer Key, Option 1..5, is_few_shot     answer letter ``Answer Key`` (or ``answer``)
 exams          mhardalov/exams-qa: JSONL, question.stem,         ``*.jsonl`` (Arabic rows kept when
-               question.choices [{text, label}], answerKey,      ``info.language`` is given); dev/train
-               info {grade, subject, language}                   files are few-shot examples
-acva           FreedomIntelligence / OALL ACVA: one table per     any CSV/Parquet/JSONL per topic;
-               topic, columns id, question, answer (صح / خطأ)   the answer decides true or false
-alghafa        OALL/AlGhafa-Arabic-LLM-Benchmark-Native: one     any CSV/Parquet/JSONL per subset;
-               table per subset, columns query, sol1..solN,      ``label`` is the 0-based index of the
-               label                                             right ``sol``
+               question.choices [{text, label}], answerKey,      ``info.language`` is given); also the
+               info {grade, subject, language}                   flat AceGPT/OALL copy {id, question, A..D,
+                                                                 answer}
+acva           OALL/ACVA: TOPIC/test-*.parquet and               any CSV/Parquet/JSONL per topic, or the
+               validation-*; authors: data_all/{test,dev}.jsonl  authors' data_all (topic from the id);
+               columns id ("Topic-n"), question, answer          answer صح / خطأ
+alghafa        OALL/AlGhafa-Arabic-LLM-Benchmark-Native:         any CSV/Parquet/JSONL per subset;
+               SUBSET/test-*.parquet and validation-*;           ``label`` is the 0-based index of the
+               columns query, sol1..solN, label                  right ``sol``
 =============  ===============================================  =========================================
 
 Files whose path says dev, validation or train hold few-shot examples; the rest
-are test questions. ``docs/evaluation.md`` describes each layout in full.
+are test questions. ArabicMMLU's ``All/`` and OALL's leftover ``train-*`` files
+repeat other files' rows and are skipped. ``docs/evaluation.md`` describes each layout in full.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from native_megatron.utils.config import ConfigError
 LETTERS = "ABCDE"
 ARABIC_LETTERS = ["أ", "ب", "ج", "د", "هـ"]
 DEV_WORDS = re.compile(r"(^|[^a-z])(dev|validation|valid|val|train|few_?shot)([^a-z]|$)", re.IGNORECASE)
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
+# "1" / "0": arbml/ACVA stores the answer as a ClassLabel where 1 is صح (the reverse of lighteval's order).
 TRUE_WORDS = {"صح", "صحيح", "true", "نعم", "1"}
 FALSE_WORDS = {"خطأ", "خطا", "false", "لا", "0"}
 
@@ -86,8 +91,24 @@ def _read_table(path: Path) -> Iterator[dict]:
 
 
 def _tables(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".jsonl",
-                                                                                          ".parquet"))
+    """Every table under ``root``, less the copies that published layouts also carry.
+
+    MBZUAI/ArabicMMLU has an ``All/`` folder repeating every subject, and the OALL
+    datasets still hold ``train-*`` files from their first upload: the same rows as
+    test + validation, before the split. Reading either would count questions twice,
+    or show a test question as its own few-shot example.
+    """
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES)
+    folders_with_subjects = {p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1}
+
+    def duplicate(path: Path) -> bool:
+        rel = path.relative_to(root).parts
+        if len(rel) > 1 and rel[0] == "All" and len(folders_with_subjects) > 1:
+            return True
+        siblings = {s.name.lower() for s in path.parent.iterdir()}
+        return path.name.lower().startswith("train") and any(
+            s.startswith(("validation", "dev")) for s in siblings)
+    return [p for p in files if not duplicate(p)]
 
 
 def _is_dev(path: Path, root: Path) -> bool:
@@ -178,25 +199,38 @@ def read_arabic_mmlu(root: Path) -> TaskData:
 # ---- EXAMS ------------------------------------------------------------------------------------------------
 
 
+def _subject_from_id(row_id: str) -> str:
+    """``Islamic Studies-71`` / ``Algeria-0`` -> the topic, as AceGPT and OALL number their rows."""
+    match = re.fullmatch(r"(.+)-\d+", row_id)
+    return match.group(1) if match else ""
+
+
 def exams_question(row: dict, where: str) -> Question:
-    q = row.get("question") or {}
-    choices = q.get("choices") or []
-    labels = [_clean(c.get("label")) for c in choices]
-    key = _clean(row.get("answerKey"))
+    q = row.get("question")
+    if isinstance(q, str):
+        # AceGPT's / OALL/Arabic_EXAMS's flat copy: {id: "Subject-n", question, A..D, answer}.
+        labels = [letter for letter in LETTERS if _clean(row.get(letter))]
+        stem, texts, key = q, [_clean(row[letter]) for letter in labels], _clean(row.get("answer"))
+        subject = _subject_from_id(_clean(row.get("id")))
+    else:
+        choices = (q or {}).get("choices") or []
+        labels = [_clean(c.get("label")) for c in choices]
+        stem, texts, key = (q or {}).get("stem"), [_clean(c.get("text")) for c in choices], _clean(row.get("answerKey"))
+        subject = _clean((row.get("info") or {}).get("subject"))
     if key not in labels:
-        raise ConfigError(f"{where}: answerKey {key!r} is not one of the choice labels {labels}")
-    info = row.get("info") or {}
-    return Question(id=_clean(row.get("id")) or where, subject=_clean(info.get("subject")) or "exams",
-                    prompt=_cue(_clean(q.get("stem"))), options=tuple(_clean(c.get("text")) for c in choices),
-                    answer=labels.index(key))
+        raise ConfigError(f"{where}: answer {key!r} is not one of the choice labels {labels}")
+    if not _clean(stem):
+        raise ConfigError(f"{where}: empty question")
+    return Question(id=_clean(row.get("id")) or where, subject=subject or "exams", prompt=_cue(_clean(stem)),
+                    options=tuple(texts), answer=labels.index(key))
 
 
 def read_exams(root: Path) -> TaskData:
     data = TaskData("exams")
-    files = [p for p in _tables(root) if p.suffix.lower() == ".jsonl"]
+    files = [p for p in _tables(root) if p.suffix.lower() in (".jsonl", ".parquet")]
     if not files:
-        raise ConfigError(f"exams: no .jsonl files under {root}; expected the EXAMS (mhardalov/exams-qa) JSONL "
-                          f"files, e.g. test.jsonl and dev.jsonl of the Arabic part")
+        raise ConfigError(f"exams: no .jsonl or .parquet files under {root}; expected the EXAMS (mhardalov/exams-qa) "
+                          f"JSONL files, e.g. test.jsonl and dev.jsonl, or OALL/Arabic_EXAMS's test and validation")
     for path in files:
         for n, row in enumerate(_read_table(path), 1):
             language = _clean((row.get("info") or {}).get("language"))
@@ -218,13 +252,16 @@ def acva_question(row: dict, where: str, subject: str) -> Question:
     else:
         raise ConfigError(f"{where}: answer {answer!r} is neither صح nor خطأ")
     statement = _clean(row.get("question"))
-    return Question(id=_clean(row.get("id")) or where, subject=subject,
+    row_id = _clean(row.get("id"))
+    # The authors' data_all/*.jsonl mixes every topic in one file; its ids say which.
+    return Question(id=row_id or where, subject=_subject_from_id(row_id) or subject,
                     prompt=f"العبارة: {statement}\nهل العبارة صحيحة أم خاطئة؟ الإجابة:", options=("صح", "خطأ"),
                     answer=index)
 
 
 read_acva = _table_per_subject_reader(
-    "acva", "one table per topic (e.g. Algeria.csv or Algeria/test.csv) with columns id, question, answer",
+    "acva", "one folder per topic as in OALL/ACVA (Algeria/test-00000-of-00001.parquet), or data_all/test.jsonl "
+    "and dev.jsonl as the authors publish it, with columns id, question, answer",
     acva_question)
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from native_megatron.evaluation.tasks import READERS, few_shot_prompt, load_task
@@ -22,6 +25,10 @@ def csv_rows(pattern: str) -> list[dict]:
     return rows
 
 
+def parquet_rows(pattern: str) -> list[dict]:
+    return [row for path in sorted(SAMPLES.glob(pattern)) for row in pq.read_table(path).to_pylist()]
+
+
 @pytest.mark.parametrize("task", list(READERS))
 def test_every_sample_question_is_read_with_a_valid_answer(task):
     data = load_task(task, SAMPLES / task)
@@ -29,6 +36,8 @@ def test_every_sample_question_is_read_with_a_valid_answer(task):
     for q in data.test + data.dev:
         assert len(q.options) >= 2 and all(q.options) and 0 <= q.answer < len(q.options)
         assert q.prompt.endswith(":") and q.subject
+    ids = [q.id for q in data.test + data.dev]
+    assert len(set(ids)) == len(ids)
 
 
 def test_arabic_mmlu_answers_and_empty_options():
@@ -43,6 +52,8 @@ def test_arabic_mmlu_answers_and_empty_options():
         assert q.options == tuple(options) and q.subject == row["Subject"]
         assert q.options[q.answer] == row[f"Option {'ABCDE'.index(row['Answer Key']) + 1}"]
     assert {len(q.options) for q in data.test} >= {2, 3, 4, 5}
+    assert {r["is_few_shot"] for r in rows} == {"0"}
+    assert {r["is_few_shot"] for r in csv_rows("arabic_mmlu/*/dev.csv")} == {"1"}
     assert any("\n" in q.prompt.split("\nالإجابة:")[0] for q in data.test)  # a context before its question
 
 
@@ -57,18 +68,69 @@ def test_exams_keeps_arabic_rows_of_multilingual_files(tmp_path):
     assert q.options[q.answer] == next(c["text"] for c in r["question"]["choices"] if c["label"] == r["answerKey"])
 
 
+def test_arabic_mmlu_skips_the_all_folder_that_repeats_every_subject(tmp_path):
+    shutil.copytree(SAMPLES / "arabic_mmlu", tmp_path / "mmlu")
+    (tmp_path / "mmlu" / "All").mkdir()
+    for split in ("test", "dev"):
+        with open(tmp_path / "mmlu" / "All" / f"{split}.csv", "w", encoding="utf-8", newline="") as out:
+            rows = csv_rows(f"arabic_mmlu/*/{split}.csv")
+            writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    with_all, without = load_task("arabic_mmlu", tmp_path / "mmlu"), load_task("arabic_mmlu", SAMPLES / "arabic_mmlu")
+    assert [q.id for q in with_all.test] == [q.id for q in without.test]
+    assert len(with_all.dev) == len(without.dev)
+    # All/ alone (a user who downloaded only that config) is read.
+    assert len(load_task("arabic_mmlu", tmp_path / "mmlu" / "All").test) == len(without.test)
+
+
+def test_exams_reads_the_flat_acegpt_copy(tmp_path):
+    rows = [{"id": "Islamic Studies-71", "question": "ما أول ركن من أركان الإسلام؟", "A": "الصلاة",
+             "B": "الشهادتان", "C": "الزكاة", "D": "الحج", "answer": "B"},
+            {"id": "Biology-3", "question": "أين يحدث البناء الضوئي؟", "A": "البلاستيدات الخضراء",
+             "B": "النواة", "C": "", "D": "", "answer": "A"}]
+    (tmp_path / "exam_test.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows),
+                                              encoding="utf-8")
+    data = load_task("exams", tmp_path)
+    assert [(q.subject, q.options[q.answer], len(q.options)) for q in data.test] == [
+        ("Islamic Studies", "الشهادتان", 4), ("Biology", "البلاستيدات الخضراء", 2)]
+
+
 def test_acva_true_false_and_topics():
     data = load_task("acva", SAMPLES / "acva")
-    rows = csv_rows("acva/*/test.csv")
-    assert len(data.test) == len(rows)
+    rows = parquet_rows("acva/*/test-*.parquet")
+    assert len(data.test) == len(rows) and len(data.dev) == len(parquet_rows("acva/*/validation-*.parquet"))
     assert [q.options[q.answer] for q in data.test] == [r["answer"] for r in rows]
     assert {q.subject for q in data.test} == {p.name for p in (SAMPLES / "acva").iterdir()}
 
 
-def test_alghafa_labels_are_zero_based():
+def test_acva_reads_the_authors_single_file_layout_by_topic_from_the_id(tmp_path):
+    (tmp_path / "data_all").mkdir()
+    for split, pattern in (("test", "test-*"), ("dev", "validation-*")):
+        rows = parquet_rows(f"acva/*/{pattern}.parquet")
+        (tmp_path / "data_all" / f"{split}.jsonl").write_text(
+            "\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    published, single = load_task("acva", SAMPLES / "acva"), load_task("acva", tmp_path)
+    key = sorted((q.id, q.subject, q.answer) for q in published.test)
+    assert sorted((q.id, q.subject, q.answer) for q in single.test) == key
+    assert len(single.dev) == len(published.dev)
+
+
+def test_alghafa_labels_are_zero_based_and_options_vary_per_subset():
     data = load_task("alghafa", SAMPLES / "alghafa")
-    rows = csv_rows("alghafa/*/test.csv")
+    rows = parquet_rows("alghafa/*/test-*.parquet")
     assert [q.options[q.answer] for q in data.test] == [r[f"sol{int(r['label']) + 1}"] for r in rows]
+    assert {len(q.options) for q in data.test} == {2, 4, 5}
+
+
+def test_alghafa_ignores_the_train_files_left_from_the_first_upload(tmp_path):
+    shutil.copytree(SAMPLES / "alghafa", tmp_path / "alghafa")
+    subset = tmp_path / "alghafa" / "mcq_exams_test_ar"
+    both = pq.read_table(subset / "test-00000-of-00001.parquet").to_pylist() + \
+        pq.read_table(subset / "validation-00000-of-00001.parquet").to_pylist()
+    pq.write_table(pa.Table.from_pylist(both), subset / "train-00000-of-00001.parquet")
+    copy, published = load_task("alghafa", tmp_path / "alghafa"), load_task("alghafa", SAMPLES / "alghafa")
+    assert (len(copy.test), len(copy.dev)) == (len(published.test), len(published.dev))
 
 
 def test_few_shot_examples_come_from_the_same_subject():
