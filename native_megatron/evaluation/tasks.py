@@ -41,7 +41,6 @@ from pathlib import Path
 from native_megatron.utils.config import ConfigError
 
 LETTERS = "ABCDE"
-ARABIC_LETTERS = ["أ", "ب", "ج", "د", "هـ"]
 DEV_WORDS = re.compile(r"(^|[^a-z])(dev|validation|valid|val|train|few_?shot)([^a-z]|$)", re.IGNORECASE)
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
 # "1" / "0": arbml/ACVA stores the answer as a ClassLabel where 1 is صح (the reverse of lighteval's order).
@@ -99,15 +98,13 @@ def _tables(root: Path) -> list[Path]:
     or show a test question as its own few-shot example.
     """
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES)
-    folders_with_subjects = {p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1}
+    top = {p.relative_to(root).parts[0] for p in files if p.parent != root}  # folders holding tables
+    with_few_shot = {p.parent for p in files if p.name.lower().startswith(("validation", "dev"))}
 
     def duplicate(path: Path) -> bool:
-        rel = path.relative_to(root).parts
-        if len(rel) > 1 and rel[0] == "All" and len(folders_with_subjects) > 1:
+        if path.parent != root and path.relative_to(root).parts[0] == "All" and len(top) > 1:
             return True
-        siblings = {s.name.lower() for s in path.parent.iterdir()}
-        return path.name.lower().startswith("train") and any(
-            s.startswith(("validation", "dev")) for s in siblings)
+        return path.name.lower().startswith("train") and path.parent in with_few_shot
     return [p for p in files if not duplicate(p)]
 
 
@@ -124,6 +121,12 @@ def _subject_from_path(path: Path, root: Path) -> str:
         return stem
     parts = [p for p in rel.parts[:-1] if not DEV_WORDS.search(p) and p.lower() not in ("test", "data")]
     return parts[-1] if parts else root.name
+
+
+def _subject_from_id(row_id: str) -> str:
+    """``Islamic Studies-71`` / ``Algeria-0`` -> the topic, as AceGPT and OALL number their rows."""
+    match = re.fullmatch(r"(.+)-\d+", row_id)
+    return match.group(1) if match else ""
 
 
 def _collect(data: TaskData, root: Path, files: list[Path], make: Callable[[dict, str, str], Question]) -> TaskData:
@@ -197,12 +200,6 @@ def read_arabic_mmlu(root: Path) -> TaskData:
 
 
 # ---- EXAMS ------------------------------------------------------------------------------------------------
-
-
-def _subject_from_id(row_id: str) -> str:
-    """``Islamic Studies-71`` / ``Algeria-0`` -> the topic, as AceGPT and OALL number their rows."""
-    match = re.fullmatch(r"(.+)-\d+", row_id)
-    return match.group(1) if match else ""
 
 
 def exams_question(row: dict, where: str) -> Question:
