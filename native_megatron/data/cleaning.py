@@ -15,8 +15,9 @@ Steps run in this order (each can be switched off in :class:`CleanConfig`):
    ``normalize_taa_marbuta`` ة -> ه              } and deduplication keys.
 7. ``normalize_whitespace`` Unicode spaces -> space, runs collapsed, lines stripped,
                            at most one blank line in a row.
-8. ``remove_boilerplate``  whole lines matching ``boilerplate_patterns`` (share buttons,
-                           copyright, cookie notices, navigation bars, "read also"...).
+8. ``remove_boilerplate``  short whole lines matching a boilerplate pattern (share buttons,
+                           copyright, cookie notices, navigation bars, "read also"...);
+                           each pattern has a length limit above which a line is content.
 
 Then document filters, each giving a drop reason: ``too_long`` (before cleaning,
 so a 10 MB blob costs nothing), ``too_short`` (characters or words after
@@ -46,29 +47,74 @@ BLANK_LINES_RE = re.compile(r"\n{3,}")
 ARABIC_LETTER_RE = re.compile("[\u0620-\u064a\u066e-\u06d3\u06d5\u06ee\u06ef\u06fa-\u06ff"
                               "\u0750-\u077f\u08a0-\u08c9\ufb50-\ufdff\ufe70-\ufefc]")
 
-# Web boilerplate lines, Arabic and English. A line is removed when a pattern
-# matches the whole (whitespace-normalised) line; names are counted in the stats.
-DEFAULT_BOILERPLATE: dict[str, str] = {
-    "copyright": r"(?:جميع|كل) الحقوق محفوظة.*|.*(?:©|\(c\)|copyright|all rights reserved).*",
-    "share": r"(?:شارك(?:ها|ه)?|مشاركة|انشر|share)(?:\s(?:هذا|هذه|الخبر|المقال|المقالة|الصفحة|على|عبر|on|via))*[\s:،,]*"
-             r"(?:(?:فيسبوك|فيس بوك|تويتر|واتساب|واتس اب|تيليجرام|تلغرام|لينكد إن|إكس|X|"
-             r"facebook|twitter|whatsapp|telegram|linkedin|email|البريد)[\s|،,/-]*)*",
-    "read_also": r"(?:اقرأ|إقرأ|اقرا) (?:أيضا|أيضاً|ايضا|ايضاً|المزيد)\b.{0,200}",
-    "follow_us": r"(?:تابعونا|تابعنا|حمل|حمّل|تحميل|نزّل|نزل) (?:على|عبر|من|تطبيق|التطبيق).{0,120}"
-                 r"|.*(?:جوجل بلاي|google play|app store|آب ستور|اب ستور).*",
-    "cookies": r".*(?:ملفات تعريف الارتباط|ملفات الارتباط|الكوكيز|cookies?\b).*",
-    "newsletter": r".*(?:اشترك|سجل|اشتراك) (?:في|ب)?\s?(?:النشرة|القائمة) (?:البريدية|الإخبارية).*",
-    "account": r"(?:تسجيل الدخول|سجل الدخول|دخول|إنشاء حساب|حساب جديد|تسجيل|log ?in|sign ?up|register)"
-               r"(?:\s*[|/]\s*(?:تسجيل الدخول|سجل الدخول|دخول|إنشاء حساب|حساب جديد|تسجيل|log ?in|sign ?up|register))+",
-    "comments": r"(?:التعليقات|تعليقات|أضف تعليق[اً]{0,2}|اترك تعليق[اً]{0,2}|comments?)\s*(?:\(\d+\)|\d+)?\s*:?",
-    "views": r"(?:عدد )?(?:المشاهدات|مشاهدات|القراءات|views)\s*[:：]?\s*[\d٠-٩,.]+",
-    "ad_label": r"(?:إعلان|اعلان|إعلانات|اعلانات|advertisement|sponsored|محتوى مدفوع)",
-    "breadcrumb": r"(?:الرئيسية|الصفحة الرئيسية|home)\s*(?:[>»›/|]\s*[^>»›/|\n]{1,40}){1,6}",
-    "nav_bar": r"(?:[^|\n]{1,25}\|){3,}[^|\n]{0,25}",
-    "wiki_tabs": r"(?:تعديل|عرض المصدر|تاريخ|نقاش|edit|history|talk)"
-                 r"(?:\s*[-|·]\s*(?:تعديل|عرض المصدر|تاريخ|نقاش|edit|history|talk))+",
-    "click_here": r".{0,40}(?:اضغط هنا|انقر هنا|click here).{0,40}",
-    "script": r".*(?:var \w+\s*=|function\s*\(|document\.|window\.|_gaq|gtag\(|<script|</script>).*",
+@dataclass(frozen=True)
+class BoilerplateRule:
+    """A boilerplate pattern and the longest line it may remove.
+
+    The pattern must match the whole (whitespace-normalised) line, and the line
+    must have at most ``max_chars`` characters and ``max_words`` words: a longer
+    line is content, whatever it contains. This is what keeps a single-line JSONL
+    document that mentions "©" or "cookies" in passing.
+    """
+
+    pattern: str
+    max_chars: int
+    max_words: int
+
+
+# Web boilerplate lines, Arabic and English; names are counted in the stats.
+# Limits sit well above the longest real line of each kind (the sample corpus's
+# longest is noted) and well below a paragraph. Menus, share bars and
+# breadcrumbs are anchored by their shape; the contained-phrase patterns (copyright,
+# read_also, follow_us, cookies, newsletter, click_here, script) rely on the limit.
+DEFAULT_BOILERPLATE: dict[str, BoilerplateRule] = {
+    # "جميع الحقوق محفوظة © 2024 ..." (sample: 67 chars, 12 words).
+    "copyright": BoilerplateRule(
+        r"(?:جميع|كل) الحقوق محفوظة.*|.*(?:©|\(c\)\s*[\d٠-٩]{4}|copyright|all rights reserved).*", 120, 20),
+    # "شارك: فيسبوك تويتر واتساب" (sample: 38, 7).
+    "share": BoilerplateRule(
+        r"(?:شارك(?:ها|ه)?|مشاركة|انشر|share)(?:\s(?:هذا|هذه|الخبر|المقال|المقالة|الصفحة|على|عبر|on|via))*[\s:،,]*"
+        r"(?:(?:فيسبوك|فيس بوك|تويتر|واتساب|واتس اب|تيليجرام|تلغرام|لينكد إن|إكس|X|"
+        r"facebook|twitter|whatsapp|telegram|linkedin|email|البريد)[\s|،,/-]*)*", 100, 16),
+    # "اقرأ أيضاً: <a headline>" (sample: 77, 12); headlines run to about 120 characters.
+    "read_also": BoilerplateRule(r"(?:اقرأ|إقرأ|اقرا) (?:أيضا|أيضاً|ايضا|ايضاً|المزيد)\b.{0,200}", 150, 25),
+    # "تابعونا على ..." and app-store links (sample: 61, 10).
+    "follow_us": BoilerplateRule(
+        r"(?:تابعونا|تابعنا|حمل|حمّل|تحميل|نزّل|نزل) (?:على|عبر|من|تطبيق|التطبيق).{0,120}"
+        r"|.*(?:جوجل بلاي|google play|app store|آب ستور|اب ستور).*", 120, 20),
+    # Cookie banners are one or two sentences (sample: 110, 17; a long English
+    # GDPR banner is about 220, 35).
+    "cookies": BoilerplateRule(r".*(?:ملفات تعريف الارتباط|ملفات الارتباط|الكوكيز|cookies?\b).*", 220, 35),
+    # "اشترك في النشرة البريدية" (sample: 24, 4).
+    "newsletter": BoilerplateRule(
+        r".*(?:اشترك|سجل|اشتراك) (?:في|ب)?\s?(?:النشرة|القائمة) (?:البريدية|الإخبارية).*", 120, 20),
+    # "سجل الدخول | إنشاء حساب" (sample: 23, 5).
+    "account": BoilerplateRule(
+        r"(?:تسجيل الدخول|سجل الدخول|دخول|إنشاء حساب|حساب جديد|تسجيل|log ?in|sign ?up|register)"
+        r"(?:\s*[|/]\s*(?:تسجيل الدخول|سجل الدخول|دخول|إنشاء حساب|حساب جديد|تسجيل|log ?in|sign ?up|register))+",
+        60, 10),
+    # "تعليقات (3)", "أضف تعليقاً" (sample: 15, 2).
+    "comments": BoilerplateRule(
+        r"(?:التعليقات|تعليقات|أضف تعليق[اً]{0,2}|اترك تعليق[اً]{0,2}|comments?)\s*(?:\(\d+\)|\d+)?\s*:?", 30, 5),
+    # "عدد المشاهدات: 1532".
+    "views": BoilerplateRule(r"(?:عدد )?(?:المشاهدات|مشاهدات|القراءات|views)\s*[:：]?\s*[\d٠-٩,.]+", 40, 5),
+    # A lone "إعلان" / "Advertisement" label (sample: 7, 1).
+    "ad_label": BoilerplateRule(r"(?:إعلان|اعلان|إعلانات|اعلانات|advertisement|sponsored|محتوى مدفوع)", 25, 3),
+    # "الرئيسية » أقسام » وصفات", and menus that start with "الرئيسية |" (sample: 76, 14).
+    "breadcrumb": BoilerplateRule(
+        r"(?:الرئيسية|الصفحة الرئيسية|home)\s*(?:[>»›/|]\s*[^>»›/|\n]{1,40}){1,6}", 160, 30),
+    # Menus of "|"-separated items; SEO keyword lists have the same shape (sample: 112, 23).
+    "nav_bar": BoilerplateRule(r"(?:[^|\n]{1,25}\|){3,}[^|\n]{0,25}", 200, 40),
+    # "تعديل - تاريخ - نقاش" (sample: 20, 5).
+    "wiki_tabs": BoilerplateRule(
+        r"(?:تعديل|عرض المصدر|تاريخ|نقاش|edit|history|talk)"
+        r"(?:\s*[-|·]\s*(?:تعديل|عرض المصدر|تاريخ|نقاش|edit|history|talk))+", 80, 12),
+    # "للمزيد اضغط هنا" (sample: 15, 3).
+    "click_here": BoilerplateRule(r".{0,40}(?:اضغط هنا|انقر هنا|click here).{0,40}", 90, 15),
+    # Leftover JavaScript. Code has few spaces, so the word limit is what tells it
+    # from prose; the character limit lets a minified line go (sample: 110, 10).
+    "script": BoilerplateRule(
+        r".*(?:var \w+\s*=|function\s*\(|document\.\w|window\.\w|_gaq|gtag\(|<script|</script>).*", 2000, 40),
 }
 
 
@@ -88,8 +134,11 @@ class CleanConfig:
     remove_boilerplate: bool = True
     # Names from DEFAULT_BOILERPLATE to use; empty means all of them.
     boilerplate: list[str] = field(default_factory=list)
-    # Extra full-line regular expressions of your own, named extra_0, extra_1, ...
+    # Extra full-line regular expressions of your own, named extra_0, extra_1, ...;
+    # they remove a line only up to these lengths, like the built-in ones.
     extra_boilerplate: list[str] = field(default_factory=list)
+    extra_boilerplate_max_chars: int = 200
+    extra_boilerplate_max_words: int = 30
     min_chars: int = 100
     min_words: int = 10
     max_chars: int = 1_000_000
@@ -105,6 +154,9 @@ class CleanConfig:
                 re.compile(pattern)
             except re.error as exc:
                 raise ConfigError(f"clean.extra_boilerplate[{i}]: invalid regular expression ({exc})") from None
+        if self.extra_boilerplate_max_chars < 1 or self.extra_boilerplate_max_words < 1:
+            raise ConfigError("clean.extra_boilerplate_max_chars and clean.extra_boilerplate_max_words "
+                              "must be at least 1")
         if not 0.0 <= self.min_arabic_ratio <= 1.0:
             raise ConfigError("clean.min_arabic_ratio must be between 0 and 1")
         if self.min_chars < 0 or self.min_words < 0 or self.max_chars <= self.min_chars:
@@ -144,9 +196,14 @@ class Cleaner:
     def __init__(self, config: CleanConfig) -> None:
         self.config = config
         names = config.boilerplate or list(DEFAULT_BOILERPLATE)
-        patterns = [(n, DEFAULT_BOILERPLATE[n]) for n in names]
-        patterns += [(f"extra_{i}", p) for i, p in enumerate(config.extra_boilerplate)]
-        self._boilerplate = [(name, re.compile(p, re.IGNORECASE)) for name, p in patterns]
+        rules = [(n, DEFAULT_BOILERPLATE[n]) for n in names]
+        rules += [(f"extra_{i}", BoilerplateRule(p, config.extra_boilerplate_max_chars,
+                                                 config.extra_boilerplate_max_words))
+                  for i, p in enumerate(config.extra_boilerplate)]
+        self._boilerplate = [(name, re.compile(r.pattern, re.IGNORECASE), r.max_chars, r.max_words)
+                             for name, r in rules]
+        # Lines longer than every limit skip the regular expressions altogether.
+        self._longest_boilerplate = max((r.max_chars for _, r in rules), default=0)
         self._control = _control_table() if config.remove_control else {}
         letters = {}
         if config.normalize_yaa:
@@ -215,9 +272,15 @@ class Cleaner:
         return text
 
     def _is_boilerplate(self, line: str) -> bool:
-        for name, pattern in self._boilerplate:
-            if pattern.fullmatch(line):
+        chars = len(line)
+        if chars > self._longest_boilerplate:
+            return False
+        words = len(line.split())
+        for name, pattern, max_chars, max_words in self._boilerplate:
+            if chars <= max_chars and words <= max_words and pattern.fullmatch(line):
+                # Lines and characters, so that a rule which eats content shows up.
                 self.counts[f"boilerplate:{name}"] += 1
+                self.counts[f"boilerplate:{name}:chars"] += chars
                 return True
         return False
 
