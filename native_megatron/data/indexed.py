@@ -10,14 +10,17 @@ that returns arrays (no Python int per token) and hands each document to the
 builder as an array of the file's dtype already.
 
 A partition is complete when its ``.done.json`` exists (written last), so a
-killed run resumes by redoing only the unfinished partitions.
+killed run resumes by redoing only the unfinished partitions, after removing
+the half-written ``.tmp{PID}`` files its killed writers left.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +53,8 @@ class PartResult:
     tokens: int
     seconds: float
     reused: bool = False
+    # The largest token id written (-1: none): the trainer checks it against the model's vocabulary.
+    max_id: int = -1
 
 
 def dataset_prefix(output_prefix: str) -> str:
@@ -96,8 +101,9 @@ def tokenize_shard(task: tuple[str, str, TokenizeSettings]) -> PartResult:
     signature = _part_signature(shard, settings, tok)
     if done_path.exists():
         done = read_json(done_path)
-        if done.get("signature") == signature:
-            return PartResult(part_prefix, done["documents"], done["tokens"], 0.0, reused=True)
+        if done.get("signature") == signature and "max_id" in done:
+            return PartResult(part_prefix, done["documents"], done["tokens"], 0.0, reused=True,
+                              max_id=done["max_id"])
     start = time.monotonic()
     dtype = tok.dtype
     tmp = f"{part_prefix}.tmp{os.getpid()}"
@@ -105,6 +111,7 @@ def tokenize_shard(task: tuple[str, str, TokenizeSettings]) -> PartResult:
     prefix_ids = [tok.bos_id] if settings.add_bos and tok.bos_id is not None else []
     suffix_ids = [tok.eod_id] if settings.append_eod else []
     documents = tokens = 0
+    max_id = -1
     with atomic_open(part_prefix + ".manifest.jsonl", "w") as mf:
         batch: list[dict] = []
         for row in _with_flush(read_shard_texts(shard), settings.batch_size):
@@ -119,14 +126,16 @@ def tokenize_shard(task: tuple[str, str, TokenizeSettings]) -> PartResult:
                                      "tokens": int(doc.size)}, ensure_ascii=False) + "\n")
                 documents += 1
                 tokens += int(doc.size)
+                if doc.size:
+                    max_id = max(max_id, int(doc.max()))
             batch = []
         builder.finalize(tmp + ".idx")
     os.replace(tmp + ".bin", part_prefix + ".bin")
     os.replace(tmp + ".idx", part_prefix + ".idx")
     seconds = time.monotonic() - start
     atomic_write_json(done_path, {"signature": signature, "documents": documents, "tokens": tokens,
-                                  "seconds": round(seconds, 3)})
-    return PartResult(part_prefix, documents, tokens, seconds)
+                                  "max_id": max_id, "seconds": round(seconds, 3)})
+    return PartResult(part_prefix, documents, tokens, seconds, max_id=max_id)
 
 
 def _with_flush(rows: Iterator[dict], size: int) -> Iterator[dict | None]:
@@ -154,6 +163,36 @@ def _assemble(ids: np.ndarray, prefix: list[int], suffix: list[int], dtype) -> n
 # ---- main side -------------------------------------------------------------------
 
 
+_TEMP_NAME = re.compile(r".+\.tmp(?P<pid>\d+)\.(bin|idx)")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True     # someone else's live process
+    return True
+
+
+def remove_stale_temp_files(directory: Path, stem_glob: str) -> list[str]:
+    """Remove ``{stem}.tmp{PID}.bin/.idx`` files left by writers that were killed.
+
+    The PID in the name (see :func:`tokenize_shard`, :func:`merge_partitions`) says whose file it
+    is; a file whose writer still runs on this machine is left alone.
+    """
+    removed = []
+    for path in sorted(directory.glob(f"{stem_glob}.tmp*")):
+        match = _TEMP_NAME.fullmatch(path.name)
+        if match and not _pid_alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(str(path))
+    if removed:
+        logger.info("removed %d temp file(s) of killed writers in %s", len(removed), directory)
+    return removed
+
+
 def merge_partitions(parts: list[str], out_prefix: str, dtype) -> None:
     """Concatenate partitions, in order, into ``out_prefix``.bin/.idx with megatron-core's builder.
 
@@ -178,6 +217,10 @@ def run_tokenize(shards: list[str], work_dir: Path, out_prefix: str, settings: T
                  show_progress: bool = True) -> dict[str, Any]:
     """Tokenize ``shards`` into partitions under ``work_dir`` and merge them into ``out_prefix``."""
     work_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_prefix).parent
+    remove_stale_temp_files(work_dir, "part-*")
+    if out_dir.is_dir():
+        remove_stale_temp_files(out_dir, glob.escape(Path(out_prefix).name))
     tok = _tokenizer(settings)
     start = time.monotonic()
     tasks = [(s, str(work_dir / f"part-{i:05d}"), settings) for i, s in enumerate(shards)]
@@ -188,7 +231,12 @@ def run_tokenize(shards: list[str], work_dir: Path, out_prefix: str, settings: T
             results.append(result)
             bar.update()
     merge_start = time.monotonic()
-    merge_partitions([r.prefix for r in results], out_prefix, tok.dtype)
+    if sum(r.documents for r in results):
+        merge_partitions([r.prefix for r in results], out_prefix, tok.dtype)
+    else:
+        # No dataset rather than an empty one, and none left from an earlier run on this prefix.
+        for suffix in (".bin", ".idx"):
+            Path(out_prefix + suffix).unlink(missing_ok=True)
     merge_seconds = time.monotonic() - merge_start
     elapsed = time.monotonic() - start
     worker_seconds = sum(r.seconds for r in results)
@@ -203,6 +251,7 @@ def run_tokenize(shards: list[str], work_dir: Path, out_prefix: str, settings: T
         "workers": workers,
         "seconds": round(elapsed, 3),
         "merge_seconds": round(merge_seconds, 3),
+        "max_token_id": max((r.max_id for r in results), default=-1),
         # Tokens per second of worker time: the per-core rate, independent of worker count.
         "tokens_per_worker_second": round(sum(r.tokens for r in done_now) / worker_seconds, 1)
         if worker_seconds > 0 else None,

@@ -2,14 +2,17 @@
 
 The configuration (:class:`PreprocessConfig`) is checked, the inputs found, the
 tokenizer loaded and the output directory proven writable before any work
-starts. Stages write into ``{prefix}_work/`` and mark themselves done, so a
-rerun of the same command reuses finished work and a changed command is refused
+starts; a text key that the inputs do not have is refused then too. Stages
+write into ``{prefix}_work/`` and mark themselves done, so a rerun of the same
+command reuses finished work and a changed command is refused
 (``output.overwrite`` starts over). Outputs beside the prefix:
 
 - ``{prefix}_text_document.bin/.idx``: the dataset;
 - ``{prefix}_manifest.jsonl``: one row per input line, ``kept`` or ``dropped`` with a reason;
 - ``{prefix}_stats.json``: counts per status and reason, tokens, timings;
 - ``{prefix}_config.yaml``: the resolved configuration.
+
+A run that keeps no document writes the manifest and stats but no dataset, and fails.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from native_megatron.data.indexed import (TokenizeSettings, dataset_prefix, part
                                           run_tokenize)
 from native_megatron.data.manifest import DROPPED, PASSED, ManifestWriter, merge_stage_rows, read_manifest
 from native_megatron.data.prepare import PrepareSettings, run_prepare
-from native_megatron.data.readers import expand_inputs
+from native_megatron.data.readers import InputError, check_text_key, expand_inputs
 from native_megatron.data.tokenizer import load_tokenizer
 from native_megatron.utils.config import ConfigError, dump_yaml
 from native_megatron.utils.io import atomic_open, atomic_write_json, check_writable_dir, read_json
@@ -189,6 +192,7 @@ def run_preprocess(cfg: PreprocessConfig, middle: MiddleStage | None = None) -> 
     if stage == "rewrite" and middle is None:
         raise ConfigError("--stage rewrite needs a rewriting backend (--rewrite vllm|openai|hf)")
     files = expand_inputs(cfg.input.paths) if stage in ("all", "prepare") else []
+    check_text_key(files, cfg.input.text_key)
     tok = load_tokenizer(cfg.tokenize.tokenizer, cfg.tokenize.eod_token)
     paths = Paths.of(cfg.output.prefix)
     check_writable_dir(Path(paths.prefix).parent)
@@ -204,6 +208,9 @@ def run_preprocess(cfg: PreprocessConfig, middle: MiddleStage | None = None) -> 
         shards, prepare_stats, files = _finished_prepare(paths)
         reused = True
     if stage == "prepare":
+        if not prepare_stats["documents_kept"]:
+            raise _nothing_kept(prepare_stats["documents_in"], prepare_stats["dropped_by_reason"],
+                                str(paths.prepare / "manifest.jsonl"))
         return {"prepare": prepare_stats}
     if not reused:
         shutil.rmtree(paths.tokenize, ignore_errors=True)
@@ -229,7 +236,8 @@ def run_preprocess(cfg: PreprocessConfig, middle: MiddleStage | None = None) -> 
     input_bytes = sum(os.path.getsize(f) for f in files if os.path.exists(f))
     stats = {
         "inputs": files,
-        "outputs": {"dataset": paths.dataset, "manifest": paths.manifest, "config": paths.config},
+        "outputs": {"dataset": paths.dataset if tok_stats["documents"] else None, "manifest": paths.manifest,
+                    "config": paths.config},
         "documents_in": prepare_stats["documents_in"],
         "documents_by_status": counts["status"],
         "dropped_by_reason": counts["reasons"],
@@ -240,6 +248,8 @@ def run_preprocess(cfg: PreprocessConfig, middle: MiddleStage | None = None) -> 
         "tokenizer": tok_stats["tokenizer"],
         "documents_written": tok_stats["documents"],
         "tokens_written": tok_stats["tokens"],
+        # Checked by the trainer against the model's vocabulary (training/data.py: check_data).
+        "max_token_id": tok_stats["max_token_id"],
         "partitions": tok_stats["partitions"],
         # Everything that depends on the clock lives under "timing": the rest is
         # identical between reruns of the same command.
@@ -262,7 +272,15 @@ def run_preprocess(cfg: PreprocessConfig, middle: MiddleStage | None = None) -> 
     atomic_write_json(paths.stats, stats)
     if sum(stats["documents_by_status"].values()) != stats["documents_in"]:
         raise RuntimeError("manifest does not account for every input document; this is a bug")
+    if not stats["documents_written"]:
+        raise _nothing_kept(stats["documents_in"], stats["dropped_by_reason"], paths.manifest)
     return stats
+
+
+def _nothing_kept(documents_in: int, reasons: dict[str, int], manifest: str) -> InputError:
+    dropped = ", ".join(f"{k} {v}" for k, v in reasons.items()) or "none"
+    return InputError(f"no document kept: {documents_in} in, dropped: {dropped}; no dataset written; "
+                      f"{manifest} gives each document's reason")
 
 
 def format_summary(stats: dict[str, Any]) -> str:

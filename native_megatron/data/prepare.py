@@ -136,8 +136,8 @@ class SkipLog:
     """Log the first few skips of each reason with file and line; the manifest has them all."""
 
     # Reasons that point at broken input rather than at ordinary filtering.
-    INPUT_PROBLEMS = ("invalid_json", "invalid_utf8", "missing_text_key", "text_not_string", "not_an_object",
-                      "empty_text", "too_long", "read_error")
+    INPUT_PROBLEMS = ("invalid_json", "invalid_utf8", "missing_text_key", "null_text", "text_not_string",
+                      "not_an_object", "empty_text", "too_long", "read_error")
 
     def __init__(self, per_reason: int = 5) -> None:
         self.per_reason = per_reason

@@ -11,12 +11,14 @@ from __future__ import annotations
 import glob
 import gzip
 import io
+import itertools
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +186,28 @@ class _ReadError(str):
     """Marks the record standing for the unreadable rest of a file."""
 
 
+def _decode_line(payload: bytes) -> str:
+    try:
+        line = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordSkip("invalid_utf8", f"byte {exc.start}") from None
+    # A BOM starts a file saved by some editors, and every file joined after it with cat.
+    return line[1:] if line.startswith("\ufeff") else line
+
+
+# A JSON escape of a UTF-16 surrogate: the only way a string that is not valid UTF-8 gets
+# past the decoding of the line (a lone one cannot be written out again).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _check_encodable(value: Any, field: str) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RecordSkip("invalid_utf8", f"lone surrogate in {field} at character {exc.start}") from None
+
+
 def parse_record(record: RawRecord, text_key: str, id_key: str, file_name: str) -> tuple[str, str]:
     """A raw record -> ``(doc_id, text)``; raises :class:`RecordSkip` with the reason."""
     payload = record.payload
@@ -195,10 +219,7 @@ def parse_record(record: RawRecord, text_key: str, id_key: str, file_name: str) 
     if isinstance(payload, tuple):
         doc_id, text = payload
     else:
-        try:
-            line = payload.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise RecordSkip("invalid_utf8", f"byte {exc.start}") from None
+        line = _decode_line(payload)
         if not line.strip():
             raise RecordSkip("blank_line")
         try:
@@ -210,10 +231,70 @@ def parse_record(record: RawRecord, text_key: str, id_key: str, file_name: str) 
         if text_key not in obj:
             raise RecordSkip("missing_text_key")
         text, doc_id = obj[text_key], obj.get(id_key)
+        if _SURROGATE_ESCAPE.search(line):
+            _check_encodable(text, "text")
+            _check_encodable(doc_id, "id")
     if text is None:
-        raise RecordSkip("missing_text_key")
+        raise RecordSkip("null_text")
     if not isinstance(text, str):
         raise RecordSkip("text_not_string", type(text).__name__)
     if not text.strip():
         raise RecordSkip("empty_text")
     return (default_id if doc_id is None else str(doc_id)), text
+
+
+SAMPLE_LINES = 100
+
+
+def check_text_key(files: list[str], text_key: str) -> None:
+    """Raise :class:`InputError` for a file where ``text_key`` is surely wrong, before any work.
+
+    A Parquet file without the column, or a JSONL file where none of the objects in its
+    first :data:`SAMPLE_LINES` lines has the key: every document of it would be dropped.
+    A file whose first lines hold no object at all is left to the per-line accounting.
+    """
+    for path in files:
+        if input_format(path) == "parquet":
+            names = _parquet_columns(path)
+            if names is not None and text_key not in names:
+                raise InputError(f"input {path} has no column '{text_key}' (columns: {_listing(names)}); "
+                                 f"pass --text-key with one of them")
+            continue
+        keys = _keys_at_start(path, text_key)
+        if keys:
+            raise InputError(f"input {path}: no object in the first {SAMPLE_LINES} lines has the text key "
+                             f"'{text_key}' (keys seen: {_listing(keys)}); pass --text-key with one of them")
+
+
+def _parquet_columns(path: str) -> list[str] | None:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).schema_arrow.names
+    except (OSError, ValueError):
+        return None     # a corrupt file: counted as a read error when it is read
+
+
+def _keys_at_start(path: str, text_key: str) -> set[str]:
+    """The keys of the objects in the file's first lines; empty as soon as one has ``text_key``."""
+    keys: set[str] = set()
+    try:
+        with _open_binary(path) as f:
+            for line in itertools.islice(f, SAMPLE_LINES):
+                try:
+                    obj = json.loads(_decode_line(line))
+                except (RecordSkip, json.JSONDecodeError):
+                    continue
+                if isinstance(obj, dict):
+                    if text_key in obj:
+                        return set()
+                    keys.update(obj)
+    except Exception:  # noqa: BLE001 - any read failure is counted when the file is read for real
+        return set()
+    return keys
+
+
+def _listing(names: Iterable[str], limit: int = 20) -> str:
+    names = sorted(names)
+    shown = ", ".join(n.encode("utf-8", "backslashreplace").decode("utf-8") for n in names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")

@@ -165,3 +165,35 @@ class ExpertServer(_LocalServer):
                                             "completion_tokens": gen.completion_tokens}})
 
         self._serve(Handler)
+
+
+class RecordingServer(_LocalServer):
+    """Answers every GET or POST with a one-word chat completion and keeps each request's headers.
+
+    With ``redirect=(code, target)`` it answers requests addressed to 127.0.0.1 with ``code`` and
+    ``Location: target + path`` instead; ``target=None`` is this same server under the name
+    localhost: the same port, another host, so another origin.
+    """
+
+    def __init__(self, redirect: tuple[int, str | None] | None = None) -> None:
+        self.headers: list[dict[str, str]] = []
+        recorder = self
+
+        class Handler(_QuietHandler):
+            def answer(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if redirect and self.headers.get("Host", "").startswith("127.0.0.1"):
+                    code, target = redirect
+                    target = target or recorder.url.replace("127.0.0.1", "localhost")
+                    path = self.path[len("/v1"):] if self.path.startswith("/v1") else self.path
+                    self.send_response(code)
+                    self.send_header("Location", target.rstrip("/") + path)
+                    self.send_header("Content-Length", "0")
+                    return self.end_headers()
+                recorder.headers.append(dict(self.headers))
+                self.reply(200, {"choices": [{"message": {"role": "assistant", "content": "ok"},
+                                               "finish_reason": "stop"}]})
+
+            do_GET = do_POST = answer
+
+        self._serve(Handler)

@@ -12,7 +12,7 @@ from native_megatron.alignment.backends import BackendUnavailable
 from native_megatron.alignment.pipeline import AlignedPreprocessConfig, run_preprocess_aligned
 from native_megatron.alignment.tiny_model import make_tiny_chat_model
 from native_megatron.utils.config import load_config
-from tests.alignment.servers import FaultProxy, ServedModel
+from tests.alignment.servers import FaultProxy, RecordingServer, ServedModel
 from tests.conftest import same_bytes
 
 pytestmark = pytest.mark.slow
@@ -128,3 +128,42 @@ def test_api_key_comes_from_the_environment_only(monkeypatch, tiny_model):
                                           openai=OpenAIConfig(api_key_env="MY_KEY")))
     assert "Authorization" not in backend.headers
     backend.close()
+
+
+def backend_for(url):
+    from native_megatron.alignment.backends.openai_http import OpenAIBackend
+    from native_megatron.alignment.config import OpenAIConfig, RewriteConfig
+
+    return OpenAIBackend(RewriteConfig(backend="openai", model="m", openai=OpenAIConfig(
+        base_urls=[url], api_key_env="MY_KEY", max_retries=0)))
+
+
+def ask(backend):
+    from native_megatron.alignment.backends.base import SamplingConfig
+
+    try:
+        return backend.generate([[{"role": "user", "content": "hi"}]], SamplingConfig())
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("other", ["port", "host"])
+def test_a_redirect_to_another_origin_is_refused_and_never_gets_the_key(monkeypatch, code, other):
+    from native_megatron.utils.config import ConfigError
+
+    monkeypatch.setenv("MY_KEY", "secret-token")
+    with RecordingServer() as elsewhere:
+        # Another port on the same address, or the same port under another name: both are other origins.
+        with RecordingServer(redirect=(code, elsewhere.url if other == "port" else None)) as configured:
+            with pytest.raises(ConfigError, match="redirect") as err:
+                ask(backend_for(configured.url))
+    assert "secret-token" not in str(err.value) and "\n" not in str(err.value)
+    assert elsewhere.headers == [] and configured.headers == []
+
+
+def test_without_a_redirect_the_key_goes_to_the_configured_server(monkeypatch):
+    monkeypatch.setenv("MY_KEY", "secret-token")
+    with RecordingServer() as server:
+        gen = ask(backend_for(server.url))
+    assert gen[0].text == "ok" and server.headers[0]["Authorization"] == "Bearer secret-token"

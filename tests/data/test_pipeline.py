@@ -11,7 +11,7 @@ import pytest
 from native_megatron.data.cleaning import CleanConfig, Cleaner
 from native_megatron.data.indexed import dataset_prefix
 from native_megatron.data.pipeline import PreprocessConfig, run_preprocess
-from native_megatron.data.readers import RecordSkip, iter_records, parse_record
+from native_megatron.data.readers import InputError, RecordSkip, iter_records, parse_record
 from native_megatron.data.tokenizer import load_tokenizer
 from native_megatron.utils.config import ConfigError, load_config
 from tests.conftest import same_bytes
@@ -69,6 +69,8 @@ def test_dataset_holds_exactly_the_tokenizer_ids_of_each_kept_document(sample_ru
         assert ds[i].tolist() == expected, row["id"]
         assert row["tokens"] == len(expected)
     assert sum(r["tokens"] for r in kept) == stats["tokens_written"] == ds.sequence_lengths.sum()
+    # The largest id is recorded, so the trainer checks it against the model without scanning the .bin.
+    assert stats["max_token_id"] == max(int(ds[i].max()) for i in range(len(ds))) < tok.vocab_size
     # Megatron documents: one sequence each.
     assert ds.document_indices.tolist() == list(range(len(kept) + 1))
 
@@ -158,7 +160,7 @@ def test_bad_inputs_are_counted_skips_and_nothing_is_lost(tmp_path, sample_token
             "التي جمعت العلماء والمترجمين من كل مكان في العصر العباسي الذهبي.")
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b"".join([
-        json.dumps({"id": "good", "text": good}, ensure_ascii=False).encode() + b"\n",
+        b"\xef\xbb\xbf" + json.dumps({"id": "good", "text": good}, ensure_ascii=False).encode() + b"\n",
         b'{"id": "broken", "text": \n',
         b'{"id": "bytes", "text": "\xff\xfe"}\n',
         b'{"id": "nokey", "body": "x"}\n',
@@ -166,6 +168,9 @@ def test_bad_inputs_are_counted_skips_and_nothing_is_lost(tmp_path, sample_token
         json.dumps({"id": "huge", "text": "ب " * 5_000_000}).encode() + b"\n",
         b"\n",
         json.dumps({"id": "english", "text": "This is an English page " * 10}).encode() + b"\n",
+        b'{"id": "lone", "text": "\\ud800 ' + good.encode() + b'"}\n',
+        b'{"id": "\\udc80", "text": "' + good.encode() + b' 2"}\n',
+        b'{"id": "null", "text": null}\n',
     ]))
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")
@@ -175,10 +180,81 @@ def test_bad_inputs_are_counted_skips_and_nothing_is_lost(tmp_path, sample_token
     assert [(r["line"], r["status"], r.get("reason")) for r in rows] == [
         (1, "kept", None), (2, "dropped", "invalid_json"), (3, "dropped", "invalid_utf8"),
         (4, "dropped", "missing_text_key"), (5, "dropped", "empty_text"), (6, "dropped", "too_long"),
-        (7, "dropped", "blank_line"), (8, "dropped", "low_arabic_ratio")]
+        (7, "dropped", "blank_line"), (8, "dropped", "low_arabic_ratio"), (9, "dropped", "invalid_utf8"),
+        (10, "dropped", "invalid_utf8"), (11, "dropped", "null_text")]
     assert all(r["file"] == str(bad) for r in rows)
     assert stats["empty_files"] == [str(empty)]
+    assert stats["dropped_by_reason"]["invalid_utf8"] == 3 and stats["dropped_by_reason"]["null_text"] == 1
     assert len(read_dataset(prefix)) == 1
+
+
+def test_a_text_key_no_line_has_stops_before_any_work_and_lists_the_keys_seen(tmp_path, sample_corpus,
+                                                                              sample_tokenizer):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    prefix = tmp_path / "out" / "k"
+    with pytest.raises(InputError, match=r"'body' \(keys seen: id, source, text, url\)"):
+        run_preprocess(make_cfg([sample_corpus], prefix, sample_tokenizer, "--input.text_key=body"))
+    pq.write_table(pa.table({"id": ["a"], "content": ["نص"]}), tmp_path / "p.parquet")
+    with pytest.raises(InputError, match=r"p.parquet has no column 'text' \(columns: content, id\)"):
+        run_preprocess(make_cfg([sample_corpus, tmp_path / "p.parquet"], prefix, sample_tokenizer))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_with_no_json_object_in_its_first_lines_is_not_refused(tmp_path, sample_corpus,
+                                                                      sample_tokenizer):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_bytes(b"not json\n" * 3 + b"[1]\n")
+    # No object to go on: the lines are counted skips, not a --text-key mistake.
+    stats = run_preprocess(make_cfg([broken, sample_corpus], tmp_path / "b", sample_tokenizer))
+    assert [r["reason"] for r in manifest(tmp_path / "b")[:4]] == ["invalid_json"] * 3 + ["not_an_object"]
+    assert stats["documents_written"] > 0
+
+
+def test_a_run_that_keeps_no_document_fails_and_writes_no_dataset(tmp_path, sample_corpus, sample_tokenizer):
+    prefix = tmp_path / "z"
+    # A dataset of an earlier run on this prefix must not survive as if it were this run's.
+    run_preprocess(make_cfg([sample_corpus], prefix, sample_tokenizer))
+    with pytest.raises(InputError, match=r"no document kept: \d+ in, dropped: .*too_short \d+"):
+        run_preprocess(make_cfg([sample_corpus], prefix, sample_tokenizer, "--clean.min_chars=900000",
+                                "--output.overwrite=true"))
+    assert not os.path.exists(f"{dataset_prefix(str(prefix))}.bin")
+    assert not os.path.exists(f"{dataset_prefix(str(prefix))}.idx")
+    rows = manifest(prefix)
+    assert len(rows) == count_lines(sample_corpus) and all(r["status"] == "dropped" for r in rows)
+    stats = json.loads(open(f"{prefix}_stats.json").read())
+    assert stats["documents_written"] == 0 and sum(stats["dropped_by_reason"].values()) == len(rows)
+    with pytest.raises(InputError, match="no document kept"):
+        run_preprocess(make_cfg([sample_corpus], prefix, sample_tokenizer, "--clean.min_chars=900000",
+                                "--run.stage=prepare"))
+
+
+def test_a_resumed_run_removes_temp_files_of_killed_writers(tmp_path, sample_corpus, sample_tokenizer):
+    import subprocess
+    import sys
+
+    prefix = tmp_path / "t"
+    cfg = make_cfg([sample_corpus], prefix, sample_tokenizer, "--output.shard_size=100")
+    run_preprocess(cfg)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    work = tmp_path / "t_work" / "tokenize"
+    try:
+        stale = [work / f"part-00001.tmp{dead.pid}.bin", work / f"part-00001.tmp{dead.pid}.idx",
+                 tmp_path / f"t_text_document.tmp{dead.pid}.bin", tmp_path / f"t_text_document.tmp{dead.pid}.idx"]
+        live = [work / f"part-00002.tmp{alive.pid}.bin"]
+        for p in stale + live:
+            p.write_bytes(b"half written")
+        # As if killed while partition 1 was being written.
+        os.unlink(work / "part-00001.done.json")
+        run_preprocess(cfg)
+        assert not [p for p in stale if p.exists()]
+        assert all(p.exists() for p in live)
+    finally:
+        alive.kill()
+        alive.wait()
 
 
 def test_hf_tokenizer_with_a_large_vocabulary_writes_int32(tmp_path, sample_corpus):

@@ -57,8 +57,34 @@ def test_every_bad_line_is_a_counted_skip_with_its_line_number(tmp_path):
     records = list(iter_records([path], "text", "id"))
     assert [r.line for r in records] == list(range(1, 11))
     assert parsed([path]) == [("ok", "نص"), "invalid_json", "invalid_utf8", "missing_text_key", "empty_text",
-                              "blank_line", "not_an_object", "text_not_string", "missing_text_key",
+                              "blank_line", "not_an_object", "text_not_string", "null_text",
                               ("bad.jsonl:10", "no id")]
+
+
+def test_lone_surrogates_and_invalid_bytes_are_invalid_utf8_and_pairs_are_read(tmp_path):
+    path = write_lines(tmp_path / "s.jsonl", [
+        b'{"id": "hi", "text": "\\ud800 lone high surrogate"}\n',
+        b'{"id": "lo", "text": "lone low \\udc80"}\n',
+        b'{"id": "\\udfff", "text": "good text, broken id"}\n',
+        b'{"text": "\xed\xa0\x80 surrogate as bytes"}\n',      # CESU-8: not UTF-8
+        b'{"text": "cut \xd9"}\n',                              # truncated sequence
+        b'{"id": "pair", "text": "\\ud83d\\ude00 pair"}\n',     # a valid surrogate pair
+    ])
+    out = parsed([path])
+    assert out == ["invalid_utf8"] * 5 + [("pair", "\U0001F600 pair")]
+
+
+def test_a_utf8_bom_does_not_cost_the_first_document(tmp_path):
+    import zstandard
+
+    body = b'\xef\xbb\xbf{"id": "a", "text": "\xd9\x86\xd8\xb5"}\n{"id": "b", "text": "x"}\n'
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(body))
+    (tmp_path / "b.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(body))
+    # Files joined with cat keep each file's BOM at the start of a line.
+    for path in (write_lines(tmp_path / "b.jsonl", [body]), write_lines(tmp_path / "cat.jsonl", [body[-25:], body]),
+                 str(tmp_path / "b.jsonl.gz"), str(tmp_path / "b.jsonl.zst")):
+        got = parsed([path])
+        assert got[-2:] == [("a", "نص"), ("b", "x")], path
 
 
 def test_text_and_id_keys(tmp_path):
@@ -72,6 +98,16 @@ def test_parquet_without_the_text_column_counts_each_row(tmp_path):
 
     pq.write_table(pa.Table.from_pylist([{"body": "x"}, {"body": "y"}]), tmp_path / "p.parquet")
     assert parsed([str(tmp_path / "p.parquet")]) == ["missing_text_key", "missing_text_key"]
+
+
+def test_parquet_null_and_non_string_text_have_their_own_reasons(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a", None]}), tmp_path / "n.parquet")
+    pq.write_table(pa.table({"text": [3]}), tmp_path / "i.parquet")
+    assert parsed([str(tmp_path / "n.parquet"), str(tmp_path / "i.parquet")]) == [
+        ("n.parquet:1", "a"), "null_text", "text_not_string"]
 
 
 def test_empty_file_and_truncated_gzip(tmp_path):

@@ -67,3 +67,54 @@ def test_run_prints_a_summary(tmp_path, sample_corpus, sample_tokenizer):
     assert "documents:" in out.stdout and "kept" in out.stdout
     assert f"{prefix}_text_document.bin/.idx" in out.stdout
     assert (tmp_path / "x_config.yaml").exists() and (tmp_path / "x_stats.json").exists()
+
+
+def test_one_line_with_a_lone_surrogate_is_a_counted_skip_not_a_crash(tmp_path, sample_corpus, sample_tokenizer):
+    import json
+
+    corpus = tmp_path / "in.jsonl"
+    lines = Path(sample_corpus).read_bytes().splitlines(keepends=True)
+    good = ("هذه وثيقة عربية سليمة تماما تتحدث عن تاريخ مدينة بغداد ومكتبتها الكبيرة "
+            "التي جمعت العلماء والمترجمين من كل مكان في العصر العباسي الذهبي.")
+    bad = b'{"id": "bad", "text": "\\ud800 ' + good.encode() + b'"}\n'
+    corpus.write_bytes(b"".join(lines[:20]) + bad + b"".join(lines[20:40]))
+    prefix = tmp_path / "x"
+    for _ in range(2):      # a rerun must not die on the same line either
+        out = run("--input", corpus, "--tokenizer", sample_tokenizer, "--output-prefix", prefix,
+                  "--workers", "1", "--no-progress")
+        assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in open(f"{prefix}_manifest.jsonl", encoding="utf-8")]
+    assert rows[20]["line"] == 21 and rows[20]["reason"] == "invalid_utf8"
+    assert json.loads((tmp_path / "x_stats.json").read_text())["dropped_by_reason"]["invalid_utf8"] == 1
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_a_wrong_text_key_is_one_error_line_listing_the_keys_and_no_dataset(tmp_path, sample_corpus,
+                                                                            sample_tokenizer, fmt):
+    corpus = sample_corpus
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        corpus = tmp_path / "c.parquet"
+        pq.write_table(pa.table({"id": ["a"], "text": ["نص"]}), corpus)
+    prefix = tmp_path / "out" / "x"
+    out = run("--input", corpus, "--tokenizer", sample_tokenizer, "--output-prefix", prefix,
+              "--text-key", "body", "--no-progress")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    listed = "(columns: id, text)" if fmt == "parquet" else "(keys seen: id, source, text, url)"
+    assert last.startswith("error: ") and "'body'" in last and listed in last
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_that_keeps_nothing_exits_non_zero_without_a_dataset(tmp_path, sample_corpus, sample_tokenizer):
+    prefix = tmp_path / "x"
+    out = run("--input", sample_corpus, "--tokenizer", sample_tokenizer, "--output-prefix", prefix,
+              "--clean.min_chars=900000", "--workers", "1", "--no-progress")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error: no document kept")
+    assert not list(tmp_path.glob("x_text_document*"))
+    assert (tmp_path / "x_manifest.jsonl").exists() and (tmp_path / "x_stats.json").exists()

@@ -6,7 +6,9 @@ exponential backoff (and jitter, so a fleet that comes back is not hit all at
 once); after ``max_retries`` the batch raises :class:`BackendUnavailable`, so
 the shard stays unfinished and a rerun redoes it. Other 4xx answers are
 configuration mistakes and fail at once. The API key comes only from the
-environment variable named by ``api_key_env``.
+environment variable named by ``api_key_env``, and goes only to the configured
+servers: a redirect to another origin (scheme, host or port) is refused with a
+:class:`ConfigError`, never followed.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,6 +34,30 @@ from native_megatron.utils.config import ConfigError
 logger = logging.getLogger(__name__)
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or DEFAULT_PORTS.get(scheme)
+
+
+def _origin_text(url: str) -> str:
+    scheme, host, port = _origin(url)
+    return f"{scheme}://{host}:{port}"
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only within the origin asked: the request carries the API key."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if _origin(newurl) != _origin(req.full_url):
+            fp.close()
+            raise ConfigError(f"{_origin_text(req.full_url)} redirected (HTTP {code}) to another origin, "
+                              f"{_origin_text(newurl)}; not followed, so the API key goes nowhere else: "
+                              f"put the address that answers in rewrite.openai.base_urls")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 class OpenAIBackend(RewriterBackend):
@@ -48,6 +75,7 @@ class OpenAIBackend(RewriterBackend):
             self.headers["Authorization"] = f"Bearer {key}"
         counter = load_count_tokenizer(config.tokenizer or (config.model if os.path.isdir(config.model) else None))
         self._count = counter
+        self._opener = urllib.request.build_opener(_SameOriginRedirects)
         self.pool = ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="rewrite-http")
         self.retries = 0
 
@@ -72,7 +100,7 @@ class OpenAIBackend(RewriterBackend):
             url = self._url()
             try:
                 req = urllib.request.Request(f"{url}/chat/completions", data=data, headers=self.headers)
-                with urllib.request.urlopen(req, timeout=self.config.timeout_s) as resp:
+                with self._opener.open(req, timeout=self.config.timeout_s) as resp:
                     payload = json.loads(resp.read().decode("utf-8"))
                 return _parse(payload)
             except urllib.error.HTTPError as exc:
