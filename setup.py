@@ -53,6 +53,17 @@ setup(
     python_requires=">=3.10",
     ext_modules=EXT_MODULES,
     cmdclass=CMDCLASS,
+    # The same command lines as tools/*.py and pretrain_arabic.py (thin wrappers over these).
+    entry_points={"console_scripts": [
+        "nm-preprocess=native_megatron.cli.preprocess:main",
+        "nm-pretrain=native_megatron.cli.pretrain:main",
+        "nm-plan=native_megatron.cli.plan:main",
+        "nm-convert=native_megatron.cli.convert:main",
+        "nm-evaluate=native_megatron.cli.evaluate:main",
+        "nm-seed-pairs=native_megatron.cli.seed_pairs:main",
+        "nm-train-tokenizer=native_megatron.cli.train_tokenizer:main",
+        "nm-tiny-model=native_megatron.cli.tiny_model:main",
+    ]},
     install_requires=[
         "torch>=2.4",
         # 0.17+ needs Python >= 3.12; 0.16.1 ships compiled dataset helpers for 3.10/3.11.

@@ -19,14 +19,11 @@ import math
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from native_megatron.ops import apply_rope, cross_entropy, describe, rmsnorm, swiglu  # noqa: E402
+from native_megatron.ops import apply_rope, cross_entropy, describe, rmsnorm, swiglu
 
 
 def timer(device: str, fn, iters: int, warmup: int = 3) -> float:

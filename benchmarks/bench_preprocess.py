@@ -29,12 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from native_megatron.data.indexed import TokenizeSettings, dataset_prefix, run_tokenize
+from native_megatron.data.tokenizer import load_tokenizer
+from native_megatron.utils.logging import quiet_third_party, setup_logging
 
-from native_megatron.data.indexed import TokenizeSettings, dataset_prefix, run_tokenize  # noqa: E402
-from native_megatron.data.tokenizer import load_tokenizer  # noqa: E402
-from native_megatron.utils.logging import quiet_third_party, setup_logging  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SENTENCE_END = re.compile(r"(?<=[.!؟?])\s+")
 

@@ -21,17 +21,16 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from native_megatron.alignment.backends import build_backend
+from native_megatron.alignment.config import RewriteConfig
+from native_megatron.alignment.guidelines import load_guidelines
+from native_megatron.alignment.rewrite import run_rewrite
+from native_megatron.alignment.tiny_model import make_tiny_chat_model
+from native_megatron.alignment.validation import ValidationConfig
+from native_megatron.utils.config import load_config
+from native_megatron.utils.logging import setup_logging
 
-from native_megatron.alignment.backends import build_backend  # noqa: E402
-from native_megatron.alignment.config import RewriteConfig  # noqa: E402
-from native_megatron.alignment.guidelines import load_guidelines  # noqa: E402
-from native_megatron.alignment.rewrite import run_rewrite  # noqa: E402
-from native_megatron.alignment.tiny_model import make_tiny_chat_model  # noqa: E402
-from native_megatron.alignment.validation import ValidationConfig  # noqa: E402
-from native_megatron.utils.config import load_config  # noqa: E402
-from native_megatron.utils.logging import setup_logging  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:

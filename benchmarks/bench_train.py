@@ -24,13 +24,12 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from native_megatron.training.config import TrainConfig
+from native_megatron.training.model import have_transformer_engine
+from native_megatron.utils.config import load_config
+from native_megatron.utils.logging import setup_logging
 
-from native_megatron.training.config import TrainConfig  # noqa: E402
-from native_megatron.training.model import have_transformer_engine  # noqa: E402
-from native_megatron.utils.config import load_config  # noqa: E402
-from native_megatron.utils.logging import setup_logging  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PRESETS = {
     "1b": ["--model.num_layers=16", "--model.hidden_size=2048", "--model.ffn_hidden_size=8192",

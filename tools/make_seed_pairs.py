@@ -1,115 +1,18 @@
 #!/usr/bin/env python3
-"""Make (raw, rewritten) seed pairs with a strong LLM, and export them as SFT data for a small rewriter.
+"""Make (raw, rewritten) seed pairs with a strong LLM and export them as SFT data: ``nm-seed-pairs``.
 
-    # 1. a strong model behind an OpenAI-compatible API rewrites a sample of the cleaned corpus
-    export OPENAI_API_KEY=...
     python tools/make_seed_pairs.py generate --input out/arabic_work/prepare/shard-*.jsonl \\
         --sample 2000 --model gpt-4o --base-url https://api.openai.com/v1 \\
         --guidelines examples/guidelines/native_alignment_ar.yaml --out seed/pairs.jsonl
-    # 2. chat-format SFT data (the rewriting stage's exact prompt -> the expert's rewrite)
     python tools/make_seed_pairs.py export --pairs seed/pairs.jsonl \\
         --guidelines examples/guidelines/native_alignment_ar.yaml --out seed/sft.jsonl
 
-Input is JSONL with a text field: the prepare stage's shards (cleaned and
-deduplicated) or raw files. Rewrites are validated with the pipeline's checks;
-failed ones are kept in the pairs file (rewritten: null) and left out of the
-export. Rerunning `generate` continues an interrupted run. Train the rewriter
-with any SFT tool that reads chat "messages" (e.g. TRL's SFTTrainer, or
-LLaMA-Factory with the sharegpt/openai format); see docs/alignment.md.
+The command line lives in native_megatron/cli/seed_pairs.py; see docs/alignment.md.
 """
 
-from __future__ import annotations
-
-import argparse
-import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from native_megatron.alignment.backends import BackendUnavailable, build_backend  # noqa: E402
-from native_megatron.alignment.config import RewriteConfig  # noqa: E402
-from native_megatron.alignment.guidelines import load_guidelines  # noqa: E402
-from native_megatron.alignment.rewrite import Rewriter  # noqa: E402
-from native_megatron.alignment.seed_pairs import generate_pairs, sample_documents, sft_records  # noqa: E402
-from native_megatron.alignment.validation import ValidationConfig  # noqa: E402
-from native_megatron.data.readers import (InputError, RecordSkip, expand_inputs, iter_records,  # noqa: E402
-                                          parse_record)
-from native_megatron.utils.config import ConfigError, load_config, split_overrides  # noqa: E402
-from native_megatron.utils.logging import setup_logging  # noqa: E402
-
-
-def read_rows(files: list[str], text_key: str):
-    for rec in iter_records(files, text_key, "id"):
-        try:
-            doc_id, text = parse_record(rec, text_key, "id", Path(files[rec.file]).name)
-        except RecordSkip:
-            continue
-        yield {"id": doc_id, "file": files[rec.file], "line": rec.line, "text": text}
-
-
-def cmd_generate(args, overrides) -> int:
-    files = expand_inputs(args.input)
-    base = {"backend": "openai", "model": args.model, "guidelines": args.guidelines,
-            "openai.base_urls": args.base_url or ["http://127.0.0.1:8000/v1"], "on_failure": "retry"}
-    cfg = load_config(RewriteConfig, None, [o.replace("--rewrite.", "--", 1) for o in overrides
-                                            if o.startswith("--rewrite.")], base=base)
-    validation = load_config(ValidationConfig, None, [o.replace("--validate.", "--", 1) for o in overrides
-                                                      if o.startswith("--validate.")])
-    rows = sample_documents(read_rows(files, args.text_key), args.sample, args.seed)
-    backend = build_backend(cfg)
-    try:
-        rewriter = Rewriter(cfg, validation, backend, load_guidelines(cfg.guidelines))
-        counts = generate_pairs(rewriter, rows, Path(args.out), cfg.batch_size)
-    finally:
-        backend.close()
-    print(f"{args.out}: {counts['passed']} pairs passed validation, {counts['failed']} failed, "
-          f"{counts['skipped_existing']} already there")
-    return 0
-
-
-def cmd_export(args, overrides) -> int:
-    guidelines = load_guidelines(args.guidelines)
-    n = 0
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.pairs, encoding="utf-8") as f, open(args.out, "w", encoding="utf-8") as out:
-        for rec in sft_records((json.loads(line) for line in f if line.strip()), guidelines, args.include_failed):
-            out.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            n += 1
-    print(f"wrote {n} SFT examples to {args.out}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="rewrite a sample with a strong LLM")
-    g.add_argument("--input", nargs="+", required=True)
-    g.add_argument("--text-key", default="text")
-    g.add_argument("--sample", type=int, default=1000)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--model", required=True, help="served model name")
-    g.add_argument("--base-url", nargs="+", help="OpenAI-compatible endpoints (default http://127.0.0.1:8000/v1)")
-    g.add_argument("--guidelines", required=True)
-    g.add_argument("--out", required=True)
-    e = sub.add_parser("export", help="pairs -> chat-format SFT JSONL")
-    e.add_argument("--pairs", required=True)
-    e.add_argument("--guidelines", required=True)
-    e.add_argument("--out", required=True)
-    e.add_argument("--include-failed", action="store_true", help="keep failed pairs, answering with the raw text")
-    args = p.parse_args(rest)
-    setup_logging("INFO")
-    try:
-        return cmd_generate(args, overrides) if args.command == "generate" else cmd_export(args, overrides)
-    except (ConfigError, InputError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except BackendUnavailable as exc:
-        print(f"error: {exc}; rerun to continue", file=sys.stderr)
-        return 3
-
+from native_megatron.cli.seed_pairs import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,107 +1,16 @@
 #!/usr/bin/env python3
-"""Turn a raw Arabic corpus into a natively aligned Megatron indexed dataset (.bin/.idx).
+"""Raw Arabic corpus -> natively aligned Megatron indexed dataset: ``nm-preprocess``.
 
     python tools/preprocess_aligned.py --input data/*.jsonl.zst --output-prefix out/arabic \\
         --tokenizer /models/Meta-Llama-3-8B --rewrite vllm --model /models/rewriter \\
         --guidelines examples/guidelines/native_alignment_ar.yaml
 
-Stages: clean -> dedup -> rewrite under the guidelines -> validate -> tokenize
-(``--rewrite none`` skips rewriting: the raw baseline of the paper's
-experiments). Beside the dataset it writes a manifest (one row per input line:
-rewritten, kept raw or dropped, with the reason) and a stats JSON. Any config
-key can be set as ``--section.key=value`` (e.g. ``--clean.remove_diacritics=true``,
-``--rewrite.openai.base_urls=[http://h1:8000/v1,http://h2:8000/v1]``);
-``--config FILE.yaml`` sets many at once.
+The command line lives in native_megatron/cli/preprocess.py; ``--help`` lists every setting.
 """
 
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from native_megatron.alignment.backends import BackendUnavailable  # noqa: E402
-from native_megatron.alignment.pipeline import AlignedPreprocessConfig, run_preprocess_aligned  # noqa: E402
-from native_megatron.data.pipeline import format_summary  # noqa: E402
-from native_megatron.data.readers import InputError  # noqa: E402
-from native_megatron.data.tokenizer import TokenizerError  # noqa: E402
-from native_megatron.utils.config import ConfigError, load_config, split_overrides  # noqa: E402
-from native_megatron.utils.logging import setup_logging  # noqa: E402
-
-logger = logging.getLogger("preprocess_aligned")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="Any setting can also be given as --section.key=value; see docs/data.md.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", metavar="FILE", help="JSONL (.gz/.zst) or Parquet files, directories or globs")
-    p.add_argument("--output-prefix", metavar="PREFIX", help="write PREFIX_text_document.bin/.idx, manifest and stats")
-    p.add_argument("--tokenizer", metavar="PATH", help="sentencepiece .model, tokenizer.json, or a model directory")
-    p.add_argument("--rewrite", choices=["none", "vllm", "openai", "hf"],
-                   help="rewriting backend: vllm (in-process GPU engine), openai (OpenAI-compatible servers, "
-                        "e.g. vllm serve), hf (transformers); none keeps the cleaned raw text (default)")
-    p.add_argument("--model", help="rewriter: model directory (vllm, hf) or served model name (openai)")
-    p.add_argument("--guidelines", metavar="YAML", help="alignment guidelines, e.g. "
-                   "examples/guidelines/native_alignment_ar.yaml")
-    p.add_argument("--rank", type=int, help="this process's share of the rewrite shards (default: SLURM array)")
-    p.add_argument("--world-size", type=int, help="number of processes sharing the rewrite shards")
-    p.add_argument("--text-key", help="JSON key / Parquet column with the text (default: text)")
-    p.add_argument("--id-key", help="JSON key / Parquet column with the document id (default: id)")
-    p.add_argument("--workers", type=int, help="worker processes (default: all cores)")
-    p.add_argument("--stage", choices=["all", "prepare", "rewrite", "tokenize"],
-                   help="run one stage only (default: all)")
-    p.add_argument("--overwrite", action="store_true", help="discard earlier work for this prefix")
-    p.add_argument("--config", metavar="YAML", help="settings file; flags and overrides win over it")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
-    p.add_argument("--log-level", default="INFO")
-    return p
-
-
-def config_from_args(argv: list[str]) -> AlignedPreprocessConfig:
-    rest, overrides = split_overrides(argv)
-    args = build_parser().parse_args(rest)
-    base = {
-        "input.paths": args.input, "input.text_key": args.text_key, "input.id_key": args.id_key,
-        "output.prefix": args.output_prefix, "tokenize.tokenizer": args.tokenizer,
-        "run.workers": args.workers, "run.stage": args.stage,
-        "rewrite.backend": args.rewrite, "rewrite.model": args.model, "rewrite.guidelines": args.guidelines,
-        "rewrite.rank": args.rank, "rewrite.world_size": args.world_size,
-        "output.overwrite": True if args.overwrite else None,
-        "run.progress": False if args.no_progress else None,
-    }
-    setup_logging(args.log_level)
-    return load_config(AlignedPreprocessConfig, args.config, overrides,
-                       base={k: v for k, v in base.items() if v is not None})
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        cfg = config_from_args(argv)
-        stats = run_preprocess_aligned(cfg)
-    except (ConfigError, InputError, TokenizerError, PermissionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except BackendUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    if "prepare" in stats and len(stats) == 1:
-        p = stats["prepare"]
-        print(f"prepare: {p['documents_in']} documents in, {p['documents_kept']} kept, "
-              f"{p['shards']} shard(s) in {cfg.output.prefix}_work/prepare")
-    elif "rewrite" in stats and len(stats) == 1:
-        r = stats["rewrite"]
-        print(f"rewrite: {r['shards_done']} of {r['shards_total']} shards finished; by status: "
-              + ", ".join(f"{k} {v}" for k, v in r["by_status"].items()))
-    else:
-        print(format_summary(stats))
-    return 0
-
+from native_megatron.cli.preprocess import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,72 +1,15 @@
 #!/usr/bin/env python3
-"""Train a sentencepiece tokenizer on a JSONL/Parquet corpus.
+"""Train a sentencepiece tokenizer on a JSONL/Parquet corpus: ``nm-train-tokenizer``.
 
     python tools/train_tokenizer.py --input examples/data/sample_ar.jsonl \\
         --model-prefix examples/tokenizer/sample_ar --vocab-size 8000
 
-Texts are cleaned with the same default steps as the preprocessing pipeline
-(``--no-clean`` to train on them as they are), so the tokenizer sees the text
-it will later encode. Continued pre-training of Llama-3 keeps Llama-3's own
-tokenizer instead: pass its directory to preprocess_aligned.py --tokenizer.
+The command line lives in native_megatron/cli/train_tokenizer.py.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from native_megatron.data.cleaning import CleanConfig, Cleaner  # noqa: E402
-from native_megatron.data.readers import InputError, RecordSkip, expand_inputs, iter_records, parse_record  # noqa: E402
-from native_megatron.data.tokenizer import load_tokenizer, train_sentencepiece  # noqa: E402
-from native_megatron.utils.logging import setup_logging  # noqa: E402
-
-
-def corpus_texts(files: list[str], text_key: str, id_key: str, clean: bool):
-    cleaner = Cleaner(CleanConfig()) if clean else None
-    for rec in iter_records(files, text_key, id_key):
-        try:
-            _, text = parse_record(rec, text_key, id_key, files[rec.file])
-        except RecordSkip:
-            continue
-        if cleaner is not None:
-            text = cleaner.clean(text)
-            if cleaner.filter(text) is not None:
-                continue
-        yield text
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", nargs="+", required=True, metavar="FILE", help="JSONL (.gz/.zst) or Parquet files")
-    p.add_argument("--model-prefix", required=True, help="writes PREFIX.model and PREFIX.vocab")
-    p.add_argument("--vocab-size", type=int, default=32000)
-    p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
-    p.add_argument("--character-coverage", type=float, default=0.9995)
-    p.add_argument("--text-key", default="text")
-    p.add_argument("--id-key", default="id")
-    p.add_argument("--no-clean", action="store_true", help="train on the texts without cleaning them")
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args(argv)
-    setup_logging("INFO")
-    try:
-        files = expand_inputs(args.input)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        model = train_sentencepiece(corpus_texts(files, args.text_key, args.id_key, not args.no_clean),
-                                    args.model_prefix, args.vocab_size, args.model_type,
-                                    args.character_coverage, num_threads=args.threads)
-    except RuntimeError as exc:  # sentencepiece reports e.g. a vocabulary too large for the corpus
-        print(f"error: sentencepiece training failed: {str(exc).splitlines()[-1]}", file=sys.stderr)
-        return 2
-    tok = load_tokenizer(model)
-    print(f"wrote {model}: vocab {tok.vocab_size}, EOD id {tok.eod_id}")
-    return 0
-
+from native_megatron.cli.train_tokenizer import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,13 +19,11 @@ from native_megatron.evaluation import models as model_io
 from native_megatron.evaluation.report import SafetyResult, TaskResult, write_report
 from native_megatron.evaluation.safety import build_judge, evaluate_safety, read_prompts
 from native_megatron.evaluation.scoring import Request, loglikelihoods
-from native_megatron.evaluation.tasks import READERS, TaskData, few_shot_prompt, load_task
+from native_megatron.evaluation.tasks import ALIGNMENT, READERS, TaskData, few_shot_prompt, load_task
 from native_megatron.utils.config import ConfigError
 from native_megatron.utils.io import Progress
 
 logger = logging.getLogger(__name__)
-
-ALIGNMENT = "alignment"
 
 
 @dataclass

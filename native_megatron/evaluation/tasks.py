@@ -284,6 +284,9 @@ read_alghafa = _table_per_subject_reader(
     "sol1..solN, label", alghafa_question)
 
 
+# The task that is not multiple choice: answers to prompts, labelled by a judge (evaluation/safety.py).
+ALIGNMENT = "alignment"
+
 READERS: dict[str, Callable[[Path], TaskData]] = {
     "arabic_mmlu": read_arabic_mmlu,
     "exams": read_exams,

@@ -19,7 +19,6 @@ import resource
 import sys
 from dataclasses import dataclass
 
-import torch
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +77,8 @@ def peak_tflops(override: float | None = None) -> float | None:
     """Peak bf16 TFLOP/s of this process's accelerator; None on CPU or an unknown GPU."""
     if override:
         return override
+    import torch  # here, not at the top: tools/plan.py reads this module's tables without torch
+
     if not torch.cuda.is_available():
         return None
     name = torch.cuda.get_device_name()
@@ -90,6 +91,8 @@ def peak_tflops(override: float | None = None) -> float | None:
 
 def memory_gib() -> float:
     """Peak memory of this process: GPU allocator peak, or resident set size on CPU."""
+    import torch
+
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -128,7 +131,8 @@ class ScalarWriter:
     """TensorBoard (when installed) and W&B (when asked for) scalars, from rank 0 only."""
 
     def __init__(self, run_dir: str, tensorboard: bool, wandb_project: str | None, config: dict,
-                 enabled: bool) -> None:
+                 enabled: bool, purge_step: int | None = None) -> None:
+        """``purge_step``: on a resume, the first step this run logs; TensorBoard hides older events from there."""
         self.tb = None
         self.wandb = None
         if not enabled:
@@ -137,7 +141,7 @@ class ScalarWriter:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(log_dir=f"{run_dir}/tensorboard")
+                self.tb = SummaryWriter(log_dir=f"{run_dir}/tensorboard", purge_step=purge_step)
             except ImportError:
                 logger.warning("tensorboard is not installed: no TensorBoard scalars (pip install tensorboard)")
         if wandb_project:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-
-import torch
+from typing import TYPE_CHECKING
 
 from native_megatron.training.config import TrainConfig
 from native_megatron.utils.config import ConfigError
+
+if TYPE_CHECKING:  # the planner reads padded_vocab_size without torch
+    import torch
 
 logger = logging.getLogger(__name__)
 

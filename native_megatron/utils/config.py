@@ -8,8 +8,14 @@ not hours later deep inside a library.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
+import inspect
+import io
+import textwrap
+import tokenize
 import types
 import typing
 from pathlib import Path
@@ -62,14 +68,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
         return _from_dict(tp, value, key + ".")
     if origin in (list, tuple):
-        if isinstance(value, str):
-            # A YAML-less shorthand on the command line: --data.paths=a,b
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
         args = typing.get_args(tp)
         item_tp = args[0] if args else Any
-        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, str):
+            # A bracket-less shorthand on the command line: --data.paths=a,b. Items of
+            # a str list stay text; others are read as YAML, so 0.5,a,0.5,b is a weighted blend.
+            parts = [v.strip() for v in value.split(",") if v.strip()]
+            value = parts if item_tp is str else [_yaml_item(v) for v in parts]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}; {_list_syntax(key)}")
+        try:
+            items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; {_list_syntax(key)}") from None
         return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, Mapping):
@@ -104,6 +115,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def _yaml_item(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _list_syntax(key: str) -> str:
+    return f"give a list as --{key}=a,b or --{key}='[a, b]' (YAML) or in the config file"
+
+
 def _suggest(name: str, options: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(options), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
@@ -115,7 +137,9 @@ def _from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     kwargs = {}
     for name, value in data.items():
         if name not in fields:
-            raise ConfigError(f"unknown config key '{prefix}{name}'{_suggest(name, fields)}")
+            where = f"valid keys of {prefix.rstrip('.')}" if prefix else "valid sections and keys"
+            raise ConfigError(f"unknown config key '{prefix}{name}'{_suggest(name, fields)}; "
+                              f"{where}: {', '.join(fields)}")
         kwargs[name] = _coerce(value, hints[name], prefix + name)
     try:
         return cls(**kwargs)
@@ -195,6 +219,30 @@ def load_config(cls: type[T], path: str | Path | None = None,
     return cfg
 
 
+def given_keys(path: str | Path | None = None, overrides: Iterable[str] = (),
+               base: Mapping[str, Any] | None = None) -> set[str]:
+    """The dotted keys (``model.num_layers``) that the file, ``base`` or the overrides set explicitly.
+
+    Lets a caller tell a value the user chose from a dataclass default, e.g. to
+    take a checkpoint's model settings unless the user asked for others.
+    """
+    data: dict[str, Any] = read_yaml(path) if path else {}
+    for key, value in (base or {}).items():
+        merge_override(data, key.split("."), value)
+    for text in overrides:
+        key_path, value = parse_override(text)
+        merge_override(data, key_path, value)
+
+    def walk(node: Mapping[str, Any], prefix: str) -> Iterable[str]:
+        for key, value in node.items():
+            if isinstance(value, Mapping) and value:
+                yield from walk(value, f"{prefix}{key}.")
+            else:
+                yield prefix + key
+
+    return set(walk(data, ""))
+
+
 def validate_config(cfg: Any) -> None:
     """Run ``validate()`` on each nested dataclass, innermost first."""
     for f in dataclasses.fields(cfg):
@@ -206,14 +254,30 @@ def validate_config(cfg: Any) -> None:
         check()
 
 
-def split_overrides(argv: Iterable[str]) -> tuple[list[str], list[str]]:
-    """Separate ``--section.key=value`` overrides from ordinary arguments."""
+def split_overrides(argv: Iterable[str], top_keys: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+    """Separate ``--section.key=value`` and ``--section.key value`` overrides from ordinary arguments.
+
+    Overrides come back as ``--section.key=value``; a dotted flag is a setting,
+    an undotted one (``--config``) an ordinary argument unless it is one of
+    ``top_keys`` (settings outside any section, e.g. ``precision``).
+    """
     rest, overrides = [], []
-    for arg in argv:
-        if arg.startswith("--") and "=" in arg and "." in arg.split("=", 1)[0]:
-            overrides.append(arg)
+    args, top = list(argv), set(top_keys)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name = arg.split("=", 1)[0]
+        if arg.startswith("--") and ("." in name and "/" not in name or name[2:].replace("-", "_") in top):
+            if "=" in arg:
+                overrides.append(arg)
+            elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+                overrides.append(f"{arg}={args[i + 1]}")
+                i += 1
+            else:
+                raise ConfigError(f"{arg} needs a value: {arg}=VALUE or {arg} VALUE")
         else:
             rest.append(arg)
+        i += 1
     return rest, overrides
 
 
@@ -222,3 +286,107 @@ def dump_yaml(cfg: Any, path: str | Path) -> None:
     from native_megatron.utils.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's meaning: the comment lines above it in the class source, else its trailing comment.
+
+    The comments are the documentation, so ``--help`` says what the source says.
+    Base classes are read too; a field without a comment is left out.
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            docs.update(_class_field_docs(klass))
+    return docs
+
+
+@functools.lru_cache(maxsize=None)
+def _class_field_docs(cls: type) -> dict[str, str]:
+    try:
+        lines, _ = inspect.getsourcelines(cls)
+    except (OSError, TypeError):  # no source (frozen app, REPL): help without meanings
+        return {}
+    source = textwrap.dedent("".join(lines))
+    comments: dict[int, str] = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                comments[tok.start[0]] = tok.string.lstrip("#").strip()
+        body = ast.parse(source).body[0].body
+    except (SyntaxError, tokenize.TokenError, IndexError, AttributeError):
+        return {}
+    src_lines = source.splitlines()
+    docs = {}
+    for stmt in body:
+        if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+            continue
+        above, n = [], stmt.lineno - 1
+        while n >= 1 and src_lines[n - 1].lstrip().startswith("#"):
+            above.insert(0, comments.get(n, ""))
+            n -= 1
+        inline = [comments[n] for n in range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1)
+                  if n in comments and not src_lines[n - 1].lstrip().startswith("#")]
+        text = " ".join(t for t in (above or inline) if t)
+        if text:
+            docs[stmt.target.id] = text
+    return docs
+
+
+def _help_type(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner = " | ".join(_help_type(a) for a in args)
+        return f"{inner} | null" if len(args) < len(typing.get_args(tp)) else inner
+    if origin is Literal:
+        return "{" + ",".join(str(c) for c in typing.get_args(tp)) + "}"
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return f"list[{_help_type(args[0]) if args else 'any'}]"
+    if origin is dict:
+        return "mapping"
+    if tp is Any:
+        return "any"
+    return _type_name(tp)
+
+
+def _help_default(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return "required"
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6, allow_unicode=True).strip()
+    return text[:-len("\n...")].strip() if text.endswith("\n...") else text
+
+
+def describe_config(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """``(dotted key, type, default, meaning)`` for every setting of ``cls``, nested sections flattened."""
+    hints, docs, rows = _hints(cls), field_docs(cls), []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += describe_config(tp, f"{prefix}{f.name}.")
+        else:
+            rows.append((prefix + f.name, _help_type(tp), _help_default(f), docs.get(f.name, "")))
+    return rows
+
+
+def top_level_keys(cls: type) -> list[str]:
+    """The settings of ``cls`` that sit outside any section (``precision`` beside ``model``, ``optim``...)."""
+    hints = _hints(cls)
+    return [f.name for f in dataclasses.fields(cls) if f.init and not dataclasses.is_dataclass(hints[f.name])]
+
+
+def format_config_help(cls: type, prefix: str = "", width: int = 100) -> str:
+    """The settings of ``cls`` as ``--help`` text: ``--key TYPE (default: D)`` and its meaning below."""
+    out = []
+    for key, tp, default, doc in describe_config(cls, prefix):
+        out.append(f"  --{key} {tp}  (default: {default})")
+        if doc:
+            out += textwrap.wrap(doc, width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(out)

@@ -146,3 +146,28 @@ def test_pretrain_sbatch_saves_at_the_time_limit_requeues_and_resumes(tmp_path):
     steps_logged = [r["step"] for r in metrics(run) if "loss" in r]
     assert sorted(steps_logged) == list(range(1, steps + 1)), "every step exactly once across the two jobs"
     assert calls(tmp_path).count("scontrol requeue 4242") == 1
+
+
+def test_pretrain_sbatch_passes_cpus_per_task_to_srun(tmp_path):
+    # SLURM >= 22.05: srun does not inherit the job's --cpus-per-task; without it each node gets one CPU.
+    stub = tmp_path / "python"
+    stub.write_text('#!/bin/bash\n# the launcher\'s --print answers; the training tasks do nothing\n'
+                    'for a in "$@"; do [[ $a == --print ]] && { echo --nnodes=2; exit 0; }; done\nexit 0\n')
+    stub.chmod(0o755)
+    env = dict(sbatch_env(tmp_path), PYTHON=str(stub), SLURM_CPUS_PER_TASK="64",
+               FAKE_SRUN_LOG=str(tmp_path / "srun.log"))
+    out = subprocess.run(["bash", str(SBATCH), str(TINY)], env=env, capture_output=True, text=True, cwd=ROOT,
+                         timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    srun_calls = (tmp_path / "srun.log").read_text().splitlines()
+    assert srun_calls and all("--cpus-per-task=64" in line.split() for line in srun_calls), srun_calls
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "examples" / "slurm").glob("*.sbatch")), ids=lambda p: p.name)
+def test_every_srun_in_the_sbatch_scripts_carries_cpus_per_task(script):
+    lines = [line for line in script.read_text().splitlines()
+             if line.lstrip().startswith("srun ") or " srun " in line.split("#")[0]]
+    for line in lines:
+        assert "cpus-per-task" in line or "srun_opts" in line, f"{script.name}: {line.strip()}"
+    if "srun_opts" in script.read_text():
+        assert "--cpus-per-task=" in script.read_text()

@@ -1,0 +1,64 @@
+"""Convert Llama checkpoints between Hugging Face and native_megatron (megatron-core dist_checkpointing).
+
+    # HF -> Megatron weights for continued pre-training (then: --checkpoint.init_from=ckpt/llama3_8b)
+    python tools/convert_checkpoint.py hf-to-megatron --hf /models/Meta-Llama-3-8B --out ckpt/llama3_8b --tp 8
+    # large models: one process per TP x PP rank, each holding only its shard
+    torchrun --nproc-per-node 8 tools/convert_checkpoint.py hf-to-megatron --hf ... --out ... --tp 4 --pp 2
+    # any checkpoint (any TP/PP it was saved at) -> HF, for transformers and vLLM
+    python tools/convert_checkpoint.py megatron-to-hf --ckpt runs/x/checkpoints/iter_0010000 --out hf/x \\
+        --tokenizer /models/Meta-Llama-3-8B
+
+The imported checkpoint is reshardable: it loads at any TP/PP whose padded vocabulary is the same
+(--tp sets the padding: the vocabulary is padded to a multiple of 128 x TP). Its tokenizer files are
+copied to OUT/tokenizer, which the data path accepts as --tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from native_megatron.utils.config import ConfigError
+from native_megatron.utils.logging import setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("hf-to-megatron", help="HF Llama directory -> weights-only checkpoint")
+    a.add_argument("--hf", required=True, help="HF model directory (config.json + safetensors)")
+    a.add_argument("--out", required=True)
+    a.add_argument("--tp", type=int, default=1, help="tensor-parallel size (sets the vocabulary padding)")
+    a.add_argument("--pp", type=int, default=1, help="pipeline stages")
+    a.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16",
+                   help="weights' dtype: match the training run's precision")
+    b = sub.add_parser("megatron-to-hf", help="checkpoint -> HF directory")
+    b.add_argument("--ckpt", required=True, help="an iter_* directory, an imported or an initial checkpoint")
+    b.add_argument("--out", required=True)
+    b.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    b.add_argument("--tokenizer", help="the tokenizer to write into the export (.model, tokenizer.json or a "
+                                       "directory; default: the copy saved in the checkpoint)")
+    b.add_argument("--vocab-size", type=int, help="the unpadded vocabulary (default: from the checkpoint)")
+    for s in (a, b):
+        s.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging("INFO")
+    from native_megatron.convert.checkpoint import hf_to_megatron, megatron_to_hf
+
+    try:
+        if args.command == "hf-to-megatron":
+            path = hf_to_megatron(args.hf, args.out, args.tp, args.pp, args.precision, not args.no_progress)
+        else:
+            path = megatron_to_hf(args.ckpt, args.out, args.dtype, args.tokenizer, args.vocab_size,
+                                  progress=not args.no_progress)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+

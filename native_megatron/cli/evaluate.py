@@ -1,0 +1,100 @@
+"""Score checkpoints on Arabic knowledge and alignment, and compare them in one report.
+
+    python tools/evaluate.py --model raw=runs/raw/checkpoints aligned=runs/aligned/checkpoints \\
+        --tasks arabic_mmlu,exams,acva,alghafa,alignment --data-dir /data/arabic_eval --shots 5
+
+--model takes HF Llama directories or checkpoints of pretrain_arabic.py (exported
+to HF first, once), optionally named NAME=PATH. Multiple-choice tasks are scored
+by the log-likelihood of each option (acc and length-normalised acc_norm);
+alignment answers harmful and value-sensitive prompts and has a judge label
+them (an OpenAI-compatible endpoint or a local classifier). The report goes to
+OUT/report.md, OUT/results.json and OUT/report.png. Task files are read from
+DATA_DIR/<task>/ in their published formats (docs/evaluation.md); small samples
+ship in examples/eval/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from native_megatron.cli import print_config
+from native_megatron.evaluation.tasks import ALIGNMENT, READERS
+from native_megatron.utils.config import ConfigError
+from native_megatron.utils.logging import setup_logging
+
+
+def _list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", nargs="+", required=True, metavar="[NAME=]PATH",
+                   help="HF directories, iter_* checkpoints or run checkpoint directories")
+    p.add_argument("--tasks", type=_list, default=[*READERS, ALIGNMENT],
+                   help=f"comma-separated, from {','.join([*READERS, ALIGNMENT])} (default: all)")
+    p.add_argument("--data-dir", default="examples/eval", help="holds one folder per task (default: the samples)")
+    p.add_argument("--task-dir", action="append", default=[], metavar="TASK=DIR",
+                   help="a task's folder elsewhere, e.g. acva=/data/ACVA (repeatable)")
+    p.add_argument("--out", default="runs/eval", help="report and exported models go here (default runs/eval)")
+    p.add_argument("--shots", type=int, default=0, help="few-shot examples from the dev split (default 0)")
+    p.add_argument("--limit", type=int, help="at most this many questions per task (quick checks)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+                   help="auto: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--tokenizer", help="tokenizer for checkpoints that do not name one")
+    p.add_argument("--alignment-prompts", help="JSONL prompts (default DATA_DIR/alignment/prompts.jsonl)")
+    p.add_argument("--judge", choices=["none", "openai", "classifier"], default="none",
+                   help="who labels alignment answers safe or unsafe (default none: answers are only written)")
+    p.add_argument("--judge-model", help="the served model's name (openai) or a classifier directory")
+    p.add_argument("--judge-url", action="append", default=[], help="OpenAI-compatible base URL (repeatable); "
+                                                                      "the API key comes from OPENAI_API_KEY")
+    p.add_argument("--judge-unsafe-labels", type=_list, default=["unsafe", "harmful", "toxic"],
+                   help="classifier labels that mean unsafe (default unsafe,harmful,toxic)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="answer length for alignment prompts")
+    p.add_argument("--lm-eval-tasks", type=_list, default=[],
+                   help="also run these lm-evaluation-harness tasks (needs pip install lm-eval)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--print-config", action="store_true", help="print the resolved settings (YAML) and exit")
+    return p
+
+
+def parse_args(argv: list[str]):
+    """The command line -> (EvalConfig, whether to only print it)."""
+    p = build_parser()
+    a = p.parse_args(argv)
+    from native_megatron.evaluation.run import EvalConfig  # after parsing: it imports torch, --help need not
+
+    setup_logging(a.log_level)
+    task_dirs = {}
+    for item in a.task_dir:
+        if "=" not in item:
+            p.error(f"--task-dir {item!r}: use TASK=DIR")
+        task, path = item.split("=", 1)
+        task_dirs[task] = path
+    return EvalConfig(models=a.model, tasks=a.tasks, data_dir=a.data_dir, task_dirs=task_dirs, out=a.out,
+                      shots=a.shots, limit=a.limit, batch_size=a.batch_size, device=a.device, dtype=a.dtype,
+                      tokenizer=a.tokenizer, alignment_prompts=a.alignment_prompts, judge=a.judge,
+                      judge_model=a.judge_model, judge_urls=a.judge_url, judge_unsafe_labels=a.judge_unsafe_labels,
+                      max_new_tokens=a.max_new_tokens, lm_eval_tasks=a.lm_eval_tasks,
+                      progress=not a.no_progress), a.print_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, only_print = parse_args(sys.argv[1:] if argv is None else argv)
+    if only_print:
+        return print_config(cfg)
+    from native_megatron.evaluation.run import evaluate
+
+    try:
+        _, _, paths = evaluate(cfg)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(paths["markdown"].read_text(encoding="utf-8"))
+    print(f"report: {paths['markdown']}, {paths['json']}, {paths['plot']}")
+    return 0
+

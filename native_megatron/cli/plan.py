@@ -1,0 +1,193 @@
+"""Plan a training run before queueing it: layout, memory per GPU, FLOPs, step time and time to train.
+
+    python tools/plan.py --config examples/configs/llama3_8b.yaml --nodes 4 --gpus-per-node 8 --gpu h100
+
+Reads the same config as pretrain_arabic.py (with --section.key=value overrides)
+and prints the parallel layout, a per-GPU memory estimate for the worst pipeline
+stage (weights, gradients, optimizer states with and without the distributed
+optimizer, activations with and without recomputation), whether it fits with a
+margin, FLOPs per token, the expected step time and time to train at a stated
+MFU, and the smallest layout that fits. Nothing runs on a GPU. The estimates
+are explained in docs/multinode.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+
+from native_megatron.cli import add_config_help, print_config
+from native_megatron.training import planner
+from native_megatron.training.config import TrainConfig
+from native_megatron.utils.config import ConfigError, load_config, split_overrides, top_level_keys
+
+# The config sections set by --section.key=value: (dataclass, key prefix).
+SETTINGS = [(TrainConfig, "")]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Any training setting can be changed as --section.key=value, e.g. "
+                                       "--parallel.tensor=4 --model.recompute=full.")
+    p.add_argument("--config", required=True, metavar="YAML", help="the training config (as for pretrain_arabic.py)")
+    p.add_argument("--nodes", type=int, default=1, metavar="N", help="nodes (default 1)")
+    p.add_argument("--gpus-per-node", type=int, default=8, metavar="G", help="GPUs per node (default 8)")
+    p.add_argument("--gpu", choices=sorted(planner.GPUS), default="h100", help="GPU model (default h100)")
+    p.add_argument("--mfu", type=float, default=0.40, metavar="F",
+                   help="model FLOPs utilisation to expect (default 0.40; the trainer logs the real one)")
+    p.add_argument("--tokens", metavar="COUNT",
+                   help="tokens to train, e.g. 10B (default: train_steps x tokens per step)")
+    p.add_argument("--margin", type=float, default=0.05, metavar="F",
+                   help="memory to keep free, a fraction (default 0.05)")
+    p.add_argument("--reserve-gib", type=float, default=4.0, metavar="GIB",
+                   help="CUDA context, NCCL buffers and fragmentation, GiB per GPU (default 4)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_config_help(p, SETTINGS, note="as for pretrain_arabic.py, explained in docs/training.md")
+    return p
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    rest, overrides = split_overrides(argv, top_level_keys(TrainConfig))
+    p = build_parser()
+    args = p.parse_args(rest)
+    if args.nodes < 1 or args.gpus_per_node < 1:
+        p.error("--nodes and --gpus-per-node must be at least 1")
+    if not 0 < args.mfu <= 1:
+        p.error("--mfu is a fraction between 0 and 1, e.g. 0.4")
+    return args, overrides
+
+
+def vocab_size(cfg: TrainConfig) -> int:
+    if cfg.model.vocab_size:
+        return cfg.model.vocab_size
+    if cfg.data.tokenizer and os.path.exists(cfg.data.tokenizer):
+        from native_megatron.data.tokenizer import load_tokenizer
+
+        return load_tokenizer(cfg.data.tokenizer).vocab_size
+    raise ConfigError("model.vocab_size is not set and data.tokenizer is not readable here: "
+                      "give --model.vocab_size=N")
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f}"
+
+
+def on_off(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def row(label: str, n: float, note: str = "") -> str:
+    return f"  {label:<38}{gib(n):>8}" + (f"   ({note})" if note and not note.startswith("of ") else
+                                           f"   {note}" if note else "")
+
+
+def render(cfg: TrainConfig, config_path: str, args: argparse.Namespace, plan: planner.Plan | None,
+           error: str | None, best: planner.Plan | None, tokens: int) -> str:
+    m, gpu = cfg.model, planner.GPUS[args.gpu]
+    world = args.nodes * args.gpus_per_node
+    shape = planner.model_shape(cfg, vocab_size(cfg))
+    lines = [f"plan for {config_path} on {args.nodes} node(s) x {args.gpus_per_node} {gpu.name} = {world} GPUs", "",
+        f"model     {m.num_layers} layers, hidden {m.hidden_size}, FFN {m.ffn_hidden_size}, "
+        f"{m.num_attention_heads} heads ({m.num_query_groups} KV groups), vocabulary {shape.vocab_size:,}",
+        f"          {shape.num_params():,} parameters; {shape.flops_per_token(cfg.data.seq_length) / 1e9:.1f} GFLOP "
+        f"per token at sequence {cfg.data.seq_length:,} (6 x matmul weights + attention)",
+    ]
+    if plan is None:
+        lines += ["", f"layout    the config's layout cannot run on {world} GPUs: {error}"]
+    else:
+        lay, w = plan.layout, plan.worst
+        lines += [
+            f"layout    {lay.describe()} = {lay.gpus} GPUs; "
+            f"sequence parallel {on_off(lay.sequence_parallel)}, "
+            f"distributed optimizer {on_off(lay.distributed_optimizer)}, recompute {lay.recompute}",
+            f"batch     global {lay.global_batch:,} sequences = {plan.tokens_per_step:,} tokens; micro batch "
+            f"{lay.micro_batch}; {lay.microbatches} microbatches per step (gradient accumulation)"
+            + (f"; pipeline bubble {100 * lay.bubble:.1f}%" if lay.pp > 1 else ""),
+            "",
+            f"memory per GPU, worst pipeline stage ({w.stage + 1} of {lay.pp}), GiB:",
+            row(f"weights ({planner.resolve_precision(cfg)})", w.weights),
+            row("gradients (fp32 buffer)", w.grads),
+            row("optimizer (Adam + fp32 master)", w.optimizer,
+                f"{gib(w.optimizer_not_distributed)} without the distributed optimizer" if lay.distributed_optimizer
+                else f"{gib(w.optimizer_not_distributed / lay.dp)} with the distributed optimizer"),
+            row(f"activations (recompute {lay.recompute})", w.activations,
+                f"none: {gib(w.activations_no_recompute)}, full: {gib(w.activations_full_recompute)}"
+                + ("; flash attention keeps no score matrix" if planner.attention_is_fused(cfg) else "")),
+            row("logits and loss (last stage)", w.logits),
+            row("reserve (CUDA, NCCL, fragmentation)", w.reserve),
+            row("total", w.total,
+                f"of {gpu.memory_gib:.1f} GiB: fits, {gib(plan.usable_bytes - w.total)} GiB to spare after the "
+                f"{100 * plan.margin:.0f}% margin" if plan.fits else
+                f"of {gpu.memory_gib:.1f} GiB: DOES NOT FIT (over by {gib(w.total - plan.usable_bytes)} GiB with "
+                f"the {100 * plan.margin:.0f}% margin)"),
+        ]
+        if lay.pp > 1:
+            per_stage = ", ".join(f"{s.stage + 1}: {gib(s.total)}" for s in plan.stages)
+            lines.append(f"  per stage: {per_stage}")
+        lines += [
+            "",
+            f"time      at {100 * plan.mfu:.0f}% MFU ({gpu.peak_tflops:.0f} TFLOP/s peak bf16 per GPU): "
+            f"{planner.format_duration(plan.step_seconds)} per step, {plan.tokens_per_second:,.0f} tokens/s",
+            f"          {tokens:,} tokens in {planner.format_duration(tokens / plan.tokens_per_second)} "
+            f"({tokens / plan.tokens_per_step:,.0f} steps)",
+        ]
+    lines.append("")
+    if best is None:
+        lines.append(f"suggest   no layout fits on {world} {gpu.name} GPUs, even with full recomputation: "
+                     "add nodes, lower the micro batch or the sequence length")
+    elif plan is not None and best.layout == plan.layout:
+        lines.append("suggest   this is the smallest layout that fits")
+    else:
+        lay = best.layout
+        lines.append(f"suggest   smallest layout that fits: {lay.describe()}, recompute {lay.recompute}: "
+                     f"{gib(best.worst.total)} GiB per GPU, {planner.format_duration(best.step_seconds)} "
+                     f"per step")
+        lines.append(f"          --parallel.tensor={lay.tp} --parallel.pipeline={lay.pp} "
+                     f"--model.recompute={lay.recompute}")
+    return "\n".join(lines)
+
+
+def plan_json(plan: planner.Plan | None, best: planner.Plan | None, tokens: int, error: str | None) -> dict:
+    def one(p: planner.Plan | None):
+        if p is None:
+            return None
+        return {"layout": asdict(p.layout), "gpu": asdict(p.gpu), "num_params": p.num_params,
+                "vocab_padded": p.vocab_padded, "flops_per_token": p.flops_per_token,
+                "stages": [dict(asdict(s), total=s.total) for s in p.stages], "worst_total": p.worst.total,
+                "fits": p.fits, "step_seconds": p.step_seconds, "tokens_per_second": p.tokens_per_second,
+                "seconds_to_train": tokens / p.tokens_per_second}
+    return {"plan": one(plan), "error": error, "suggestion": one(best), "tokens": tokens}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+        # The data need not exist on the machine that plans.
+        cfg = load_config(TrainConfig, args.config, overrides, base={"data.mock": True, "checkpoint.init_from": None})
+        if args.print_config:
+            return print_config(cfg)
+        vocab = vocab_size(cfg)
+        gpu = planner.GPUS[args.gpu]
+        world = args.nodes * args.gpus_per_node
+        plan, error = None, None
+        try:
+            plan = planner.plan_layout(cfg, planner.layout_from_config(cfg, world), vocab, gpu, args.mfu,
+                                       args.margin, args.reserve_gib)
+        except ConfigError as exc:
+            error = str(exc)
+        best = planner.suggest(cfg, args.nodes, args.gpus_per_node, vocab, gpu, args.mfu, args.margin,
+                               args.reserve_gib)
+        tokens = planner.parse_tokens(args.tokens) if args.tokens else \
+            cfg.schedule.train_steps * cfg.schedule.global_batch_size * cfg.data.seq_length
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(plan_json(plan, best, tokens, error), indent=1))
+    else:
+        print(render(cfg, args.config, args, plan, error, best, tokens))
+    return 0 if plan is not None and plan.fits else 1
+
