@@ -172,6 +172,39 @@ def load_tokenizer(path: str | os.PathLike, eod_token: str | None = None) -> Tok
     raise TokenizerError(f"tokenizer {p}: expected a sentencepiece .model, a tokenizer.json, or a directory")
 
 
+# What an HF tokenizer directory needs; weights and other files of a model directory are never copied.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+
+
+def copy_tokenizer(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
+    """Copy the tokenizer at ``src`` (any form :func:`load_tokenizer` takes) into directory ``dst``.
+
+    ``load_tokenizer(dst)`` then gives the same tokenizer, so a checkpoint or an
+    export that carries this copy no longer depends on where the original lies.
+    Returns the names copied.
+    """
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise TokenizerError(f"tokenizer not found: {src}")
+    if src.is_dir():
+        names = [f for f in TOKENIZER_FILES if (src / f).is_file()]
+        names += [p.name for p in sorted(src.glob("*.model")) if p.name not in names]
+        pairs = [(src / n, n) for n in names]
+    elif src.suffix == ".json":
+        pairs = [(src, "tokenizer.json")]
+        pairs += [(src.parent / n, n) for n in TOKENIZER_FILES[1:3] if (src.parent / n).is_file()]
+    else:
+        pairs = [(src, src.name)]
+    if not pairs:
+        raise TokenizerError(f"tokenizer directory {src} holds no tokenizer files")
+    dst.mkdir(parents=True, exist_ok=True)
+    for path, name in pairs:
+        shutil.copy2(path, dst / name)
+    return [name for _, name in pairs]
+
+
 def train_sentencepiece(texts, model_prefix: str, vocab_size: int, model_type: str = "bpe",
                         character_coverage: float = 0.9995, input_sentence_size: int = 2_000_000,
                         seed_sentencepiece_size: int = 1_000_000, num_threads: int = 1) -> str:

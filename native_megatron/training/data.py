@@ -16,8 +16,9 @@ from typing import Iterator
 
 import torch
 
-from native_megatron.data.tokenizer import load_tokenizer
-from native_megatron.training.config import TrainConfig, parse_blend
+from native_megatron.data.tokenizer import TokenizerError, load_tokenizer
+from native_megatron.training.config import TrainConfig, blend_prefixes, parse_blend
+from native_megatron.utils.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,10 @@ class DatasetTokenizer:
 
     @classmethod
     def from_path(cls, path: str) -> "DatasetTokenizer":
-        tok = load_tokenizer(path)
+        try:
+            tok = load_tokenizer(path)
+        except TokenizerError as exc:
+            raise ConfigError(f"data.tokenizer: {exc}") from None
         return cls(tok.vocab_size, tok.eod_id, os.path.abspath(path))
 
 
@@ -81,12 +85,83 @@ def build_datasets(cfg: TrainConfig, vocab_size_hint: int | None = None) -> Data
         create_attention_mask=False,
         mid_level_dataset_surplus=0.005,
     )
+    if not d.mock:
+        check_data(cfg, tokenizer.vocab_size, cfg.model.vocab_size or tokenizer.vocab_size)
     sizes = split_sizes(cfg)
     cls = MockGPTDataset if d.mock else GPTDataset
     train, valid, _ = BlendedMegatronDatasetBuilder(cls, sizes, lambda: True, config).build()
     if train is None:
         raise ValueError("the training split is empty: check data.split")
     return Datasets(train, valid if sizes[1] else None, tokenizer)
+
+
+SPLIT_NAMES = ("train", "validation", "test")
+_SCAN_CHUNK = 1 << 26  # token ids per read when scanning a .bin for its largest id
+
+
+def check_data(cfg: TrainConfig, tokenizer_vocab: int, model_vocab: int) -> None:
+    """One line, before any work, for data that megatron-core would hang or fail on, or that misfits the model.
+
+    - an empty dataset (megatron-core: "cannot mmap an empty file");
+    - a split share that gives a dataset 0 documents (megatron-core's
+      ``_get_num_epochs`` then loops forever);
+    - data tokenized with another vocabulary than ``data.tokenizer``'s (recorded in
+      the preprocessing's ``_stats.json``), or holding ids the model has no row
+      for: vocab-parallel layers at TP > 1 would mask them and train on silently.
+    """
+    from megatron.core.datasets.blended_megatron_dataset_config import (convert_split_vector_to_split_matrix,
+                                                                        parse_and_normalize_split)
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    d = cfg.data
+    matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(d.split))
+    for prefix in blend_prefixes(d.paths):
+        if os.path.getsize(prefix + ".bin") == 0:
+            raise ConfigError(f"data.paths: {prefix}.bin is empty (no tokens); was every document dropped?")
+        try:
+            ds = IndexedDataset(prefix, mmap=True)
+        except Exception as exc:  # noqa: BLE001 - a broken .idx raises from deep inside numpy
+            raise ConfigError(f"data.paths: {prefix}.idx/.bin cannot be read ({type(exc).__name__}: {exc})") from None
+        docs = len(ds.sequence_lengths)
+        for name, bounds in zip(SPLIT_NAMES, matrix):
+            if bounds is not None and int(round(bounds[1] * docs)) <= int(round(bounds[0] * docs)):
+                raise ConfigError(f"data.split {d.split!r} leaves the {name} split of {prefix} with 0 of {docs:,} "
+                                  f"documents, which megatron-core cannot build; give it a larger share or 0")
+        recorded_vocab, max_id = recorded_vocabulary(prefix)
+        if recorded_vocab is not None and recorded_vocab != tokenizer_vocab:
+            raise ConfigError(f"data.paths: {prefix} was tokenized with a {recorded_vocab:,}-token vocabulary, "
+                              f"but data.tokenizer {d.tokenizer} has {tokenizer_vocab:,}")
+        if max_id is None:
+            max_id = _scan_max_id(prefix, ds.index.dtype)
+        if max_id >= model_vocab:
+            raise ConfigError(f"data.paths: {prefix} holds token id {max_id:,}, but the model's vocabulary has "
+                              f"{model_vocab:,} ids (model.vocab_size, else data.tokenizer's)")
+
+
+def recorded_vocabulary(prefix: str) -> tuple[int | None, int | None]:
+    """(vocabulary size, largest token id) that preprocessing recorded beside ``prefix``, where it did."""
+    import json
+
+    suffix = "_text_document"
+    if not prefix.endswith(suffix):
+        return None, None
+    stats = prefix[: -len(suffix)] + "_stats.json"
+    try:
+        with open(stats, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None, None
+    vocab = (data.get("tokenizer") or {}).get("vocab_size")
+    max_id = data.get("max_token_id")
+    return (int(vocab) if isinstance(vocab, int) else None), (int(max_id) if isinstance(max_id, int) else None)
+
+
+def _scan_max_id(prefix: str, dtype) -> int:
+    import numpy as np
+
+    logger.info("%s: no _stats.json records its largest token id; scanning the .bin", prefix)
+    tokens = np.memmap(prefix + ".bin", dtype=dtype, mode="r")
+    return max((int(tokens[i:i + _SCAN_CHUNK].max()) for i in range(0, len(tokens), _SCAN_CHUNK)), default=0)
 
 
 class MicroBatchSampler:

@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -21,7 +22,7 @@ import torch.distributed as dist
 import yaml
 
 from native_megatron.training import checkpointing, megatron_config
-from native_megatron.training.config import TrainConfig
+from native_megatron.training.config import TrainConfig, adopt_checkpoint_model, with_absolute_paths
 from native_megatron.training.cpu_compat import cuda_to_cpu
 from native_megatron.training.data import build_datasets, microbatch_iterator
 from native_megatron.training.distributed import Layout, init_distributed
@@ -29,7 +30,7 @@ from native_megatron.training.memory import format_bytes, model_state_bytes
 from native_megatron.training.metrics import ModelShape, ScalarWriter, StepMetrics, memory_gib, peak_tflops, throughput
 from native_megatron.training.model import build_model_chunks, padded_vocab_size, resolve_spec_name
 from native_megatron.training.preemption import PreemptionHandler
-from native_megatron.utils.config import config_to_dict
+from native_megatron.utils.config import ConfigError, config_to_dict
 from native_megatron.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -82,22 +83,56 @@ def _loss_func(loss_mask: torch.Tensor, output: torch.Tensor):
 class Trainer:
     """Owns the model, optimizer, data and checkpoints of one run. ``close()`` always."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: TrainConfig, given_keys: set[str] | None = None) -> None:
+        """``given_keys``: the config keys the user set (None: all), see :func:`adopt_checkpoint_model`."""
+        # First: a Ctrl-C or SIGTERM during set-up (a long resume) then saves after the first step.
+        self.preemption = PreemptionHandler()
         self.layout: Layout = init_distributed(cfg)
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.layout.on_gpu \
             else torch.device("cpu")
         self.state = TrainState()
+        self.resume_point = self._find_resume_point(cfg)
+        self.cfg = cfg = self._adopt_checkpoint_model(with_absolute_paths(cfg), given_keys)
         self.config_dict = config_to_dict(cfg)
         self.config_yaml = yaml.safe_dump(self.config_dict, sort_keys=False, allow_unicode=True)
+        self.saved_steps: list[int] = []
         self._prepare_run_dir()
         self._build()
-        self.preemption = PreemptionHandler()
         self._memory_reported = False
+        resumed = self.resume_point.step is not None
         self.writer = ScalarWriter(cfg.logging.run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project,
-                                   self.config_dict, enabled=self.layout.is_logging_rank)
+                                   self.config_dict, enabled=self.layout.is_logging_rank,
+                                   purge_step=self.resume_point.step + 1 if resumed else None)
 
     # ---- set-up --------------------------------------------------------------------
+
+    def _find_resume_point(self, cfg: TrainConfig) -> checkpointing.ResumePoint:
+        """The newest loadable checkpoint (scanned, not trusting ``latest``), before anything is built."""
+        root = cfg.checkpoint_dir()
+        if not cfg.checkpoint.resume:
+            steps = checkpointing.checkpoint_steps(root)
+            if steps:
+                raise ConfigError(f"checkpoint.resume=false, but {root} already holds checkpoints "
+                                  f"(iter_{steps[-1]:07d} the newest) that this run would overwrite and rotate "
+                                  f"away: give a new checkpoint.dir (or logging.run_dir), or move them")
+            return checkpointing.ResumePoint(None, None)
+        point = checkpointing.find_resumable(root)
+        if point.step is not None and point.skipped and self.layout.is_logging_rank:
+            logger.warning("resuming from %s, skipping: %s", point.path, point.describe_skipped())
+        return point
+
+    def _adopt_checkpoint_model(self, cfg: TrainConfig, given_keys: set[str] | None) -> TrainConfig:
+        """Model settings from the checkpoint we start from (resume, else init_from), as Megatron-LM's
+        ``--use-checkpoint-args`` would take them."""
+        source = self.resume_point.path or (Path(cfg.checkpoint.init_from) if cfg.checkpoint.init_from else None)
+        if source is None:
+            return cfg
+        saved_yaml = source / "config.yaml"
+        if not saved_yaml.is_file():
+            logger.warning("%s has no config.yaml: its model settings cannot be checked", source)
+            return cfg
+        saved = yaml.safe_load(saved_yaml.read_text(encoding="utf-8")) or {}
+        return adopt_checkpoint_model(cfg, saved, given_keys, f"checkpoint {source}")
 
     def _prepare_run_dir(self) -> None:
         if self.layout.is_logging_rank:
@@ -158,26 +193,53 @@ class Trainer:
         start = time.monotonic()
         with cuda_to_cpu():
             sd = self._state_dict(is_loading=False)
-            path = checkpointing.save(root, self.state.step, sd, self.config_yaml, self.cfg.checkpoint.keep_last)
+            path = checkpointing.save(root, self.state.step, sd, self.config_yaml, self.cfg.checkpoint.keep_last,
+                                      self.saved_steps, tokenizer=self._tokenizer_to_copy())
         logger.info("saved checkpoint %s in %.1fs", path, time.monotonic() - start)
         return str(path)
+
+    def _tokenizer_to_copy(self) -> str | None:
+        return None if self.cfg.data.mock or not self.cfg.data.tokenizer else self.cfg.data.tokenizer
 
     def save_initial_weights(self) -> str:
         path = os.path.join(self.cfg.checkpoint_dir(), "initial")
         with cuda_to_cpu():
             sd = self._state_dict(is_loading=False, with_optimizer=False, with_rng=False)
-            checkpointing.save_weights(path, sd, self.config_yaml)
+            checkpointing.save_weights(path, sd, self.config_yaml, tokenizer=self._tokenizer_to_copy())
         logger.info("saved the initial weights to %s (use it as checkpoint.init_from)", path)
         return path
 
     def maybe_resume(self) -> None:
         """Resume from the latest checkpoint, or start from ``init_from`` weights, or from scratch."""
-        ck = self.cfg.checkpoint
-        step = checkpointing.latest_step(self.cfg.checkpoint_dir()) if ck.resume else None
-        if step is not None:
-            self._load_full(checkpointing.iter_dir(self.cfg.checkpoint_dir(), step))
-        elif ck.init_from:
-            self._load_weights(ck.init_from)
+        if self.resume_point.path is not None:
+            self._load_full(self.resume_point.path)
+            self._truncate_metrics(self.state.step)
+        elif self.cfg.checkpoint.init_from:
+            problem = checkpointing.checkpoint_problem(self.cfg.checkpoint.init_from)
+            if problem:
+                raise checkpointing.CheckpointError(f"checkpoint.init_from {self.cfg.checkpoint.init_from}: "
+                                                    f"{problem}")
+            self._load_weights(self.cfg.checkpoint.init_from)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metrics.jsonl rows past the resumed step: the killed run logged them, this run logs them again."""
+        path = os.path.join(self.cfg.logging.run_dir, "metrics.jsonl")
+        if not self.layout.is_logging_rank or not os.path.exists(path):
+            return
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        kept = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:  # a line cut short by the kill
+                continue
+            if row.get("step", 0) <= step:
+                kept.append(line)
+        if len(kept) != len(lines):
+            atomic_write_text(path, "".join(k + "\n" for k in kept))
+            logger.info("metrics.jsonl: dropped %d row(s) past step %d from the interrupted run",
+                        len(lines) - len(kept), step)
 
     def _load_full(self, path) -> None:
         same_layout = checkpointing.saved_layout_matches(path)

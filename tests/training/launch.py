@@ -57,3 +57,25 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 def valid_losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["valid_loss"] for r in metrics(run_dir) if "valid_loss" in r}
+
+
+def write_dataset(prefix: Path, docs: list[list[int]], dtype=None) -> str:
+    """A megatron-core indexed dataset ``prefix.bin/.idx`` holding ``docs`` (one sequence per document)."""
+    import numpy as np
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=dtype or np.uint16)
+    for doc in docs:
+        builder.add_document(torch.tensor(doc, dtype=torch.int64), [len(doc)])
+    builder.finalize(f"{prefix}.idx")
+    return str(prefix)
+
+
+def random_docs(count: int, vocab: int, seed: int = 0, length: tuple[int, int] = (20, 80)) -> list[list[int]]:
+    """``count`` documents of random ids below ``vocab``, each ending with the sample tokenizer's EOD (2)."""
+    import random
+
+    rng = random.Random(seed)
+    return [[rng.randrange(4, vocab) for _ in range(rng.randint(*length))] + [2] for _ in range(count)]

@@ -41,7 +41,11 @@ def test_data_paths_must_exist_and_name_a_prefix(tmp_path):
         load_config(TrainConfig, overrides=["--data.tokenizer=x", f"--data.paths=[{tmp_path}/nope_text_document]"])
     (tmp_path / "a.bin").write_bytes(b"")
     (tmp_path / "a.idx").write_bytes(b"")
-    c = load_config(TrainConfig, overrides=["--data.tokenizer=x", f"--data.paths=[0.7, {tmp_path}/a, 0.3, {tmp_path}/a]"])
+    with pytest.raises(ConfigError, match=r"data.tokenizer: x not found"):
+        load_config(TrainConfig, overrides=["--data.tokenizer=x", f"--data.paths=[{tmp_path}/a]"])
+    (tmp_path / "tok.model").write_bytes(b"")
+    c = load_config(TrainConfig, overrides=[f"--data.tokenizer={tmp_path}/tok.model",
+                                            f"--data.paths=[0.7, {tmp_path}/a, 0.3, {tmp_path}/a]"])
     assert parse_blend(c.data.paths) == ([0.7, 0.3], [f"{tmp_path}/a", f"{tmp_path}/a"])
 
 
