@@ -57,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer = Trainer(cfg, given_keys(args.config, overrides))
         result = trainer.train()
-        logger.info("done at step %d%s; checkpoint: %s", result.final_step,
-                    " (stopped by signal)" if result.stopped_by_signal else "", result.checkpoint)
+        logger.info(result.summary())
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

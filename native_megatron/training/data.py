@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -86,10 +87,14 @@ def build_datasets(cfg: TrainConfig, vocab_size_hint: int | None = None) -> Data
         mid_level_dataset_surplus=0.005,
     )
     if not d.mock:
-        check_data(cfg, tokenizer.vocab_size, cfg.model.vocab_size or tokenizer.vocab_size)
+        log_blend(cfg, check_data(cfg, tokenizer.vocab_size, cfg.model.vocab_size or tokenizer.vocab_size))
     sizes = split_sizes(cfg)
     cls = MockGPTDataset if d.mock else GPTDataset
+    logger.info("building the sample indices (cached in %s) ...", cache)
+    start = time.monotonic()
     train, valid, _ = BlendedMegatronDatasetBuilder(cls, sizes, lambda: True, config).build()
+    logger.info("sample indices ready in %.1fs: %s training samples of %d tokens", time.monotonic() - start,
+                f"{len(train):,}" if train is not None else 0, d.seq_length)
     if train is None:
         raise ValueError("the training split is empty: check data.split")
     return Datasets(train, valid if sizes[1] else None, tokenizer)
@@ -99,7 +104,7 @@ SPLIT_NAMES = ("train", "validation", "test")
 _SCAN_CHUNK = 1 << 26  # token ids per read when scanning a .bin for its largest id
 
 
-def check_data(cfg: TrainConfig, tokenizer_vocab: int, model_vocab: int) -> None:
+def check_data(cfg: TrainConfig, tokenizer_vocab: int, model_vocab: int) -> dict[str, tuple[int, int]]:
     """One line, before any work, for data that megatron-core would hang or fail on, or that misfits the model.
 
     - an empty dataset (megatron-core: "cannot mmap an empty file");
@@ -115,6 +120,7 @@ def check_data(cfg: TrainConfig, tokenizer_vocab: int, model_vocab: int) -> None
 
     d = cfg.data
     matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(d.split))
+    sizes: dict[str, tuple[int, int]] = {}
     for prefix in blend_prefixes(d.paths):
         if os.path.getsize(prefix + ".bin") == 0:
             raise ConfigError(f"data.paths: {prefix}.bin is empty (no tokens); was every document dropped?")
@@ -136,6 +142,24 @@ def check_data(cfg: TrainConfig, tokenizer_vocab: int, model_vocab: int) -> None
         if max_id >= model_vocab:
             raise ConfigError(f"data.paths: {prefix} holds token id {max_id:,}, but the model's vocabulary has "
                               f"{model_vocab:,} ids (model.vocab_size, else data.tokenizer's)")
+        sizes[prefix] = (docs, int(ds.sequence_lengths.sum(dtype="int64")))
+    return sizes
+
+
+def log_blend(cfg: TrainConfig, sizes: dict[str, tuple[int, int]]) -> None:
+    """One line per dataset: its weight, size, and how much of it this run will read."""
+    weights, prefixes = parse_blend(cfg.data.paths)
+    weights = weights or [1.0] * len(prefixes)
+    total = sum(weights)
+    train_share = float(cfg.data.split.split(",")[0]) / sum(float(x) for x in cfg.data.split.split(","))
+    run_tokens = split_sizes(cfg)[0] * cfg.data.seq_length
+    for weight, prefix in zip(weights, prefixes):
+        docs, tokens = sizes[prefix]
+        read = run_tokens * weight / total
+        epochs = read / (tokens * train_share) if tokens and train_share else math.inf
+        logger.info("data: %5.1f%% %s: %s documents, %s tokens; the schedule reads %s tokens of it "
+                    "(%.2f epochs of its train split)", 100 * weight / total, prefix, f"{docs:,}", f"{tokens:,}",
+                    f"{read:,.0f}", epochs)
 
 
 def recorded_vocabulary(prefix: str) -> tuple[int | None, int | None]:

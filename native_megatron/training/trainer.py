@@ -58,6 +58,27 @@ class TrainResult:
     valid_losses: dict[int, float] = field(default_factory=dict)
     checkpoint: str | None = None
     stopped_by_signal: bool = False
+    seconds: float = 0.0        # wall time of train(), loading and saving included
+    step_seconds: float = 0.0   # time inside training steps only
+    tokens: int = 0             # tokens trained on by this run (not counting a resumed run's earlier ones)
+    tokens_per_s: float = 0.0   # tokens / step_seconds
+    mfu: float | None = None
+
+    def summary(self) -> str:
+        last_loss = self.losses[max(self.losses)] if self.losses else None
+        last_valid = self.valid_losses[max(self.valid_losses)] if self.valid_losses else None
+        parts = [f"step {self.final_step}{' (stopped by signal)' if self.stopped_by_signal else ''}",
+                 f"{self.seconds:.1f}s wall", f"{self.tokens:,} tokens"]
+        if last_loss is not None:
+            parts.append(f"final loss {last_loss:.4f}")
+        if last_valid is not None:
+            parts.append(f"validation loss {last_valid:.4f}")
+        if self.tokens:
+            parts.append(f"{self.tokens_per_s:,.0f} tok/s in steps")
+        if self.mfu is not None:
+            parts.append(f"MFU {100 * self.mfu:.1f}%")
+        parts.append(f"checkpoint {self.checkpoint}")
+        return "done: " + " | ".join(parts)
 
 
 def forward_step(data_iterator: Iterator[dict], model: torch.nn.Module, device: torch.device):
@@ -242,6 +263,8 @@ class Trainer:
                         len(lines) - len(kept), step)
 
     def _load_full(self, path) -> None:
+        logger.info("loading checkpoint %s ...", path)
+        start = time.monotonic()
         same_layout = checkpointing.saved_layout_matches(path)
         with cuda_to_cpu():
             sd = self._state_dict(is_loading=True, with_rng=same_layout)
@@ -255,10 +278,11 @@ class Trainer:
         else:
             logger.warning("checkpoint %s was saved at another TP/PP layout: weights and optimizer resharded, "
                            "RNG states (dropout) start afresh", path)
-        logger.info("resumed from %s at step %d (%d samples consumed)", path, self.state.step,
-                    self.state.consumed_samples)
+        logger.info("resumed from %s at step %d (%d samples consumed) in %.1fs", path, self.state.step,
+                    self.state.consumed_samples, time.monotonic() - start)
 
     def _load_weights(self, path) -> None:
+        logger.info("loading weights from %s ...", path)
         with cuda_to_cpu():
             sd = checkpointing.model_sharded_state_dict(self._unwrapped())
             loaded = checkpointing.load(path, sd)
@@ -342,6 +366,7 @@ class Trainer:
 
     def train(self) -> TrainResult:
         cfg, s = self.cfg, self.cfg.schedule
+        began = time.perf_counter()
         self.maybe_resume()
         result = TrainResult(self.state.step)
         if s.skip_train:
@@ -359,6 +384,8 @@ class Trainer:
             start = time.perf_counter()
             loss, grad_norm = self.train_step(data)
             seconds = time.perf_counter() - start
+            result.step_seconds += seconds
+            result.tokens += tokens_per_step
             self.state.step += 1
             self.state.consumed_samples += s.global_batch_size
             self.state.tokens += tokens_per_step
@@ -374,10 +401,17 @@ class Trainer:
             if self.preemption.should_stop(self.device):
                 result.stopped_by_signal = True
                 break
+        if s.eval_interval and self.state.step % s.eval_interval and not result.stopped_by_signal \
+                and self.state.step > result.final_step:  # the last steps get a validation too
+            result.valid_losses[self.state.step] = self._log_eval(metrics_path)
         must_save = result.stopped_by_signal or (cfg.checkpoint.save_at_end and self.state.step > result.final_step)
         if must_save and saved_step != self.state.step:
             result.checkpoint = self.save_checkpoint()
         result.final_step = self.state.step
+        result.seconds = time.perf_counter() - began
+        if result.tokens:
+            result.tokens_per_s, _, result.mfu = throughput(result.tokens, result.step_seconds, self.flops_per_token,
+                                                            self.layout.world_size, self.peak)
         return result
 
     def _log_step(self, loss: float, grad_norm: float, seconds: float, tokens: int, metrics_path: str) -> None:

@@ -14,7 +14,7 @@ import subprocess
 import psutil
 import pytest
 
-from tests.training.launch import MOCK_TINY, env, losses, torchrun_cmd, train, valid_losses
+from tests.training.launch import MOCK_TINY, ROOT, env, losses, torchrun_cmd, train, valid_losses
 from tests.training.test_planner import assert_plan_matches_trainer
 
 pytestmark = pytest.mark.slow
@@ -120,3 +120,20 @@ def test_checkpoint_saved_at_tp2_pp2_evaluates_the_same_at_other_layouts(tmp_pat
         train(dst, nproc, *common, f"--checkpoint.dir={ckpt}", "--schedule.skip_train=true",
               "--checkpoint.save_at_end=false", *layout)
         assert valid_losses(dst)[3] == pytest.approx(ref, abs=LAYOUT_TOL)
+
+
+def test_the_log_says_what_the_run_reads_and_ends_with_a_summary_and_a_last_validation(tmp_path):
+    from tests.training.launch import random_docs, write_dataset
+
+    prefix = write_dataset(tmp_path / "d_text_document", random_docs(100, 8000))
+    run = tmp_path / "run"
+    out = train(run, 1, f"--data.paths=[{prefix}]", f"--data.tokenizer={ROOT / 'examples/tokenizer/sample_ar.model'}",
+                "--schedule.train_steps=5", "--schedule.eval_interval=3", "--logging.tensorboard=false")
+    log = out.stdout + out.stderr
+    (blend,) = [line for line in log.splitlines() if "data: 100.0%" in line]
+    assert prefix in blend and "100 documents" in blend and "epochs of its train split" in blend
+    assert "sample indices ready" in log
+    # eval_interval=3 over 5 steps: validations at 3 and, because 5 is not a multiple of 3, at 5.
+    assert sorted(valid_losses(run)) == [3, 5]
+    (summary,) = [line for line in log.splitlines() if "done: step 5" in line]
+    assert "validation loss" in summary and "tok/s in steps" in summary and "checkpoint " in summary
