@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Convert Llama checkpoints between Hugging Face and native_megatron: ``nm-convert``.
+"""Convert Llama and Qwen2 checkpoints between Hugging Face and native_megatron: ``nm-convert``.
 
     # HF -> Megatron weights for continued pre-training (then: --checkpoint.init_from=ckpt/llama3_8b)
     python tools/convert_checkpoint.py hf-to-megatron --hf /models/Meta-Llama-3-8B --out ckpt/llama3_8b --tp 8

@@ -1,16 +1,16 @@
-"""Convert Llama checkpoints between Hugging Face and native_megatron (megatron-core dist_checkpointing).
+"""Convert Llama and Qwen2 (Qwen1.5/2/2.5) checkpoints between Hugging Face and native_megatron (megatron-core dist_checkpointing).
 
     # HF -> Megatron weights for continued pre-training (then: --checkpoint.init_from=ckpt/llama3_8b)
-    python tools/convert_checkpoint.py hf-to-megatron --hf /models/Meta-Llama-3-8B --out ckpt/llama3_8b --tp 8
-    # large models: one process per TP x PP rank, each holding only its shard
-    torchrun --nproc-per-node 8 tools/convert_checkpoint.py hf-to-megatron --hf ... --out ... --tp 4 --pp 2
+    python tools/convert_checkpoint.py hf-to-megatron --hf /models/Meta-Llama-3-8B --out ckpt/llama3_8b
+    # models too big for one process's memory: one process per TP x PP rank, each holding only its shard
+    torchrun --nproc-per-node 32 tools/convert_checkpoint.py hf-to-megatron --hf ... --out ... --tp 8 --pp 4
     # any checkpoint (any TP/PP it was saved at) -> HF, for transformers and vLLM
     python tools/convert_checkpoint.py megatron-to-hf --ckpt runs/x/checkpoints/iter_0010000 --out hf/x \\
         --tokenizer /models/Meta-Llama-3-8B
 
-The imported checkpoint is reshardable: it loads at any TP/PP whose padded vocabulary is the same
-(--tp sets the padding: the vocabulary is padded to a multiple of 128 x TP). Its tokenizer files are
-copied to OUT/tokenizer, which the data path accepts as --tokenizer.
+The imported checkpoint is reshardable: it loads at any TP/PP (megatron-core reshards it, and matches
+the padded vocabulary rows on load), whichever layout wrote it; one process holds the whole model.
+Its tokenizer files are copied to OUT/tokenizer, which the data path accepts as --tokenizer.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    a = sub.add_parser("hf-to-megatron", help="HF Llama directory -> weights-only checkpoint")
+    a = sub.add_parser("hf-to-megatron", help="HF Llama or Qwen2 directory -> weights-only checkpoint")
     a.add_argument("--hf", required=True, help="HF model directory (config.json + safetensors)")
     a.add_argument("--out", required=True)
     a.add_argument("--tp", type=int, default=1, help="tensor-parallel size (sets the vocabulary padding)")

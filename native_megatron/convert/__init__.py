@@ -1,1 +1,1 @@
-"""Checkpoint conversion between Hugging Face Llama and our megatron-core checkpoints."""
+"""Checkpoint conversion between Hugging Face Llama or Qwen2 models and our megatron-core checkpoints."""

@@ -1,4 +1,4 @@
-"""The two conversions: an HF Llama directory -> a weights-only dist_checkpointing checkpoint
+"""The two conversions: an HF Llama or Qwen2 directory -> a weights-only dist_checkpointing checkpoint
 (for ``checkpoint.init_from``), and any of our checkpoints -> an HF directory.
 
 hf-to-megatron builds this rank's GPTModel chunk at the requested TP/PP (one process per
@@ -12,22 +12,25 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
 import torch
 import yaml
 
+from native_megatron.convert.hf_tokenizer import write_generation_config, write_hf_tokenizer
 from native_megatron.convert.llama import (HFWeights, LlamaShape, hf_config_dict, hf_tensors_for, local_shard,
                                            megatron_global, read_hf_config)
+from native_megatron.data.tokenizer import TOKENIZER_FILES
 from native_megatron.utils.config import ConfigError, config_to_dict, load_config
 from native_megatron.utils.io import Progress
 
 logger = logging.getLogger(__name__)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "generation_config.json")
-SHAPE_FILE = "hf_llama.json"
+# The import record: the HF model's shape and family (llama / qwen2). Imports made before Qwen2
+# support wrote it as hf_llama.json, without the family.
+SHAPE_FILE, OLD_SHAPE_FILE = "hf_model.json", "hf_llama.json"
 
 
 def _train_config(shape: LlamaShape, tp: int, pp: int, precision: str):
@@ -44,18 +47,28 @@ def hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, precision: s
     from megatron.core import parallel_state
 
     from native_megatron.training import checkpointing, megatron_config
+    from native_megatron.training.cpu_compat import cuda_to_cpu
     from native_megatron.training.distributed import destroy_distributed, init_distributed
     from native_megatron.training.model import build_model_chunks, padded_vocab_size
 
     shape = read_hf_config(hf_dir)
     hf = HFWeights(hf_dir)
-    cfg = _train_config(shape, tp, pp, precision)
+    # One process writes any layout: dist_checkpointing reshards on load, so it builds the whole
+    # model (TP=1, PP=1) with the vocabulary padded as TP=tp pads it. Under torchrun with tp x pp
+    # processes each rank builds and holds only its shard (for models too big for one host's memory).
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and world != tp * pp:
+        raise ConfigError(f"hf-to-megatron --tp {tp} --pp {pp} runs as one process or as {tp * pp} "
+                          f"(torchrun --nproc-per-node {tp * pp} ...), not {world}")
+    build_tp, build_pp = (tp, pp) if world > 1 else (1, 1)
+    cfg = _train_config(shape, build_tp, build_pp, precision)
     layout = init_distributed(cfg)
     try:
         vocab = padded_vocab_size(shape.vocab, cfg.model.make_vocab_size_divisible_by, tp)
         tf_config = megatron_config.transformer_config(cfg, on_gpu=False)
         tf_config.perform_initialization = False      # every weight is overwritten from HF
-        (chunk,) = build_model_chunks(cfg, tf_config, vocab, "local")
+        with cuda_to_cpu():  # tied embeddings under PP: the last stage's copy is all-reduced as a CUDA tensor
+            (chunk,) = build_model_chunks(cfg, tf_config, vocab, "local")
         tp_rank = parallel_state.get_tensor_model_parallel_rank()
         params = list(chunk.named_parameters())
         with torch.no_grad(), Progress(len(params), "hf-to-megatron", enabled=progress and layout.rank == 0) as bar:
@@ -65,7 +78,7 @@ def hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, precision: s
                     local_index = int(name.split(".")[2])
                     layer = chunk.decoder.layers[local_index].layer_number - 1
                 full = megatron_global(hf, shape, name, layer, vocab)
-                part = local_shard(name, param, full, tp_rank, tp)
+                part = local_shard(name, param, full, tp_rank, build_tp)
                 if part.shape != param.shape:
                     raise ConfigError(f"{name}: converted shape {tuple(part.shape)} != model shape "
                                       f"{tuple(param.shape)}")
@@ -76,25 +89,55 @@ def hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, precision: s
         path = checkpointing.save_weights(out, sd, yaml.safe_dump(config_dict, sort_keys=False))
         if layout.rank == 0:
             (Path(out) / SHAPE_FILE).write_text(json.dumps(shape.__dict__, indent=1))
-            _copy_tokenizer(Path(hf_dir), Path(out) / "tokenizer")
+            _copy_hf_tokenizer(Path(hf_dir), Path(out) / "tokenizer")
         return path
     finally:
         destroy_distributed()
 
 
-def _copy_tokenizer(src: Path, dst: Path) -> list[str]:
+def _copy_hf_tokenizer(src: Path, dst: Path) -> list[str]:
     files = [f for f in TOKENIZER_FILES if (src / f).exists()]
     if files:
         dst.mkdir(parents=True, exist_ok=True)
         for f in files:
             shutil.copy2(src / f, dst / f)
+        _embed_chat_template(src, dst)
     return files
 
 
-def _checkpoint_shape(ckpt: Path, vocab_size: int | None) -> LlamaShape:
+def _embed_chat_template(src: Path, dst: Path) -> None:
+    """Put ``src/chat_template.jinja`` (where transformers >= 4.50 saves the template) into
+    ``dst/tokenizer_config.json``, which every later copy of the tokenizer (training checkpoints,
+    the HF export) carries, so the exported model keeps its chat template."""
+    template, config = src / "chat_template.jinja", dst / "tokenizer_config.json"
+    if not (template.is_file() and config.is_file()):
+        return
+    c = json.loads(config.read_text(encoding="utf-8"))
+    if not c.get("chat_template"):
+        c["chat_template"] = template.read_text(encoding="utf-8")
+        config.write_text(json.dumps(c, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def checkpoint_tokenizer(ckpt: Path, tokenizer: str | None = None) -> str | None:
+    """The tokenizer of a checkpoint: ``tokenizer`` if given, else its own copy, else its config's path."""
+    if tokenizer:
+        return tokenizer
+    own = ckpt / "tokenizer"  # an import may hold only generation_config.json there: no tokenizer
+    if (own / "tokenizer.json").is_file() or any(own.glob("*.model")):
+        return str(own)
+    cfg_path = ckpt / "config.yaml"
+    if cfg_path.is_file():
+        saved = (yaml.safe_load(cfg_path.read_text()) or {}).get("data") or {}
+        if saved.get("tokenizer"):
+            return saved["tokenizer"]
+    return None
+
+
+def _checkpoint_shape(ckpt: Path, vocab_size: int | None, tokenizer: str | None = None) -> LlamaShape:
     """The model's shape: from the import record, else from the training config saved with it."""
-    if (ckpt / SHAPE_FILE).exists():
-        shape = LlamaShape(**json.loads((ckpt / SHAPE_FILE).read_text()))
+    record = next((ckpt / f for f in (SHAPE_FILE, OLD_SHAPE_FILE) if (ckpt / f).exists()), None)
+    if record is not None:
+        shape = LlamaShape(**json.loads(record.read_text()))
         return shape if vocab_size is None else LlamaShape(**{**shape.__dict__, "vocab": vocab_size})
     cfg_path = ckpt / "config.yaml"
     if not cfg_path.exists():
@@ -103,33 +146,41 @@ def _checkpoint_shape(ckpt: Path, vocab_size: int | None) -> LlamaShape:
     m = c["model"]
     vocab = vocab_size or m.get("vocab_size")
     if vocab is None:
-        from native_megatron.data.tokenizer import load_tokenizer
+        from native_megatron.data.tokenizer import TokenizerError, load_tokenizer
 
-        tok = (c.get("data") or {}).get("tokenizer")
+        tok = checkpoint_tokenizer(ckpt, tokenizer)
         if not tok:
-            raise ConfigError(f"{ckpt}: the vocabulary size is unknown; pass --vocab-size")
-        vocab = load_tokenizer(tok).vocab_size
+            raise ConfigError(f"{ckpt}: the vocabulary size is unknown; pass --vocab-size or --tokenizer")
+        try:
+            vocab = load_tokenizer(tok).vocab_size
+        except TokenizerError as exc:
+            raise ConfigError(f"{ckpt}: {exc}; pass --tokenizer") from None
     return LlamaShape(layers=m["num_layers"], hidden=m["hidden_size"], ffn=m["ffn_hidden_size"],
                       heads=m["num_attention_heads"], kv_heads=m["num_query_groups"], vocab=int(vocab),
                       max_positions=m.get("max_position_embeddings") or c["data"]["seq_length"],
                       rope_theta=float(m["rotary_base"]), rope_scaling=bool(m["rope_scaling"]),
-                      eps=float(m["norm_epsilon"]), tied=not m["untie_embeddings"])
+                      eps=float(m["norm_epsilon"]), tied=not m["untie_embeddings"],
+                      family="qwen2" if m.get("add_qkv_bias") else "llama")  # QKV biases: only Qwen2 has them
 
 
 def megatron_to_hf(ckpt: str, out: str, dtype: str = "bf16", tokenizer: str | None = None,
                    vocab_size: int | None = None, max_shard_bytes: int = 5 << 30, progress: bool = True) -> Path:
-    import os
-
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing import ShardedTensor
     from safetensors.torch import save_file
 
+    from native_megatron.training.checkpointing import CheckpointError, checkpoint_problem
+
     ckpt_dir, out_dir = Path(ckpt), Path(out)
     if not (ckpt_dir / "metadata.json").exists():
         raise ConfigError(f"{ckpt}: not a dist_checkpointing checkpoint (no metadata.json); pass an iter_* "
                           f"directory or an imported checkpoint")
-    shape = _checkpoint_shape(ckpt_dir, vocab_size)
+    problem = checkpoint_problem(ckpt_dir)
+    if problem:
+        raise CheckpointError(f"checkpoint {ckpt_dir} cannot be loaded: {problem}")
+    tokenizer = checkpoint_tokenizer(ckpt_dir, tokenizer)
+    shape = _checkpoint_shape(ckpt_dir, vocab_size, tokenizer)
     torch_dtype = DTYPES[dtype]
     started = False
     if not dist.is_initialized():
@@ -166,12 +217,14 @@ def megatron_to_hf(ckpt: str, out: str, dtype: str = "bf16", tokenizer: str | No
     finally:
         if started:
             dist.destroy_process_group()
-    (out_dir / "config.json").write_text(json.dumps(hf_config_dict(shape, torch_dtype), indent=2))
-    tok_src = Path(tokenizer) if tokenizer else ckpt_dir / "tokenizer"
-    if tok_src.is_dir():
-        _copy_tokenizer(tok_src, out_dir)
-    elif tokenizer:
-        raise ConfigError(f"--tokenizer {tokenizer} is not a directory with tokenizer files")
+    bos_id = eos_id = None
+    if tokenizer:
+        bos_id, eos_id = write_hf_tokenizer(tokenizer, out_dir)
+        write_generation_config(out_dir, bos_id, eos_id)
+    else:  # only a run on data.mock has none
+        logger.warning("%s names no tokenizer (trained on mock data?): the export has none; pass --tokenizer",
+                       ckpt_dir)
+    (out_dir / "config.json").write_text(json.dumps(hf_config_dict(shape, torch_dtype, bos_id, eos_id), indent=2))
     return out_dir
 
 

@@ -74,7 +74,7 @@ def write_hf_tokenizer(src: str | Path, out: str | Path) -> tuple[int | None, in
         raise ConfigError(f"tokenizer: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
     if src.is_dir() and (src / "tokenizer_config.json").is_file() and (src / "tokenizer.json").is_file():
-        for name in (*TOKENIZER_FILES, "generation_config.json", "chat_template.jinja"):
+        for name in TOKENIZER_FILES:
             if (src / name).is_file():
                 shutil.copy2(src / name, out / name)
         return tok.bos_id, tok.eod_id

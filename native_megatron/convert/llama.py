@@ -1,12 +1,20 @@
-"""HF Llama <-> megatron-core GPTModel weights.
+"""HF Llama-family (Llama, Qwen2) <-> megatron-core GPTModel weights.
+
+Qwen1.5, Qwen2 and Qwen2.5 (``model_type: qwen2``) are Llama with biases on the query, key and
+value projections (megatron-core's ``add_qkv_bias``), usually RoPE base 1e6 and, on small sizes,
+tied embeddings. Sliding-window attention and other Qwen variants (MoE, Qwen3's q/k norms) are
+refused.
 
 Megatron's layout, per layer (global, i.e. as a TP=1 model holds it, which is also how
 dist_checkpointing stores it whatever the layout it was saved at):
 
 - ``linear_qkv.weight``: [(nq + 2 nkv) * hd, H], grouped by key/value head: for each group g,
   the nq/nkv query heads of g, then k_g, then v_g (tensor parallelism splits whole groups);
+  ``linear_qkv.bias`` (Qwen2) is grouped the same way;
 - ``linear_fc1.weight``: [2F, H] = [gate; up] (under TP each rank holds [gate_r; up_r]);
-- embeddings and output layer padded to the training vocabulary (padded rows are zero).
+- embeddings and output layer padded to the training vocabulary (padded rows are zero); with
+  tied embeddings the checkpoint holds the embedding only (megatron-core saves the last pipeline
+  stage's copy under the embedding's key).
 
 HF's q/k weights are already in the rotate-half order Megatron's non-interleaved RoPE uses.
 """
@@ -21,7 +29,8 @@ import torch
 
 from native_megatron.utils.config import ConfigError
 
-SUPPORTED = {"LlamaForCausalLM"}
+# model_type -> architecture; the family is recorded with the import and decides the export's config.json.
+FAMILIES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,11 @@ class LlamaShape:
     rope_scaling: bool
     eps: float
     tied: bool
+    family: str = "llama"   # a key of FAMILIES; import records written before Qwen2 support lack it
+
+    @property
+    def qkv_bias(self) -> bool:
+        return self.family == "qwen2"
 
     @property
     def head_dim(self) -> int:
@@ -48,7 +62,23 @@ class LlamaShape:
                 "model.num_attention_heads": self.heads, "model.num_query_groups": self.kv_heads,
                 "model.vocab_size": self.vocab, "model.max_position_embeddings": self.max_positions,
                 "model.rotary_base": self.rope_theta, "model.rope_scaling": self.rope_scaling,
-                "model.norm_epsilon": self.eps, "model.untie_embeddings": not self.tied}
+                "model.norm_epsilon": self.eps, "model.untie_embeddings": not self.tied,
+                "model.add_qkv_bias": self.qkv_bias}
+
+
+def _rope(hf_dir, c: dict, family: str) -> tuple[float, bool]:
+    """(RoPE base, Llama-3.1 scaling on?) from config.json, as transformers 4 (``rope_theta``,
+    ``rope_scaling``) or 5 (``rope_parameters``) writes it."""
+    params = c.get("rope_parameters") or {}
+    scaling = c.get("rope_scaling") or None
+    if scaling is None and (params.get("rope_type") or params.get("type")) not in (None, "default"):
+        scaling = params
+    if scaling is not None:
+        kind = scaling.get("rope_type") or scaling.get("type")
+        if family != "llama" or kind != "llama3" or float(scaling.get("factor", 8.0)) != 8.0:
+            raise ConfigError(f"{hf_dir}: rope scaling {scaling} is not supported (only Llama-3.1's llama3, "
+                              f"factor 8)")
+    return float(c.get("rope_theta", params.get("rope_theta", 10000.0))), scaling is not None
 
 
 def read_hf_config(hf_dir: str | Path) -> LlamaShape:
@@ -56,35 +86,41 @@ def read_hf_config(hf_dir: str | Path) -> LlamaShape:
     if not path.exists():
         raise ConfigError(f"{hf_dir}: no config.json (expected a Hugging Face model directory)")
     c = json.loads(path.read_text())
-    arch = (c.get("architectures") or ["?"])[0]
-    if arch not in SUPPORTED or c.get("model_type") != "llama":
-        raise ConfigError(f"{hf_dir}: architecture {arch} (model_type {c.get('model_type')}) is not supported; "
-                          f"supported: {', '.join(sorted(SUPPORTED))}")
+    arch, family = (c.get("architectures") or ["?"])[0], c.get("model_type")
+    if FAMILIES.get(family) != arch:
+        raise ConfigError(f"{hf_dir}: architecture {arch} (model_type {family}) is not supported; "
+                          f"supported: {', '.join(sorted(FAMILIES.values()))}")
     heads = c["num_attention_heads"]
     if c.get("head_dim") not in (None, c["hidden_size"] // heads):
         raise ConfigError(f"{hf_dir}: head_dim {c['head_dim']} != hidden_size / num_attention_heads is not supported")
     if c.get("attention_bias") or c.get("mlp_bias"):
         raise ConfigError(f"{hf_dir}: biases in attention or MLP are not supported (Llama has none)")
-    scaling = c.get("rope_scaling") or None
-    if scaling is not None:
-        kind = scaling.get("rope_type") or scaling.get("type")
-        if kind != "llama3" or float(scaling.get("factor", 8.0)) != 8.0:
-            raise ConfigError(f"{hf_dir}: rope_scaling {scaling} is not supported (only Llama-3.1's llama3, factor 8)")
-    theta = c.get("rope_theta", (c.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    if c.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"{hf_dir}: hidden_act {c['hidden_act']} is not supported (only silu)")
+    if c.get("use_sliding_window") or any(t != "full_attention" for t in c.get("layer_types") or []):
+        raise ConfigError(f"{hf_dir}: sliding-window attention is not supported (use_sliding_window / "
+                          f"layer_types); only models with full attention in every layer convert")
+    theta, scaling = _rope(hf_dir, c, family)
     return LlamaShape(layers=c["num_hidden_layers"], hidden=c["hidden_size"], ffn=c["intermediate_size"], heads=heads,
                       kv_heads=c.get("num_key_value_heads") or heads, vocab=c["vocab_size"],
-                      max_positions=c.get("max_position_embeddings", 8192), rope_theta=float(theta),
-                      rope_scaling=scaling is not None, eps=float(c.get("rms_norm_eps", 1e-5)),
-                      tied=bool(c.get("tie_word_embeddings", False)))
+                      max_positions=c.get("max_position_embeddings", 8192), rope_theta=theta,
+                      rope_scaling=scaling, eps=float(c.get("rms_norm_eps", 1e-5)),
+                      tied=bool(c.get("tie_word_embeddings", False)), family=family)
 
 
-def hf_config_dict(shape: LlamaShape, dtype: torch.dtype) -> dict:
-    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": shape.vocab,
+def hf_config_dict(shape: LlamaShape, dtype: torch.dtype, bos_id: int | None = None, eos_id: int | None = None
+                   ) -> dict:
+    cfg = {"architectures": [FAMILIES[shape.family]], "model_type": shape.family, "vocab_size": shape.vocab,
            "hidden_size": shape.hidden, "intermediate_size": shape.ffn, "num_hidden_layers": shape.layers,
            "num_attention_heads": shape.heads, "num_key_value_heads": shape.kv_heads, "head_dim": shape.head_dim,
            "max_position_embeddings": shape.max_positions, "rms_norm_eps": shape.eps, "rope_theta": shape.rope_theta,
-           "hidden_act": "silu", "tie_word_embeddings": shape.tied, "attention_bias": False, "mlp_bias": False,
-           "torch_dtype": str(dtype).removeprefix("torch."), "bos_token_id": None, "eos_token_id": None}
+           "hidden_act": "silu", "tie_word_embeddings": shape.tied, "torch_dtype": str(dtype).removeprefix("torch."),
+           "bos_token_id": bos_id, "eos_token_id": eos_id}
+    if shape.family == "qwen2":  # q/k/v biases are implied by the architecture; o_proj and the MLP have none
+        cfg.update(use_sliding_window=False, sliding_window=None, max_window_layers=shape.layers,
+                   attention_dropout=0.0)
+    else:
+        cfg.update(attention_bias=False, mlp_bias=False)
     if shape.rope_scaling:
         cfg["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                "original_max_position_embeddings": 8192}
@@ -154,6 +190,12 @@ def megatron_global(hf: HFWeights, s: LlamaShape, name: str, layer: int | None, 
         per = s.heads // s.kv_heads
         q = q.view(s.kv_heads, per * hd, H)
         return torch.cat([q, k.view(s.kv_heads, hd, H), v.view(s.kv_heads, hd, H)], dim=1).reshape(-1, H)
+    if name.endswith("self_attention.linear_qkv.bias"):
+        q = _check(p + "self_attn.q_proj.bias", hf.get(p + "self_attn.q_proj.bias"), (s.heads * hd,))
+        k = _check(p + "self_attn.k_proj.bias", hf.get(p + "self_attn.k_proj.bias"), (s.kv_heads * hd,))
+        v = _check(p + "self_attn.v_proj.bias", hf.get(p + "self_attn.v_proj.bias"), (s.kv_heads * hd,))
+        q = q.view(s.kv_heads, (s.heads // s.kv_heads) * hd)
+        return torch.cat([q, k.view(s.kv_heads, hd), v.view(s.kv_heads, hd)], dim=1).reshape(-1)
     if name.endswith("self_attention.linear_proj.weight"):
         return _check(p + "self_attn.o_proj.weight", hf.get(p + "self_attn.o_proj.weight"), (H, s.heads * hd))
     if name.endswith("mlp.linear_fc1.weight"):
@@ -201,6 +243,12 @@ def hf_tensors_for(key: str, t: torch.Tensor, s: LlamaShape, layer: int | None) 
         return {p + "self_attn.q_proj.weight": g[:, : per * hd].reshape(-1, H),
                 p + "self_attn.k_proj.weight": g[:, per * hd: (per + 1) * hd].reshape(-1, H),
                 p + "self_attn.v_proj.weight": g[:, (per + 1) * hd:].reshape(-1, H)}
+    if tail == "self_attention.linear_qkv.bias":
+        per = s.heads // s.kv_heads
+        g = t.view(s.kv_heads, (per + 2) * hd)
+        return {p + "self_attn.q_proj.bias": g[:, : per * hd].reshape(-1),
+                p + "self_attn.k_proj.bias": g[:, per * hd: (per + 1) * hd].reshape(-1),
+                p + "self_attn.v_proj.bias": g[:, (per + 1) * hd:].reshape(-1)}
     if tail == "self_attention.linear_proj.weight":
         return {p + "self_attn.o_proj.weight": t}
     if tail == "mlp.linear_fc1.weight":
@@ -208,4 +256,5 @@ def hf_tensors_for(key: str, t: torch.Tensor, s: LlamaShape, layer: int | None) 
         return {p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up}
     if tail == "mlp.linear_fc2.weight":
         return {p + "mlp.down_proj.weight": t}
-    raise ConfigError(f"checkpoint tensor {key} has no HF Llama counterpart (is this a Llama-style model?)")
+    raise ConfigError(f"checkpoint tensor {key} has no HF {FAMILIES[s.family]} counterpart (is this a "
+                      f"Llama-style model?)")

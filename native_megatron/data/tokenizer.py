@@ -173,7 +173,8 @@ def load_tokenizer(path: str | os.PathLike, eod_token: str | None = None) -> Tok
 
 
 # What an HF tokenizer directory needs; weights and other files of a model directory are never copied.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "chat_template.jinja", "generation_config.json")
 
 
 def copy_tokenizer(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
@@ -194,7 +195,8 @@ def copy_tokenizer(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
         pairs = [(src / n, n) for n in names]
     elif src.suffix == ".json":
         pairs = [(src, "tokenizer.json")]
-        pairs += [(src.parent / n, n) for n in TOKENIZER_FILES[1:3] if (src.parent / n).is_file()]
+        pairs += [(src.parent / n, n) for n in TOKENIZER_FILES[1:] if n != "tokenizer.model"
+                  and (src.parent / n).is_file()]
     else:
         pairs = [(src, src.name)]
     if not pairs:

@@ -9,16 +9,20 @@ says what to change.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from native_megatron.utils.config import ConfigError
+from native_megatron.utils.config import ConfigError, validate_config
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class ModelConfig:
-    """A Llama-style decoder: RMSNorm, SwiGLU, rotary embeddings, GQA, no biases, untied embeddings."""
+    """A Llama-style decoder: RMSNorm, SwiGLU, rotary embeddings, GQA, untied embeddings, no biases but QKV (Qwen2)."""
 
     num_layers: int = 2
     hidden_size: int = 64
@@ -36,6 +40,8 @@ class ModelConfig:
     norm_epsilon: float = 1e-5
     init_method_std: float = 0.02
     untie_embeddings: bool = True
+    # Biases on the query/key/value projections only, as Qwen1.5/2/2.5 have (megatron-core's add_qkv_bias).
+    add_qkv_bias: bool = False
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     # Layer implementation: te (transformer-engine), local (megatron-core's torch
@@ -122,6 +128,9 @@ class DataConfig:
                     if not os.path.exists(str(prefix) + suffix):
                         raise ConfigError(f"data.paths: {prefix}{suffix} not found "
                                           f"(give the prefix without .bin/.idx, e.g. out/ar_text_document)")
+            if not os.path.exists(self.tokenizer):
+                raise ConfigError(f"data.tokenizer: {self.tokenizer} not found (a sentencepiece .model, a "
+                                  f"tokenizer.json, or a directory holding one)")
         try:
             parts = [float(x) for x in self.split.split(",")]
         except ValueError:
@@ -296,3 +305,61 @@ def validate_for_world(cfg: TrainConfig, world_size: int) -> int:
         raise ConfigError(f"interleaved pipelining needs the number of microbatches ({microbatches}) to be "
                           f"a multiple of parallel.pipeline ({p.pipeline})")
     return dp
+
+
+# The settings that fix a trained model's shape and numerics. Training from a
+# checkpoint (resume or init_from) takes them from the checkpoint's own config
+# unless the user sets them, and then they must agree (Megatron-LM's
+# --use-checkpoint-args, made the default).
+CHECKPOINT_MODEL_KEYS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+                         "vocab_size", "max_position_embeddings", "rotary_base", "rope_scaling", "norm_epsilon",
+                         "untie_embeddings", "add_qkv_bias")
+
+
+def _same(a: Any, b: Any) -> bool:
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def adopt_checkpoint_model(cfg: TrainConfig, saved: dict, given: set[str] | None, source: str) -> TrainConfig:
+    """``cfg`` with the model settings of the checkpoint whose config is ``saved``.
+
+    A key in ``given`` (set by the user; None: all keys count as set) that
+    differs from the checkpoint is an error listing every such key with both values.
+    """
+    saved_model = (saved or {}).get("model") or {}
+    conflicts, updates = [], {}
+    for key in CHECKPOINT_MODEL_KEYS:
+        if key not in saved_model or _same(getattr(cfg.model, key), saved_model[key]):
+            continue
+        if given is None or f"model.{key}" in given:
+            conflicts.append(f"model.{key} checkpoint={saved_model[key]!r} config={getattr(cfg.model, key)!r}")
+        else:
+            updates[key] = saved_model[key]
+    if conflicts:
+        raise ConfigError(f"{source} was trained with other model settings: {', '.join(conflicts)}; "
+                          f"drop these keys from the config to use the checkpoint's values")
+    if not updates:
+        return cfg
+    from native_megatron.utils.config import config_from_dict, config_to_dict
+
+    model = config_from_dict(ModelConfig, {**config_to_dict(cfg.model), **updates})
+    cfg = dataclasses.replace(cfg, model=model)
+    validate_config(cfg)
+    logger.info("model settings from %s: %s", source, ", ".join(f"{k}={v!r}" for k, v in updates.items()))
+    return cfg
+
+
+def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with every path made absolute, so the config saved in a checkpoint works from any directory."""
+    def absolute(path):
+        return os.path.abspath(path) if isinstance(path, str) and path else path
+
+    d, c = cfg.data, cfg.checkpoint
+    data = dataclasses.replace(d, paths=[absolute(p) for p in d.paths], tokenizer=absolute(d.tokenizer),
+                               cache_dir=absolute(d.cache_dir))
+    checkpoint = dataclasses.replace(c, dir=absolute(c.dir), init_from=absolute(c.init_from))
+    logging_cfg = dataclasses.replace(cfg.logging, run_dir=absolute(cfg.logging.run_dir))
+    return dataclasses.replace(cfg, data=data, checkpoint=checkpoint, logging=logging_cfg)

@@ -173,7 +173,8 @@ class Trainer:
         self.spec_name = resolve_spec_name(cfg, on_gpu)
         self.tf_config = megatron_config.transformer_config(cfg, on_gpu, self.spec_name)
         self.tf_config.calculate_per_token_loss = True
-        chunks = build_model_chunks(cfg, self.tf_config, self.vocab_size, self.spec_name)
+        with cuda_to_cpu():  # tied embeddings under PP: megatron-core moves the last stage's copy to CUDA
+            chunks = build_model_chunks(cfg, self.tf_config, self.vocab_size, self.spec_name)
         if on_gpu:
             for c in chunks:
                 c.cuda(torch.cuda.current_device())

@@ -9,16 +9,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.training.launch import MOCK_TINY, ROOT, env, free_port, losses, train
+from tests.helpers.convert import TOOL, convert, megatron_logits, model_overrides
+from tests.training.launch import MOCK_TINY, ROOT, env, losses, train
 
 pytestmark = pytest.mark.slow
-TOOL = ROOT / "tools" / "convert_checkpoint.py"
-LOGITS = ROOT / "tests" / "convert" / "megatron_logits.py"
 VOCAB = 300
 
 
@@ -41,29 +39,6 @@ def hf_model(tmp_path_factory):
     return path, model
 
 
-def model_overrides(hf_dir: Path) -> list[str]:
-    from native_megatron.convert.llama import read_hf_config
-
-    return [f"--{k}={v}" for k, v in read_hf_config(hf_dir).model_overrides().items()]
-
-
-def convert(*args, nproc: int = 1) -> subprocess.CompletedProcess:
-    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
-                                                    f"--nproc-per-node={nproc}", f"--master-port={free_port()}"]
-    out = subprocess.run([*launcher, str(TOOL), *args, "--no-progress"], capture_output=True, text=True,
-                         timeout=600, env=env(), cwd=ROOT)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    return out
-
-
-def megatron_logits(ckpt: Path, hf_dir: Path, ids: torch.Tensor, tmp: Path) -> torch.Tensor:
-    torch.save(ids, tmp / "ids.pt")
-    out = subprocess.run([sys.executable, str(LOGITS), str(ckpt), str(tmp / "ids.pt"), str(tmp / "logits.pt"),
-                          *model_overrides(hf_dir)], capture_output=True, text=True, timeout=600, env=env(), cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-4000:]
-    return torch.load(tmp / "logits.pt")
-
-
 def batch() -> torch.Tensor:
     return torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(1))
 
@@ -81,12 +56,15 @@ def test_import_gives_hf_logits(tmp_path, hf_model, tp, pp):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
 
 
-def test_round_trip_is_exact(tmp_path, hf_model):
+# One process writes any layout (the README's single-process command with --tp/--pp used to fail with
+# "world size 1 is not divisible"); the checkpoint reshards on load.
+@pytest.mark.parametrize("layout", [[], ["--tp", "2", "--pp", "2"]], ids=["default", "tp2pp2_one_process"])
+def test_round_trip_is_exact(tmp_path, hf_model, layout):
     from safetensors.torch import load_file
 
     hf_dir, model = hf_model
     ckpt, back = tmp_path / "ckpt", tmp_path / "back"
-    convert("hf-to-megatron", "--hf", str(hf_dir), "--out", str(ckpt), "--precision", "fp32")
+    convert("hf-to-megatron", "--hf", str(hf_dir), "--out", str(ckpt), "--precision", "fp32", *layout)
     convert("megatron-to-hf", "--ckpt", str(ckpt), "--out", str(back), "--dtype", "fp32")
     got = {}
     for f in back.glob("*.safetensors"):
