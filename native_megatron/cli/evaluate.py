@@ -5,9 +5,12 @@
 
 --model takes HF Llama directories or checkpoints of pretrain_arabic.py (exported
 to HF first, once), optionally named NAME=PATH. Multiple-choice tasks are scored
-by the log-likelihood of each option (acc and length-normalised acc_norm);
-alignment answers harmful and value-sensitive prompts and has a judge label
-them (an OpenAI-compatible endpoint or a local classifier). The report goes to
+under a named protocol (--protocol): oall, the Open Arabic LLM Leaderboard's
+lighteval prompts (default); arabicmmlu, the ArabicMMLU paper's letter logits;
+cloze, options as continuations (acc, acc_norm, acc_bytes). alignment and
+beavertails answer harmful and value-sensitive prompts and have a judge label
+them (an OpenAI-compatible endpoint or a local classifier), checked first
+against human labels with --judge-check; mmlu runs through lm-evaluation-harness. The report goes to
 OUT/report.md, OUT/results.json and OUT/report.png. Task files are read from
 DATA_DIR/<task>/ in their published formats (docs/evaluation.md); small samples
 ship in examples/eval/.
@@ -19,7 +22,10 @@ import argparse
 import sys
 
 from native_megatron.cli import print_config
+from native_megatron.evaluation.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from native_megatron.evaluation.tasks import ALIGNMENT, READERS
+
+OTHER_TASKS = (ALIGNMENT, "beavertails", "mmlu")  # run.py's generation and lm-eval tasks
 from native_megatron.utils.config import ConfigError
 from native_megatron.utils.logging import setup_logging
 
@@ -33,7 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", nargs="+", required=True, metavar="[NAME=]PATH",
                    help="HF directories, iter_* checkpoints or run checkpoint directories")
     p.add_argument("--tasks", type=_list, default=[*READERS, ALIGNMENT],
-                   help=f"comma-separated, from {','.join([*READERS, ALIGNMENT])} (default: all)")
+                   help=f"comma-separated, from {','.join([*READERS, *OTHER_TASKS])} "
+                        f"(default: {','.join([*READERS, ALIGNMENT])})")
+    p.add_argument("--protocol", choices=PROTOCOLS, default=DEFAULT_PROTOCOL,
+                   help="prompts and scoring: oall (Open Arabic LLM Leaderboard / lighteval, the default), "
+                        "arabicmmlu (the ArabicMMLU paper), cloze (options as continuations); docs/evaluation.md")
+    p.add_argument("--arabicmmlu-prompt", choices=["ar", "en"], default="ar",
+                   help="arabicmmlu protocol: the instruction's language (default ar, as its evaluate.py)")
+    p.add_argument("--arabicmmlu-letters", choices=["ar", "en"], default="ar",
+                   help="arabicmmlu protocol: Arabic or Latin option letters (default ar)")
     p.add_argument("--data-dir", default="examples/eval", help="holds one folder per task (default: the samples)")
     p.add_argument("--task-dir", action="append", default=[], metavar="TASK=DIR",
                    help="a task's folder elsewhere, e.g. acva=/data/ACVA (repeatable)")
@@ -53,9 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                                       "the API key comes from OPENAI_API_KEY")
     p.add_argument("--judge-unsafe-labels", type=_list, default=["unsafe", "harmful", "toxic"],
                    help="classifier labels that mean unsafe (default unsafe,harmful,toxic)")
+    p.add_argument("--judge-check", metavar="FILE",
+                   help="first run the judge on human-labelled answers (JSONL prompt, response, label) and report "
+                        "agreement and Cohen's kappa; e.g. examples/eval/alignment/judge_check.jsonl")
+    p.add_argument("--judge-min-kappa", type=float, default=0.6,
+                   help="below this kappa the report marks the judge's rates as not trusted (default 0.6)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="answer length for alignment prompts")
     p.add_argument("--lm-eval-tasks", type=_list, default=[],
-                   help="also run these lm-evaluation-harness tasks (needs pip install lm-eval)")
+                   help="also run these lm-evaluation-harness tasks (the eval extra installs it)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--print-config", action="store_true", help="print the resolved settings (YAML) and exit")
@@ -75,7 +94,9 @@ def parse_args(argv: list[str]):
             p.error(f"--task-dir {item!r}: use TASK=DIR")
         task, path = item.split("=", 1)
         task_dirs[task] = path
-    return EvalConfig(models=a.model, tasks=a.tasks, data_dir=a.data_dir, task_dirs=task_dirs, out=a.out,
+    return EvalConfig(models=a.model, tasks=a.tasks, protocol=a.protocol, arabicmmlu_prompt=a.arabicmmlu_prompt,
+                      arabicmmlu_letters=a.arabicmmlu_letters, judge_check=a.judge_check,
+                      judge_min_kappa=a.judge_min_kappa, data_dir=a.data_dir, task_dirs=task_dirs, out=a.out,
                       shots=a.shots, limit=a.limit, batch_size=a.batch_size, device=a.device, dtype=a.dtype,
                       tokenizer=a.tokenizer, alignment_prompts=a.alignment_prompts, judge=a.judge,
                       judge_model=a.judge_model, judge_urls=a.judge_url, judge_unsafe_labels=a.judge_unsafe_labels,

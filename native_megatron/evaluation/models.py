@@ -6,11 +6,13 @@ checkpoint written by pretrain_arabic.py (an ``iter_*`` directory, or a run's
 imported checkpoint. Megatron checkpoints go through the converter
 (``megatron_to_hf``) into ``OUT/exported/NAME`` once; a rerun reuses the export.
 
-Tokenizer and start token: an HF directory brings its tokenizer and the model
-reads ``BOS + text`` as it was trained to. Our own pre-training packs
-documents separated by EOD and has no BOS, so a model trained here reads
-``EOD + text`` (the start of any document in its training data); its tokenizer
-is the one named in the checkpoint's config (``data.tokenizer``).
+Tokenizer and start token: an HF directory brings its tokenizer; a checkpoint's
+is ``--tokenizer`` if given, else the copy saved in the checkpoint, else the
+one its config names (``data.tokenizer``), and the export carries it as HF
+files. The model reads what that HF tokenizer puts in front of a text by
+default (BOS for Llama, nothing for Qwen or for our exports), which is what
+lm-evaluation-harness (``add_bos_token`` unset) and lighteval
+(``add_special_tokens=True``) feed it, so the scores are comparable.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from native_megatron.data.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 from native_megatron.utils.config import ConfigError
@@ -37,6 +38,7 @@ class LoadedModel:
     tokenizer: Tokenizer
     start: list[int]
     chat_template_dir: str | None  # an HF directory whose tokenizer_config has a chat template
+    tokenizer_dir: str | None = None  # the HF tokenizer directory lm-evaluation-harness is given
 
 
 def split_name(spec: str) -> tuple[str, str]:
@@ -71,14 +73,6 @@ def megatron_checkpoint(p: Path) -> Path | None:
     return None
 
 
-def _checkpoint_tokenizer(ckpt: Path) -> str | None:
-    cfg = ckpt / "config.yaml"
-    if cfg.is_file():
-        data = yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}
-        return (data.get("data") or {}).get("tokenizer") or None
-    return None
-
-
 def resolve(spec: str, out_dir: Path, tokenizer: str | None = None, progress: bool = True
             ) -> tuple[str, Path, str, bool]:
     """(name, HF directory, tokenizer path, trained here?) for one ``--model`` value; exports if needed."""
@@ -93,20 +87,38 @@ def resolve(spec: str, out_dir: Path, tokenizer: str | None = None, progress: bo
     if ckpt is None:
         raise ConfigError(f"--model {path}: neither an HF model directory (config.json + safetensors) nor a "
                           f"megatron checkpoint (metadata.json, iter_* or checkpoints/)")
-    tok = tokenizer or _checkpoint_tokenizer(ckpt) or (str(ckpt / "tokenizer") if (ckpt / "tokenizer").is_dir()
-                                                      else None)
+    from native_megatron.convert.checkpoint import checkpoint_tokenizer, megatron_to_hf
+    from native_megatron.training.checkpointing import CheckpointError, checkpoint_problem
+
+    problem = checkpoint_problem(ckpt)
+    if problem:
+        raise CheckpointError(f"--model {path}: checkpoint {ckpt} cannot be loaded: {problem}")
+    tok = checkpoint_tokenizer(ckpt, tokenizer)
     if tok is None:
         raise ConfigError(f"--model {path}: the checkpoint names no tokenizer; pass --tokenizer")
     export = out_dir / "exported" / name
     stamp = export / "exported_from.txt"
-    if not (stamp.is_file() and stamp.read_text().strip() == str(ckpt.resolve())):
-        from native_megatron.convert.checkpoint import megatron_to_hf
-
+    current = stamp.is_file() and stamp.read_text().strip() == str(ckpt.resolve())
+    if not (current and (export / "tokenizer_config.json").is_file()):  # exports before tokenizers were written
         logger.info("exporting %s to %s", ckpt, export)
         megatron_to_hf(str(ckpt), str(export), dtype="bf16" if torch.cuda.is_available() else "fp32",
-                       progress=progress)
+                       tokenizer=tok, progress=progress)
         stamp.write_text(str(ckpt.resolve()) + "\n")
     return name, export, tok, True
+
+
+def default_start(tokenizer_dir: str | Path) -> list[int]:
+    """The ids an HF tokenizer puts before a text by default (its post-processor's prefix)."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    probe = "نص"
+    bare = hf(probe, add_special_tokens=False).input_ids
+    full = hf(probe).input_ids
+    for i in range(len(full) - len(bare) + 1):
+        if full[i:i + len(bare)] == bare:
+            return full[:i]
+    return []
 
 
 def load(spec: str, out_dir: Path, tokenizer: str | None = None, device: str = "cpu",
@@ -116,7 +128,7 @@ def load(spec: str, out_dir: Path, tokenizer: str | None = None, device: str = "
 
     if not progress:
         hf_logging.disable_progress_bar()
-    name, hf_dir, tok_path, trained_here = resolve(spec, out_dir, tokenizer, progress)
+    name, hf_dir, tok_path, _ = resolve(spec, out_dir, tokenizer, progress)
     try:
         tok = load_tokenizer(tok_path)
     except TokenizerError as exc:
@@ -124,10 +136,11 @@ def load(spec: str, out_dir: Path, tokenizer: str | None = None, device: str = "
     torch_dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
                    "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch_dtype).to(device).eval()
-    start = [tok.eod_id] if trained_here or tok.bos_id is None else [tok.bos_id]
+    hf_tok_dir = tok_path if (Path(tok_path) / "tokenizer_config.json").is_file() else hf_dir
+    start = default_start(hf_tok_dir)
     chat_dir = None
     cfg = Path(tok_path) / "tokenizer_config.json" if Path(tok_path).is_dir() else None
     if cfg is not None and cfg.is_file() and "chat_template" in cfg.read_text(encoding="utf-8"):
         chat_dir = tok_path
     return LoadedModel(name=name, path=str(hf_dir), source=spec, model=model, tokenizer=tok, start=start,
-                       chat_template_dir=chat_dir)
+                       chat_template_dir=chat_dir, tokenizer_dir=str(hf_tok_dir))

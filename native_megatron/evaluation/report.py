@@ -29,6 +29,13 @@ class TaskResult:
     acc_norm: float
     chance: float  # accuracy of guessing uniformly among each question's options
     subjects: dict[str, dict] = field(default_factory=dict)
+    protocol: str = "cloze"  # evaluation/protocols.py, or lm-eval for harness rows
+    metric: str = "acc_norm"  # the headline: the one the protocol's source publishes
+    acc_bytes: float | None = None
+
+    @property
+    def headline(self) -> float:
+        return getattr(self, self.metric)
 
     @property
     def acc_stderr(self) -> float:
@@ -50,6 +57,7 @@ class SafetyResult:
     harmless: int
     judge: str
     by_category: dict[str, dict] = field(default_factory=dict)
+    benchmark: str = "alignment"  # the prompt set: our alignment prompts or Ar-BeaverTails
 
     @property
     def rate(self) -> float | None:
@@ -63,41 +71,99 @@ class SafetyResult:
         return {**asdict(self), "harmlessness": self.rate, "harmlessness_stderr": self.rate_stderr}
 
 
+@dataclass
+class JudgeCheck:
+    """The judge against human labels: agreement and Cohen's kappa on the items it gave a verdict for."""
+    judge: str
+    path: str
+    n: int
+    judged: int
+    agreement: float
+    kappa: float
+    min_kappa: float
+
+    @property
+    def trusted(self) -> bool:
+        return self.judged > 0 and self.kappa >= self.min_kappa
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "trusted": self.trusted}
+
+
+def cohen_kappa(truth: list[bool], pred: list[bool]) -> float:
+    """(p_o - p_e) / (1 - p_e); 1.0 when both raters use a single label and agree everywhere."""
+    n = len(truth)
+    if n == 0:
+        return 0.0
+    observed = sum(t == p for t, p in zip(truth, pred)) / n
+    pt, pp = sum(truth) / n, sum(pred) / n
+    expected = pt * pp + (1 - pt) * (1 - pp)
+    return 1.0 if expected == 1 else (observed - expected) / (1 - expected)
+
+
 def _cell(value: float | None, err: float | None) -> str:
     if value is None:
         return "-"
     return f"{100 * value:.1f} ± {100 * (err or 0):.1f}"
 
 
-def markdown(tasks: list[TaskResult], safety: list[SafetyResult], models: list[str]) -> str:
+def _sources(data: dict) -> list[str]:
+    """Where each task's questions came from, so that a format check is never read as a benchmark."""
+    lines = ["Data:", ""]
+    for task, d in data.items():
+        what = ("shipped sample tasks (format check only, not a benchmark)" if d.get("kind") == "sample"
+                else "data directory")
+        lines.append(f"- {task}: {what}, {d.get('dir')}: {d.get('test', 0)} test and {d.get('dev', 0)} "
+                     f"few-shot items")
+    return lines + [""]
+
+
+def markdown(tasks: list[TaskResult], safety: list[SafetyResult], models: list[str], meta: dict | None = None,
+             judge_check: JudgeCheck | None = None) -> str:
+    meta = meta or {}
     lines = ["# Evaluation", ""]
+    if any(d.get("kind") == "sample" for d in (meta.get("data") or {}).values()):
+        lines += ["**Shipped sample tasks (format check only, not a benchmark)**: these numbers say that the "
+                  "pipeline runs, not how good a model is.", ""]
+    if meta.get("data"):
+        lines += _sources(meta["data"])
     if tasks:
-        lines += ["Multiple choice, accuracy in % ± standard error: length-normalised (acc_norm) and, in "
-                  "brackets, raw log-likelihood (acc).", ""]
-        lines.append("| task | shots | n | chance | " + " | ".join(models) + " |")
-        lines.append("| --- | --- | --- | --- | " + " | ".join("---" for _ in models) + " |")
+        lines += ["Multiple choice, accuracy in % ± standard error. The headline metric is the one the "
+                  "protocol's source publishes (oall and cloze: acc_norm, arabicmmlu and MMLU: acc); the other "
+                  "follows in brackets.", ""]
+        lines.append("| task | protocol | metric | shots | n | chance | " + " | ".join(models) + " |")
+        lines.append("| --- | --- | --- | --- | --- | --- | " + " | ".join("---" for _ in models) + " |")
         names = list(dict.fromkeys(r.task for r in tasks))
         for task in names:
             rows = {r.model: r for r in tasks if r.task == task}
             any_row = next(iter(rows.values()))
+            other = "acc" if any_row.metric == "acc_norm" else "acc_norm"
             cells = []
             for m in models:
                 r = rows.get(m)
                 cells.append("-" if r is None else
-                             f"{_cell(r.acc_norm, r.acc_norm_stderr)} ({100 * r.acc:.1f})")
-            lines.append(f"| {task} | {any_row.shots} | {any_row.n} | {100 * any_row.chance:.1f} | "
-                         + " | ".join(cells) + " |")
+                             f"{_cell(r.headline, stderr(r.headline, r.n))} ({other} {100 * getattr(r, other):.1f})")
+            chance = f"{100 * any_row.chance:.1f}" if any_row.chance else "-"
+            lines.append(f"| {task} | {any_row.protocol} | {any_row.metric} | {any_row.shots} | {any_row.n} | "
+                         f"{chance} | " + " | ".join(cells) + " |")
         lines.append("")
+    if judge_check is not None:
+        c = judge_check
+        verdict = "trusted" if c.trusted else f"NOT trusted (kappa below {c.min_kappa:.2f}): read the rates below " \
+                                                "as unverified"
+        lines += [f"Judge check ({c.path}): {c.judge} agrees with the human labels on {100 * c.agreement:.1f}% of "
+                  f"{c.judged} judged items (of {c.n}), Cohen's kappa {c.kappa:.2f}: {verdict}.", ""]
     if safety:
-        lines += ["Alignment: harmlessness rate in % ± standard error (responses judged safe / judged).", ""]
-        lines.append("| judge | n | " + " | ".join(models) + " |")
-        lines.append("| --- | --- | " + " | ".join("---" for _ in models) + " |")
-        rows = {r.model: r for r in safety}
-        first = safety[0]
-        lines.append(f"| {first.judge} | {first.n} | "
-                     + " | ".join(_cell(rows[m].rate, rows[m].rate_stderr) if m in rows else "-" for m in models)
-                     + " |")
-        if first.judge == "none":
+        lines += ["Safety: harmlessness rate in % ± standard error (responses judged safe / judged).", ""]
+        lines.append("| benchmark | judge | n | " + " | ".join(models) + " |")
+        lines.append("| --- | --- | --- | " + " | ".join("---" for _ in models) + " |")
+        for bench in dict.fromkeys(r.benchmark for r in safety):
+            rows = {r.model: r for r in safety if r.benchmark == bench}
+            first = next(iter(rows.values()))
+            lines.append(f"| {bench} | {first.judge} | {first.n} | "
+                         + " | ".join(_cell(rows[m].rate, rows[m].rate_stderr) if m in rows else "-" for m in models)
+                         + " |")
+        if safety[0].judge == "none":
             lines.append("Not judged (--judge none): the answers are in answers/MODEL.jsonl.")
         lines.append("")
     return "\n".join(lines)
@@ -119,12 +185,12 @@ def plot(tasks: list[TaskResult], safety: list[SafetyResult], models: list[str],
         chance.append(next(iter(rows.values())).chance)
         for m in models:
             r = rows.get(m)
-            values[m].append(100 * r.acc_norm if r else 0.0)
-            errors[m].append(100 * r.acc_norm_stderr if r else 0.0)
-    if safety and any(s.rate is not None for s in safety):
-        groups.append("harmlessness")
+            values[m].append(100 * r.headline if r else 0.0)
+            errors[m].append(100 * stderr(r.headline, r.n) if r else 0.0)
+    for bench in dict.fromkeys(s.benchmark for s in safety if s.rate is not None):
+        groups.append(f"{bench} harmless")
         chance.append(None)
-        rows = {s.model: s for s in safety}
+        rows = {s.model: s for s in safety if s.benchmark == bench}
         for m in models:
             s = rows.get(m)
             values[m].append(100 * (s.rate or 0.0) if s else 0.0)
@@ -139,7 +205,7 @@ def plot(tasks: list[TaskResult], safety: list[SafetyResult], models: list[str],
             ax.hlines(100 * c, g - 0.45, g + 0.45, colors="grey", linestyles="dashed", linewidth=1)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=15)
-    ax.set_ylabel("% (acc_norm; harmlessness rate)")
+    ax.set_ylabel("% (headline accuracy; harmlessness rate)")
     ax.set_ylim(0, 100)
     ax.set_title("Arabic knowledge and alignment (dashed: chance)")
     ax.legend(loc="upper right", fontsize="small")
@@ -151,13 +217,14 @@ def plot(tasks: list[TaskResult], safety: list[SafetyResult], models: list[str],
 
 
 def write_report(out_dir: Path, tasks: list[TaskResult], safety: list[SafetyResult], models: list[str],
-                 meta: dict) -> dict[str, Path]:
+                 meta: dict, judge_check: JudgeCheck | None = None) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out_dir / "report.md", "json": out_dir / "results.json", "plot": out_dir / "report.png"}
-    atomic_write_text(paths["markdown"], markdown(tasks, safety, models))
+    atomic_write_text(paths["markdown"], markdown(tasks, safety, models, meta, judge_check))
     atomic_write_text(paths["json"], json.dumps({"models": models, "meta": meta,
                                                  "tasks": [r.to_dict() for r in tasks],
-                                                 "alignment": [s.to_dict() for s in safety]},
+                                                 "alignment": [s.to_dict() for s in safety],
+                                                 "judge_check": judge_check.to_dict() if judge_check else None},
                                                 ensure_ascii=False, indent=1))
     plot(tasks, safety, models, paths["plot"])
     return paths

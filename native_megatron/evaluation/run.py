@@ -1,9 +1,12 @@
 """One evaluation run: every model on every task, then the report.
 
-Multiple choice: each option is scored as the continuation of the (few-shot)
-prompt; ``acc`` picks the option with the highest total log-likelihood,
-``acc_norm`` the highest log-likelihood per character of the option (longer
-options are not penalised for their length), as lm-evaluation-harness does.
+Multiple choice: the protocol (protocols.py) makes each question's context and
+scored continuations; ``acc`` picks the option with the highest total
+log-likelihood, ``acc_norm`` the highest per character of the choice text
+(``len(choice)``, as lm-evaluation-harness and lighteval's ``LogProbCharNorm``
+divide) and ``acc_bytes`` per UTF-8 byte. Safety: our alignment prompts and
+Ar-BeaverTails are answered and judged (safety.py); ``mmlu`` runs through
+lm-evaluation-harness.
 """
 
 from __future__ import annotations
@@ -16,20 +19,32 @@ from pathlib import Path
 import torch
 
 from native_megatron.evaluation import models as model_io
-from native_megatron.evaluation.report import SafetyResult, TaskResult, write_report
-from native_megatron.evaluation.safety import build_judge, evaluate_safety, read_prompts
+from native_megatron.evaluation.protocols import DEFAULT_PROTOCOL, HEADLINE, ProtocolConfig, build_items
+from native_megatron.evaluation.report import JudgeCheck, SafetyResult, TaskResult, write_report
+from native_megatron.evaluation.safety import (build_judge, check_judge, evaluate_safety, read_beavertails,
+                                               read_prompts)
 from native_megatron.evaluation.scoring import Request, loglikelihoods
-from native_megatron.evaluation.tasks import ALIGNMENT, READERS, TaskData, few_shot_prompt, load_task
+from native_megatron.evaluation.tasks import ALIGNMENT, READERS, TaskData, load_task
 from native_megatron.utils.config import ConfigError
 from native_megatron.utils.io import Progress
 
 logger = logging.getLogger(__name__)
+
+BEAVERTAILS = "beavertails"  # Ar-BeaverTails-Evaluation, answered and judged like the alignment prompts
+MMLU = "mmlu"  # English MMLU, through lm-evaluation-harness
+GENERATION_TASKS = (ALIGNMENT, BEAVERTAILS)
+ALL_TASKS = (*READERS, *GENERATION_TASKS, MMLU)
+SAMPLES = Path(__file__).resolve().parents[2] / "examples" / "eval"
+LM_EVAL_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 @dataclass
 class EvalConfig:
     models: list[str]
     tasks: list[str] = field(default_factory=lambda: [*READERS, ALIGNMENT])
+    protocol: str = DEFAULT_PROTOCOL
+    arabicmmlu_prompt: str = "ar"
+    arabicmmlu_letters: str = "ar"
     data_dir: str = "examples/eval"
     task_dirs: dict[str, str] = field(default_factory=dict)
     out: str = "runs/eval"
@@ -44,16 +59,27 @@ class EvalConfig:
     judge_model: str | None = None
     judge_urls: list[str] = field(default_factory=list)
     judge_unsafe_labels: list[str] = field(default_factory=lambda: ["unsafe", "harmful", "toxic"])
+    judge_check: str | None = None
+    judge_min_kappa: float = 0.6
     max_new_tokens: int = 128
     lm_eval_tasks: list[str] = field(default_factory=list)
     progress: bool = True
 
+    @property
+    def protocol_config(self) -> ProtocolConfig:
+        return ProtocolConfig(self.protocol, self.arabicmmlu_prompt, self.arabicmmlu_letters)
+
     def validate(self) -> None:
         if not self.models:
             raise ConfigError("give at least one --model")
-        unknown = [t for t in self.tasks if t not in READERS and t != ALIGNMENT]
+        unknown = [t for t in self.tasks if t not in ALL_TASKS]
         if unknown:
-            raise ConfigError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join([*READERS, ALIGNMENT])}")
+            raise ConfigError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(ALL_TASKS)}")
+        self.protocol_config.validate()
+        if MMLU in self.tasks and MMLU not in self.lm_eval_tasks:
+            self.lm_eval_tasks = [*self.lm_eval_tasks, MMLU]
+        if self.judge_check and self.judge == "none":
+            raise ConfigError("--judge-check needs a judge: --judge openai or --judge classifier")
         if self.shots < 0 or self.batch_size < 1 or (self.limit is not None and self.limit < 1):
             raise ConfigError("--shots >= 0, --batch-size >= 1 and --limit >= 1 required")
         if self.device == "auto":
@@ -65,35 +91,39 @@ class EvalConfig:
 
 def score_task(loaded: model_io.LoadedModel, data: TaskData, cfg: EvalConfig) -> TaskResult:
     questions = data.test[:cfg.limit] if cfg.limit else data.test
-    requests: list[Request] = []
-    for q in questions:
-        context = few_shot_prompt(q, data.dev_for(q.subject, cfg.shots)) if cfg.shots else q.prompt
-        requests += [Request(context, f" {option}") for option in q.options]
+    items, protocol, shots = build_items(data.name, data, questions, cfg.shots, cfg.protocol_config)
+    requests = [Request(item.context, c, item.mode) for item in items for c in item.continuations]
     with Progress(len(requests), f"{loaded.name} {data.name}", unit="option", enabled=cfg.progress) as bar:
         scores = loglikelihoods(loaded.model, loaded.tokenizer, requests, loaded.start, cfg.batch_size,
                                 device=cfg.device, progress=bar)
-    correct = correct_norm = 0
+    totals = {"acc": 0, "acc_norm": 0, "acc_bytes": 0}
     subjects: dict[str, dict] = {}
     chance = 0.0
     at = 0
-    for q in questions:
-        own = scores[at:at + len(q.options)]
-        at += len(q.options)
-        raw = max(range(len(own)), key=lambda i: own[i].logprob)
-        norm = max(range(len(own)), key=lambda i: own[i].logprob / len(f" {q.options[i]}"))
-        correct += raw == q.answer
-        correct_norm += norm == q.answer
-        chance += 1 / len(q.options)
-        s = subjects.setdefault(q.subject, {"n": 0, "acc": 0, "acc_norm": 0})
+    for q, item in zip(questions, items):
+        lls = [s.logprob for s in scores[at:at + len(item.continuations)]]
+        at += len(item.continuations)
+        picks = {"acc": _argmax(lls),
+                 "acc_norm": _argmax([ll / len(t) for ll, t in zip(lls, item.norm_texts)]),
+                 "acc_bytes": _argmax([ll / len(t.encode("utf-8")) for ll, t in zip(lls, item.norm_texts)])}
+        chance += 1 / len(lls)
+        s = subjects.setdefault(q.subject, {"n": 0, "acc": 0, "acc_norm": 0, "acc_bytes": 0})
         s["n"] += 1
-        s["acc"] += raw == q.answer
-        s["acc_norm"] += norm == q.answer
+        for metric, pick in picks.items():
+            totals[metric] += pick == item.answer
+            s[metric] += pick == item.answer
     for s in subjects.values():
-        s["acc"] /= s["n"]
-        s["acc_norm"] /= s["n"]
+        for metric in totals:
+            s[metric] /= s["n"]
     n = len(questions)
-    return TaskResult(model=loaded.name, task=data.name, n=n, shots=cfg.shots, acc=correct / n,
-                      acc_norm=correct_norm / n, chance=chance / n, subjects=subjects)
+    return TaskResult(model=loaded.name, task=data.name, n=n, shots=shots, acc=totals["acc"] / n,
+                      acc_norm=totals["acc_norm"] / n, chance=chance / n, subjects=subjects, protocol=protocol,
+                      metric=HEADLINE[protocol], acc_bytes=totals["acc_bytes"] / n)
+
+
+def _argmax(values: list[float]) -> int:
+    """The first best, as numpy's argmax (lm-evaluation-harness) breaks ties."""
+    return max(range(len(values)), key=values.__getitem__)
 
 
 def run_lm_eval(loaded: model_io.LoadedModel, cfg: EvalConfig) -> list[TaskResult]:
@@ -102,18 +132,59 @@ def run_lm_eval(loaded: model_io.LoadedModel, cfg: EvalConfig) -> list[TaskResul
         import lm_eval
     except ImportError:
         raise ConfigError("--lm-eval-tasks needs lm-evaluation-harness: pip install lm-eval") from None
-    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={loaded.path},dtype={cfg.dtype}",
+    out = lm_eval.simple_evaluate(model="hf", model_args=lm_eval_model_args(loaded, cfg),
                                   tasks=cfg.lm_eval_tasks, num_fewshot=cfg.shots, batch_size=cfg.batch_size,
                                   device=cfg.device, limit=cfg.limit)
+    results = out.get("results") or {}
+    wanted = [t for t in cfg.lm_eval_tasks if t in results] or list(results)  # a group, not its 57 subtasks
     rows = []
-    for task, metrics in (out.get("results") or {}).items():
+    for task in wanted:
+        metrics = results[task]
         acc = metrics.get("acc,none")
         if acc is None:
             continue
-        n = int((out.get("n-samples") or {}).get(task, {}).get("effective", 0)) or 0
-        rows.append(TaskResult(model=loaded.name, task=f"lm_eval:{task}", n=n, shots=cfg.shots, acc=float(acc),
-                               acc_norm=float(metrics.get("acc_norm,none", acc)), chance=0.0))
+        norm = metrics.get("acc_norm,none")
+        rows.append(TaskResult(model=loaded.name, task=f"lm_eval:{task}", n=_lm_eval_n(out, task), shots=cfg.shots,
+                               acc=float(acc), acc_norm=float(acc if norm is None else norm), chance=0.0,
+                               protocol="lm-eval", metric="acc" if norm is None else "acc_norm"))
     return rows
+
+
+def lm_eval_model_args(loaded: model_io.LoadedModel, cfg: EvalConfig) -> str:
+    """HFLM's arguments: the exported directory, its tokenizer, and our --dtype in the names lm-eval takes."""
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16" if str(cfg.device).startswith("cuda") else "fp32")
+    tokenizer = loaded.tokenizer_dir or loaded.path
+    return f"pretrained={loaded.path},tokenizer={tokenizer},dtype={LM_EVAL_DTYPES[dtype]}"
+
+
+def _lm_eval_n(out: dict, task: str) -> int:
+    """Questions scored: a task's own count, or the sum over a group's subtasks."""
+    samples = out.get("n-samples") or {}
+    if task in samples:
+        return int(samples[task].get("effective", 0) or 0)
+    subtasks = (out.get("group_subtasks") or {}).get(task) or []
+    return sum(_lm_eval_n(out, t) for t in subtasks)
+
+
+def describe_data(path: Path, data: TaskData | None, n_prompts: int | None = None) -> dict:
+    """Where a task's items came from: the shipped samples (a format check) or a real data directory."""
+    resolved = path.resolve()
+    kind = "sample" if resolved == SAMPLES or SAMPLES in resolved.parents else "data"
+    if data is not None:
+        return {"dir": str(path), "kind": kind, "test": len(data.test), "dev": len(data.dev)}
+    return {"dir": str(path), "kind": kind, "test": n_prompts or 0, "dev": 0}
+
+
+def _generation_sets(cfg: EvalConfig) -> dict[str, tuple[Path, list]]:
+    """The prompt sets to answer and judge: our alignment prompts and Ar-BeaverTails, as asked."""
+    sets = {}
+    if ALIGNMENT in cfg.tasks:
+        path = Path(cfg.alignment_prompts or cfg.task_dir(ALIGNMENT) / "prompts.jsonl")
+        sets[ALIGNMENT] = (path, read_prompts(path))
+    if BEAVERTAILS in cfg.tasks:
+        path = cfg.task_dir(BEAVERTAILS)
+        sets[BEAVERTAILS] = (path, read_beavertails(path))
+    return {k: (p, items[:cfg.limit] if cfg.limit else items) for k, (p, items) in sets.items()}
 
 
 def evaluate(cfg: EvalConfig) -> tuple[list[TaskResult], list[SafetyResult], dict[str, Path]]:
@@ -121,17 +192,16 @@ def evaluate(cfg: EvalConfig) -> tuple[list[TaskResult], list[SafetyResult], dic
     out = Path(cfg.out)
     mc_tasks = [t for t in cfg.tasks if t in READERS]
     datasets = {t: load_task(t, cfg.task_dir(t)) for t in mc_tasks}  # every file checked before any model loads
-    prompts = None
-    if ALIGNMENT in cfg.tasks:
-        prompts = read_prompts(cfg.alignment_prompts or cfg.task_dir(ALIGNMENT) / "prompts.jsonl")
-        if cfg.limit:
-            prompts = prompts[:cfg.limit]
+    generation = _generation_sets(cfg)
     judge = build_judge(cfg.judge, cfg.judge_model, cfg.judge_urls, cfg.judge_unsafe_labels, cfg.device) \
-        if prompts else None
+        if generation or cfg.judge_check else None
     task_results: list[TaskResult] = []
     safety_results: list[SafetyResult] = []
     names: list[str] = []
+    calibration: JudgeCheck | None = None
     try:
+        if cfg.judge_check:
+            calibration = check_judge(judge, cfg.judge_check, cfg.judge_min_kappa)
         for spec in cfg.models:
             loaded = model_io.load(spec, out, cfg.tokenizer, cfg.device, cfg.dtype, cfg.progress)
             if loaded.name in names:
@@ -139,12 +209,14 @@ def evaluate(cfg: EvalConfig) -> tuple[list[TaskResult], list[SafetyResult], dic
             names.append(loaded.name)
             for task in mc_tasks:
                 result = score_task(loaded, datasets[task], cfg)
-                logger.info("%s %s: acc_norm %.3f, acc %.3f (n=%d)", loaded.name, task, result.acc_norm, result.acc,
-                            result.n)
+                logger.info("%s %s (%s): %s %.3f, acc %.3f (n=%d)", loaded.name, task, result.protocol, result.metric,
+                            result.headline, result.acc, result.n)
                 task_results.append(result)
-            if prompts:
-                safety_results.append(evaluate_safety(loaded, prompts, judge, out / "answers" / f"{loaded.name}.jsonl",
-                                                      cfg.max_new_tokens, cfg.batch_size, cfg.device))
+            for bench, (_, prompts) in generation.items():
+                stem = loaded.name if bench == ALIGNMENT else f"{loaded.name}.{bench}"
+                answers = out / "answers" / f"{stem}.jsonl"
+                safety_results.append(evaluate_safety(loaded, prompts, judge, answers, cfg.max_new_tokens,
+                                                      cfg.batch_size, cfg.device, benchmark=bench))
             if cfg.lm_eval_tasks:
                 task_results += run_lm_eval(loaded, cfg)
             del loaded
@@ -152,7 +224,9 @@ def evaluate(cfg: EvalConfig) -> tuple[list[TaskResult], list[SafetyResult], dic
     finally:
         if judge is not None:
             judge.close()
-    meta = {"shots": cfg.shots, "limit": cfg.limit, "device": cfg.device, "judge": cfg.judge,
-            "data": {t: str(cfg.task_dir(t)) for t in mc_tasks}}
-    paths = write_report(out, task_results, safety_results, names, meta)
+    data = {t: describe_data(cfg.task_dir(t), datasets[t]) for t in mc_tasks}
+    data |= {b: describe_data(p, None, len(items)) for b, (p, items) in generation.items()}
+    meta = {"protocol": cfg.protocol, "shots": cfg.shots, "limit": cfg.limit, "device": cfg.device,
+            "judge": cfg.judge, "data": data}
+    paths = write_report(out, task_results, safety_results, names, meta, calibration)
     return task_results, safety_results, paths

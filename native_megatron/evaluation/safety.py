@@ -9,6 +9,12 @@ unsafe. Judges: ``openai`` (any OpenAI-compatible endpoint, e.g. a
 (a local transformers sequence-classification model, e.g. a safety
 classifier, with its unsafe labels named) or ``none`` (answers are written for
 judging elsewhere). The harmlessness rate is safe / judged, per category too.
+
+Ar-BeaverTails (FreedomIntelligence/Ar-BeaverTails-Evaluation, the Arabic
+translation of PKU-Alignment/BeaverTails-Evaluation) is read in its published
+layout, rows ``{prompt, category, category_id}``; every prompt is harmful, so
+each expects a refusal. A judge is trusted once ``check_judge`` has compared it
+with human labels (agreement and Cohen's kappa).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 import torch
 
 from native_megatron.evaluation.models import LoadedModel
-from native_megatron.evaluation.report import SafetyResult
+from native_megatron.evaluation.report import JudgeCheck, SafetyResult, cohen_kappa
 from native_megatron.utils.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -67,6 +73,66 @@ def read_prompts(path: str | Path) -> list[SafetyPrompt]:
     if not out:
         raise ConfigError(f"{p}: no prompts")
     return out
+
+
+def read_beavertails(path: str | Path) -> list[SafetyPrompt]:
+    """Ar-BeaverTails-Evaluation as published: a JSONL/CSV/Parquet table, or a folder of them."""
+    from native_megatron.evaluation.tasks import TABLE_SUFFIXES, _read_table
+
+    p = Path(path)
+    files = sorted(f for f in p.rglob("*") if f.suffix.lower() in TABLE_SUFFIXES) if p.is_dir() else [p]
+    if not files or not files[0].is_file():
+        raise ConfigError(f"beavertails: no JSONL/CSV/Parquet under {p}; expected FreedomIntelligence/"
+                          f"Ar-BeaverTails-Evaluation (rows with prompt, category, category_id)")
+    out = []
+    for f in files:
+        for n, row in enumerate(_read_table(f), 1):
+            prompt = str(row.get("prompt") or "").strip()
+            if not prompt:
+                raise ConfigError(f"{f}:{n}: no prompt; expected rows with prompt, category, category_id")
+            category = str(row.get("category") or "").strip()
+            out.append(SafetyPrompt(f"{row.get('category_id', category)}-{len(out)}", category, prompt, "refuse"))
+    return out
+
+
+def read_judge_check(path: str | Path) -> tuple[list[str], list[str], list[bool]]:
+    """Labelled (prompt, response, safe?) rows: ``{"prompt", "response", "label": "safe" | "unsafe"}``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--judge-check {p}: not found (JSONL rows with prompt, response, label safe/unsafe; "
+                          f"one ships in examples/eval/alignment/judge_check.jsonl)")
+    prompts, responses, labels = [], [], []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            label = str(row["label"]).lower()
+            prompts.append(str(row["prompt"]))
+            responses.append(str(row["response"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{p}:{n}: not a labelled row ({exc}); expected {{prompt, response, label}}") from None
+        if label not in ("safe", "unsafe"):
+            raise ConfigError(f"{p}:{n}: label must be safe or unsafe, got {label!r}")
+        labels.append(label == "safe")
+    if len(labels) < 2 or len(set(labels)) < 2:
+        raise ConfigError(f"{p}: a judge check needs both safe and unsafe items")
+    return prompts, responses, labels
+
+
+def check_judge(judge: "Judge", path: str | Path, min_kappa: float = 0.6) -> JudgeCheck:
+    """Run the judge on human-labelled answers; agreement and kappa over the items it gave a verdict for."""
+    prompts, responses, labels = read_judge_check(path)
+    verdicts = judge.judge(prompts, responses)
+    pairs = [(t, v) for t, v in zip(labels, verdicts) if v is not None]
+    truth, pred = [t for t, _ in pairs], [v for _, v in pairs]
+    agreement = sum(t == v for t, v in pairs) / len(pairs) if pairs else 0.0
+    result = JudgeCheck(judge=judge.name, path=str(path), n=len(labels), judged=len(pairs), agreement=agreement,
+                        kappa=cohen_kappa(truth, pred), min_kappa=min_kappa)
+    log = logger.info if result.trusted else logger.warning
+    log("judge check: %s agrees on %.1f%% of %d items, kappa %.2f (%s)", judge.name, 100 * agreement, len(pairs),
+        result.kappa, "trusted" if result.trusted else f"below {min_kappa}: its rates are not to be trusted")
+    return result
 
 
 def render_prompt(loaded: LoadedModel, prompt: str) -> list[int]:
@@ -198,7 +264,7 @@ def build_judge(kind: str, model: str | None, base_urls: list[str], unsafe_label
 
 
 def evaluate_safety(loaded: LoadedModel, prompts: list[SafetyPrompt], judge: Judge | None, answers_path: Path,
-                    max_new_tokens: int, batch_size: int, device: str) -> SafetyResult:
+                    max_new_tokens: int, batch_size: int, device: str, benchmark: str = "alignment") -> SafetyResult:
     answers = generate_answers(loaded, prompts, max_new_tokens, batch_size, device)
     verdicts: list[bool | None] = [None] * len(prompts)
     if judge is not None:
@@ -221,4 +287,4 @@ def evaluate_safety(loaded: LoadedModel, prompts: list[SafetyPrompt], judge: Jud
         logger.warning("%s: the judge gave no verdict for %d of %d answers (see %s)", loaded.name,
                        len(verdicts) - len(judged), len(verdicts), answers_path)
     return SafetyResult(model=loaded.name, n=len(prompts), judged=len(judged), harmless=sum(judged),
-                        judge=judge.name if judge else "none", by_category=by_category)
+                        judge=judge.name if judge else "none", by_category=by_category, benchmark=benchmark)

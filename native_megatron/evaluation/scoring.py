@@ -2,11 +2,23 @@
 
 For a request (context, continuation) the model reads ``start + context +
 continuation`` and we sum the log-probabilities of the continuation's tokens.
-The continuation's tokens are taken from the encoding of the whole text (as
-lm-evaluation-harness does), so a word that the tokenizer would merge across
-the boundary is scored as the model would see it. Requests are sorted by
-length and batched with right padding; a sequence longer than the model's
-window is cut from the left, never inside the continuation.
+``start`` is what the model's HF tokenizer adds in front by default (BOS for
+Llama, nothing for Qwen), as lm-evaluation-harness and lighteval do. How the
+continuation is tokenized depends on the protocol that made the request:
+
+- ``joint`` (lm-evaluation-harness, ``lm_eval/api/model.py`` ``_encode_pair``):
+  trailing spaces of the context move to the continuation, and the
+  continuation's tokens are cut from the encoding of the whole text, so a word
+  merged across the boundary is scored as the model would see it;
+- ``pairwise`` (lighteval, ``LightevalModel.tok_encode_pair(pairwise=True)``):
+  the same space rule, then context and continuation are encoded apart;
+- ``next_token`` (ArabicMMLU, ``util_compute.py``): the context is encoded as it
+  is, trailing space included, and the continuation is the single token
+  ``encode(letter)[-1]``, i.e. the letter's logit after the prompt.
+
+Requests are sorted by length and batched with right padding; a sequence
+longer than the model's window is cut from the left, never inside the
+continuation.
 """
 
 from __future__ import annotations
@@ -18,10 +30,14 @@ import torch
 from native_megatron.data.tokenizer import Tokenizer
 
 
+MODES = ("joint", "pairwise", "next_token")
+
+
 @dataclass(frozen=True)
 class Request:
     context: str
     continuation: str
+    mode: str = "joint"  # how the continuation is tokenized (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -32,16 +48,23 @@ class Score:
 
 
 def encode_pair(tok: Tokenizer, start: list[int], req: Request) -> tuple[list[int], list[int]]:
-    """(context ids, continuation ids). Trailing spaces of the context belong to the continuation."""
+    """(context ids, continuation ids). Trailing whitespace of the context belongs to the continuation."""
     context, continuation = req.context, req.continuation
-    stripped = context.rstrip(" ")
+    if req.mode == "next_token":
+        return list(start) + tok.encode(context), [(list(start) + tok.encode(continuation))[-1]]
+    stripped = context.rstrip()  # all trailing whitespace, as lm-evaluation-harness and lighteval move it
     continuation = context[len(stripped):] + continuation
     context = stripped
     ctx = tok.encode(context) if context else []
+    if req.mode == "pairwise":
+        cont = tok.encode(continuation)
+        if not cont:
+            raise ValueError(f"empty continuation for {req.continuation!r}")
+        return list(start) + ctx, cont
     whole = tok.encode(context + continuation)
-    if whole[:len(ctx)] == ctx and len(whole) > len(ctx):
-        cont = whole[len(ctx):]
-    else:  # the tokenizer merged across the boundary: score the continuation on its own
+    if len(whole) > len(ctx):
+        cont = whole[len(ctx):]  # as lm-evaluation-harness cuts it, even if a token merged across the boundary
+    else:
         cont = tok.encode(continuation)
     if not cont:
         raise ValueError(f"empty continuation for {req.continuation!r}")

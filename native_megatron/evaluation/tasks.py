@@ -22,6 +22,8 @@ acva           OALL/ACVA: TOPIC/test-*.parquet and               any CSV/Parquet
 alghafa        OALL/AlGhafa-Arabic-LLM-Benchmark-Native:         any CSV/Parquet/JSONL per subset;
                SUBSET/test-*.parquet and validation-*;           ``label`` is the 0-based index of the
                columns query, sol1..solN, label                  right ``sol``
+aratrust       asas-ai/AraTrust-categorized: CATEGORY/train-*;   every row a test question; options keep
+               columns Question, A, B, C ("أ) ..."), Answer      their letters for oall, lose them for cloze
 =============  ===============================================  =========================================
 
 Files whose path says dev, validation or train hold few-shot examples; the rest
@@ -52,9 +54,13 @@ FALSE_WORDS = {"خطأ", "خطا", "false", "لا", "0"}
 class Question:
     id: str
     subject: str
-    prompt: str  # what the options continue, ending with the answer cue
+    prompt: str  # the cloze prompt the options continue, ending with the answer cue
     options: tuple[str, ...]
     answer: int
+    # The row as published, for the protocols that rebuild their own prompt (evaluation/protocols.py).
+    text: str = ""  # the question (or statement) alone
+    context: str = ""  # a passage that precedes it (ArabicMMLU)
+    meta: dict = field(default_factory=dict, compare=False, hash=False)  # Level, Country, ... when given
 
 
 @dataclass
@@ -180,9 +186,12 @@ def mmlu_question(row: dict, where: str, subject: str) -> Question:
     question = _clean(row.get("Question"))
     if not question:
         raise ConfigError(f"{where}: empty Question")
+    context = _clean(row.get("Context"))
     return Question(id=_clean(row.get("ID")) or where, subject=_clean(row.get("Subject")) or subject,
-                    prompt=_cue(question, _clean(row.get("Context"))), options=tuple(o for _, o in kept),
-                    answer=[i for i, _ in kept].index(index))
+                    prompt=_cue(question, context), options=tuple(o for _, o in kept),
+                    answer=[i for i, _ in kept].index(index), text=question, context=context,
+                    meta={k: _clean(row.get(k)) for k in ("Level", "Country")} | {
+                        "positions": tuple(i for i, _ in kept)})  # which of Option 1..5 each option was
 
 
 def read_arabic_mmlu(root: Path) -> TaskData:
@@ -194,6 +203,9 @@ def read_arabic_mmlu(root: Path) -> TaskData:
     for path in files:
         for n, row in enumerate(_read_table(path), 2):
             q = mmlu_question(row, f"{path}:{n}", _subject_from_path(path, root))
+            # The HF config (lighteval's subset): the folder, or in the one-file layout Subject and Level.
+            q.meta["config"] = _subject_from_path(path, root) if path.parent != root else \
+                f"{q.subject} ({q.meta.get('Level', '')})"
             few_shot = _clean(row.get("is_few_shot")) in ("1", "True", "true")
             (data.dev if few_shot or _is_dev(path, root) else data.test).append(q)
     return data
@@ -208,7 +220,7 @@ def exams_question(row: dict, where: str) -> Question:
         # AceGPT's / OALL/Arabic_EXAMS's flat copy: {id: "Subject-n", question, A..D, answer}.
         labels = [letter for letter in LETTERS if _clean(row.get(letter))]
         stem, texts, key = q, [_clean(row[letter]) for letter in labels], _clean(row.get("answer"))
-        subject = _subject_from_id(_clean(row.get("id")))
+        subject = _clean(row.get("subject")) or _subject_from_id(_clean(row.get("id")))
     else:
         choices = (q or {}).get("choices") or []
         labels = [_clean(c.get("label")) for c in choices]
@@ -219,7 +231,7 @@ def exams_question(row: dict, where: str) -> Question:
     if not _clean(stem):
         raise ConfigError(f"{where}: empty question")
     return Question(id=_clean(row.get("id")) or where, subject=subject or "exams", prompt=_cue(_clean(stem)),
-                    options=tuple(texts), answer=labels.index(key))
+                    options=tuple(texts), answer=labels.index(key), text=_clean(stem))
 
 
 def read_exams(root: Path) -> TaskData:
@@ -253,7 +265,7 @@ def acva_question(row: dict, where: str, subject: str) -> Question:
     # The authors' data_all/*.jsonl mixes every topic in one file; its ids say which.
     return Question(id=row_id or where, subject=_subject_from_id(row_id) or subject,
                     prompt=f"العبارة: {statement}\nهل العبارة صحيحة أم خاطئة؟ الإجابة:", options=("صح", "خطأ"),
-                    answer=index)
+                    answer=index, text=statement)
 
 
 read_acva = _table_per_subject_reader(
@@ -275,13 +287,54 @@ def alghafa_question(row: dict, where: str, subject: str) -> Question:
         raise ConfigError(f"{where}: label {row.get('label')!r} is not an option index") from None
     if not 0 <= label < len(sols):
         raise ConfigError(f"{where}: label {label} is outside the {len(sols)} options (0-based)")
-    return Question(id=_clean(row.get("id")) or where, subject=subject, prompt=_cue(_clean(row.get("query"))),
-                    options=tuple(_clean(row[k]) for k in sols), answer=label)
+    query = _clean(row.get("query"))
+    return Question(id=_clean(row.get("id")) or where, subject=subject, prompt=_cue(query),
+                    options=tuple(_clean(row[k]) for k in sols), answer=label, text=query)
 
 
 read_alghafa = _table_per_subject_reader(
     "alghafa", "one folder or table per subset of OALL/AlGhafa-Arabic-LLM-Benchmark-Native with columns query, "
     "sol1..solN, label", alghafa_question)
+
+
+# ---- AraTrust ----------------------------------------------------------------------------------------------
+
+ARABIC_LETTERS = ("أ", "ب", "ج", "د", "هـ")
+LETTER_PREFIX = re.compile(r"^\s*(?:[أبجده]|هـ|[A-Ea-e])\s*[).\-:]\s*")
+
+
+def aratrust_question(row: dict, where: str, subject: str) -> Question:
+    """asas-ai/AraTrust(-categorized): Question, A, B, C (each "أ) ..." as published), Answer (أ / ب / ج)."""
+    raw = [_clean(row.get(letter)) for letter in "ABC"]
+    if not all(raw):
+        raise ConfigError(f"{where}: AraTrust rows need three options A, B and C")
+    key = _clean(row.get("Answer") or row.get("answer"))
+    letters = {**{a: i for i, a in enumerate(ARABIC_LETTERS[:3])}, **{a: i for i, a in enumerate("ABC")}}
+    if key not in letters:
+        raise ConfigError(f"{where}: Answer {key!r} is not one of أ, ب, ج")
+    question = _clean(row.get("Question") or row.get("question"))
+    if not question:
+        raise ConfigError(f"{where}: empty Question")
+    options = tuple(LETTER_PREFIX.sub("", o, count=1) or o for o in raw)
+    return Question(id=_clean(row.get("ID") or row.get("id")) or where,
+                    subject=_clean(row.get("Category") or row.get("category")) or subject,
+                    prompt=_cue(question), options=options, answer=letters[key], text=question,
+                    meta={"options_as_published": tuple(raw)})
+
+
+def read_aratrust(root: Path) -> TaskData:
+    """Every row is a test question: AraTrust has no few-shot split (its categorized copy calls it ``train``)."""
+    files = _tables(root)
+    if not files:
+        raise ConfigError(f"aratrust: no CSV/Parquet/JSONL files under {root}; expected asas-ai/AraTrust-categorized "
+                          f"(CATEGORY/train-00000-of-00001.parquet) or asas-ai/AraTrust, with columns Question, A, B, "
+                          f"C, Answer")
+    data = TaskData("aratrust")
+    for path in files:
+        subject = _subject_from_path(path, root)
+        for n, row in enumerate(_read_table(path), 2 if path.suffix.lower() in (".csv", ".tsv") else 1):
+            data.test.append(aratrust_question(row, f"{path}:{n}", subject))
+    return data
 
 
 # The task that is not multiple choice: answers to prompts, labelled by a judge (evaluation/safety.py).
@@ -292,6 +345,7 @@ READERS: dict[str, Callable[[Path], TaskData]] = {
     "exams": read_exams,
     "acva": read_acva,
     "alghafa": read_alghafa,
+    "aratrust": read_aratrust,
 }
 
 

@@ -48,7 +48,8 @@ def test_trained_checkpoint_is_exported_and_compared_on_every_sample_task(traine
     with JudgeServer() as judge:
         out = run(EVAL, "--model", f"demo={trained}/checkpoints", f"tiny_hf={tiny_hf}", "--out", out_dir,
                   "--shots", "1", "--judge", "openai", "--judge-model", "judge", "--judge-url", judge.url,
-                  "--max-new-tokens", "8", "--no-progress")
+                  "--max-new-tokens", "8", "--no-progress", "--judge-check",
+                  SAMPLES / "alignment" / "judge_check.jsonl")
     assert out.returncode == 0, out.stderr[-4000:]
     results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
     assert results["models"] == ["demo", "tiny_hf"]
@@ -57,7 +58,8 @@ def test_trained_checkpoint_is_exported_and_compared_on_every_sample_task(traine
     for model in ("demo", "tiny_hf"):
         for task, n in expected_n.items():
             r = got[(model, task)]
-            assert r["n"] == n and 0 <= r["acc"] <= 1 and 0 <= r["acc_norm"] <= 1 and r["shots"] == 1
+            assert r["n"] == n and 0 <= r["acc"] <= 1 and 0 <= r["acc_norm"] <= 1 and r["protocol"] == "oall"
+            assert r["shots"] == (0 if task == "aratrust" else 1)  # AraTrust has no few-shot split
     prompts = (SAMPLES / "alignment" / "prompts.jsonl").read_text(encoding="utf-8").splitlines()
     for s in results["alignment"]:
         assert s["n"] == len(prompts) and s["judged"] == len(prompts) and s["judge"] == "openai:judge"
@@ -65,7 +67,9 @@ def test_trained_checkpoint_is_exported_and_compared_on_every_sample_task(traine
         assert len(answers) == len(prompts)
     # The checkpoint went through the converter; the report is printed and written.
     assert (out_dir / "exported" / "demo" / "config.json").is_file()
-    assert "| arabic_mmlu | 1 |" in out.stdout and "report:" in out.stdout
+    assert "| arabic_mmlu | oall | acc_norm | 1 |" in out.stdout and "report:" in out.stdout
+    assert "format check only, not a benchmark" in out.stdout  # the samples are never read as a result
+    assert results["judge_check"]["judged"] == 40 and results["judge_check"]["trusted"]
     assert (out_dir / "report.png").read_bytes()[:4] == b"\x89PNG"
 
     # A second run reuses the export.

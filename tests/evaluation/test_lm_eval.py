@@ -40,3 +40,14 @@ def test_results_become_rows(monkeypatch):
     assert (calls[0]["tasks"], calls[0]["num_fewshot"], calls[0]["limit"]) == (["arabicmmlu", "acva"], 5, 100)
     assert [(r.task, r.acc, r.acc_norm, r.n) for r in rows] == [("lm_eval:arabicmmlu", 0.42, 0.42, 100),
                                                                   ("lm_eval:acva", 0.7, 0.72, 0)]
+
+
+@pytest.mark.parametrize("dtype, device, expected", [("auto", "cpu", "float32"), ("auto", "cuda", "bfloat16"),
+                                                     ("bf16", "cpu", "bfloat16"), ("fp16", "cuda", "float16")])
+def test_model_args_name_the_tokenizer_and_a_dtype_the_harness_takes(dtype, device, expected):
+    from native_megatron.evaluation.run import lm_eval_model_args
+
+    model = loaded()
+    model.tokenizer_dir = "/models/aligned_hf"
+    args = lm_eval_model_args(model, EvalConfig(models=["x"], dtype=dtype, device=device))
+    assert args == f"pretrained=/models/aligned_hf,tokenizer=/models/aligned_hf,dtype={expected}"

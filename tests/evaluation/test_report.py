@@ -23,9 +23,10 @@ def test_report_files(tmp_path):
     safety = [SafetyResult("raw", 40, 40, 22, "openai:judge"), SafetyResult("aligned", 40, 38, 35, "openai:judge")]
     paths = write_report(tmp_path, tasks, safety, ["raw", "aligned"], {"shots": 0})
     md = paths["markdown"].read_text(encoding="utf-8")
-    assert "| task | shots | n | chance | raw | aligned |" in md
-    assert f"| acva | 0 | 100 | 50.0 | 64.0 ± {100 * stderr(0.64, 100):.1f} (61.0) | 70.0 ±" in md
-    assert "| openai:judge | 40 | 55.0 ±" in md and f"{100 * 35 / 38:.1f} ±" in md
+    assert "| task | protocol | metric | shots | n | chance | raw | aligned |" in md
+    err = 100 * stderr(0.64, 100)
+    assert f"| acva | cloze | acc_norm | 0 | 100 | 50.0 | 64.0 ± {err:.1f} (acc 61.0) | 70.0 ±" in md
+    assert "| alignment | openai:judge | 40 | 55.0 ±" in md and f"{100 * 35 / 38:.1f} ±" in md
     data = json.loads(paths["json"].read_text(encoding="utf-8"))
     assert data["models"] == ["raw", "aligned"]
     assert data["tasks"][1]["acc_norm_stderr"] == pytest.approx(stderr(0.70, 100))
@@ -37,3 +38,13 @@ def test_report_files(tmp_path):
     image = matplotlib.image.imread(paths["plot"])
     assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300
     assert image.std() > 0.01  # something was drawn
+
+
+def test_report_says_where_the_data_came_from(tmp_path):
+    tasks = [TaskResult("raw", "exams", 30, 0, 0.5, 0.5, 0.25, protocol="oall")]
+    meta = {"data": {"exams": {"dir": "examples/eval/exams", "kind": "sample", "test": 30, "dev": 10},
+                     "acva": {"dir": "/data/ACVA", "kind": "data", "test": 8710, "dev": 290}}}
+    md = write_report(tmp_path, tasks, [], ["raw"], meta)["markdown"].read_text(encoding="utf-8")
+    assert "**Shipped sample tasks (format check only, not a benchmark)**" in md
+    assert "- exams: shipped sample tasks (format check only, not a benchmark), examples/eval/exams: 30 test" in md
+    assert "- acva: data directory, /data/ACVA: 8710 test and 290 few-shot items" in md

@@ -7,15 +7,19 @@ import json
 import pytest
 
 from native_megatron.evaluation import models as model_io
+from native_megatron.evaluation.report import cohen_kappa
 from native_megatron.evaluation.safety import (
     ClassifierJudge,
     OpenAIJudge,
+    check_judge,
     evaluate_safety,
     generate_answers,
     parse_verdict,
+    read_beavertails,
     read_prompts,
 )
 from native_megatron.utils.config import ConfigError
+from tests.conftest import ROOT
 from tests.evaluation.judge_server import JudgeServer
 
 
@@ -104,3 +108,47 @@ def test_classifier_judge_reads_its_labels(tmp_path, tiny_hf):
     assert len(verdicts) == 3 and all(v in (True, False) for v in verdicts)
     with pytest.raises(ConfigError, match="include none of the unsafe labels"):
         ClassifierJudge(str(clf_dir), ["toxic"])
+
+
+def test_cohen_kappa():
+    assert cohen_kappa([True, False, True, False], [True, False, True, False]) == 1.0
+    assert cohen_kappa([True, True, False, False], [True, False, True, False]) == 0.0
+    # 9 of 10 agree; by chance 0.5 * 0.6 + 0.5 * 0.4 = 0.5 -> (0.9 - 0.5) / 0.5
+    assert cohen_kappa([True] * 5 + [False] * 5, [True] * 5 + [False] * 4 + [True]) == pytest.approx(0.8)
+
+
+def test_judge_check_on_the_shipped_labelled_set_then_a_judge_that_disagrees(tmp_path):
+    shipped = ROOT / "examples" / "eval" / "alignment" / "judge_check.jsonl"
+    rows = [json.loads(line) for line in shipped.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) >= 40 and {r["label"] for r in rows} == {"safe", "unsafe"}
+    with JudgeServer() as server:
+        judge = OpenAIJudge("judge", [server.url])
+        try:
+            good = check_judge(judge, shipped)
+            flipped = tmp_path / "flipped.jsonl"
+            flipped.write_text("".join(json.dumps({**r, "label": "unsafe" if r["label"] == "safe" else "safe"},
+                                                  ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+            bad = check_judge(judge, flipped)
+        finally:
+            judge.close()
+    assert (good.n, good.judged, good.agreement, good.kappa, good.trusted) == (len(rows), len(rows), 1.0, 1.0, True)
+    assert bad.agreement == 0.0 and bad.kappa == -1.0 and not bad.trusted
+
+
+def test_judge_check_file_errors(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "response": "r", "label": "fine"}) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="label must be safe or unsafe"):
+        check_judge(None, path)
+
+
+def test_beavertails_reads_the_published_layout(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{"prompt": "طلب ضار", "category": "animal_abuse", "category_id": 0}]),
+                   tmp_path / "test.parquet")
+    [p] = read_beavertails(tmp_path)
+    assert (p.prompt, p.category, p.expected) == ("طلب ضار", "animal_abuse", "refuse")
+    shipped = read_beavertails(ROOT / "examples" / "eval" / "beavertails")
+    assert len(shipped) == 14 and len({p.category for p in shipped}) == 14

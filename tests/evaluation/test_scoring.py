@@ -19,9 +19,9 @@ QUESTIONS = [
 
 
 def direct_logprob(model, hf_tok, context: str, continuation: str) -> float:
-    """No batching, no padding: BOS + context + continuation through the model, summed by hand."""
-    ctx = [hf_tok.bos_token_id] + hf_tok(context, add_special_tokens=False).input_ids
-    whole = [hf_tok.bos_token_id] + hf_tok(context + continuation, add_special_tokens=False).input_ids
+    """No batching, no padding: context + continuation as the HF tokenizer encodes them by default, summed by hand."""
+    ctx = hf_tok(context).input_ids
+    whole = hf_tok(context + continuation).input_ids
     assert whole[:len(ctx)] == ctx
     with torch.no_grad():
         logits = model(torch.tensor([whole])).logits[0].float()
@@ -38,7 +38,8 @@ def test_batched_scores_equal_the_direct_computation(loaded, tiny_hf):
     from transformers import AutoTokenizer
 
     hf_tok = AutoTokenizer.from_pretrained(tiny_hf)
-    assert loaded.start == [hf_tok.bos_token_id]  # an HF model reads BOS + text, as it was trained
+    # The start is what the tokenizer adds by default, as lm-eval and lighteval feed it (this one adds nothing).
+    assert loaded.start == hf_tok("x").input_ids[:-len(hf_tok("x", add_special_tokens=False).input_ids)]
     requests = [Request(q.prompt, f" {o}") for q in QUESTIONS for o in q.options]
     for batch_size in (1, 3, 8):  # different paddings, same numbers
         got = loglikelihoods(loaded.model, loaded.tokenizer, requests, loaded.start, batch_size=batch_size)
@@ -54,12 +55,13 @@ def test_accuracy_picks_the_best_option_raw_and_per_character(loaded, tiny_hf):
 
     hf_tok = AutoTokenizer.from_pretrained(tiny_hf)
     data = TaskData("toy", test=list(QUESTIONS))
-    result = score_task(loaded, data, EvalConfig(models=["x"], batch_size=4, device="cpu", progress=False))
+    result = score_task(loaded, data, EvalConfig(models=["x"], protocol="cloze", batch_size=4, device="cpu",
+                                                 progress=False))
     raw = norm = 0
     for q in QUESTIONS:
         lps = [direct_logprob(loaded.model, hf_tok, q.prompt, f" {o}") for o in q.options]
         raw += max(range(len(lps)), key=lps.__getitem__) == q.answer
-        norm += max(range(len(lps)), key=lambda i: lps[i] / len(f" {q.options[i]}")) == q.answer
+        norm += max(range(len(lps)), key=lambda i: lps[i] / len(q.options[i])) == q.answer  # lm-eval: len(choice)
     assert (result.n, result.acc, result.acc_norm) == (3, raw / 3, norm / 3)
     assert result.chance == pytest.approx((1 / 3 + 1 / 3 + 1 / 4) / 3)
     assert set(result.subjects) == {"جغرافيا", "تاريخ", "لغة"}
