@@ -27,7 +27,9 @@ $(STAMP): setup.py pyproject.toml $(wildcard csrc/*)
 
 # The demo: raw baseline data, the same sample natively aligned by a (tiny, random)
 # rewriter, a tiny model trained on a 50/50 blend of the two, and its evaluation on
-# the sample tasks (examples/eval).
+# the sample tasks (examples/eval). The random rewriter's output fails validation by
+# design (every document is kept raw), so the demo accepts a run that rewrote nothing:
+# rewrite.min_rewritten_fraction=0. With a real rewriter, leave the default (0.5).
 DEMO := runs/demo
 demo: install
 	$(BIN)/python tools/preprocess_aligned.py --rewrite none --overwrite --no-progress \
@@ -38,7 +40,7 @@ demo: install
 		--input examples/data/sample_ar.jsonl --tokenizer examples/tokenizer/sample_ar.model \
 		--output-prefix $(DEMO)/data/sample_ar_aligned \
 		--rewrite hf --model $(DEMO)/tiny_rewriter --guidelines examples/guidelines/native_alignment_ar.yaml \
-		--rewrite.sampling.max_new_tokens=16 --rewrite.on_failure=keep_raw
+		--rewrite.sampling.max_new_tokens=16 --rewrite.on_failure=keep_raw --rewrite.min_rewritten_fraction=0
 	rm -rf $(DEMO)/tiny_cpu
 	$(BIN)/python pretrain_arabic.py --config examples/configs/tiny_cpu.yaml
 	$(BIN)/python tools/evaluate.py --model demo=$(DEMO)/tiny_cpu/checkpoints --out $(DEMO)/eval \

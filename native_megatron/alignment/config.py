@@ -24,6 +24,29 @@ class SamplingConfig:
 
 
 @dataclass
+class RetrySamplingConfig:
+    """The retry's sampling: each key left unset (null) is the first attempt's, except the seed, which
+    is the first attempt's + 1, so that the retry draws another sample rather than repeating it."""
+
+    # null: sampling.temperature
+    temperature: float | None = None
+    # null: sampling.top_p
+    top_p: float | None = None
+    # null: sampling.max_new_tokens
+    max_new_tokens: int | None = None
+    # null: sampling.seed + 1 (no seed when sampling.seed is null)
+    seed: int | None = None
+
+    def resolve(self, first: SamplingConfig) -> SamplingConfig:
+        def pick(name: str):
+            mine = getattr(self, name)
+            return getattr(first, name) if mine is None else mine
+
+        seed = self.seed if self.seed is not None else None if first.seed is None else first.seed + 1
+        return SamplingConfig(pick("temperature"), pick("top_p"), pick("max_new_tokens"), seed)
+
+
+@dataclass
 class OpenAIConfig:
     # One or more servers (e.g. a fleet of `vllm serve`); requests are spread round-robin.
     base_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:8000/v1"])
@@ -76,8 +99,13 @@ class RewriteConfig:
     on_failure: Literal["keep_raw", "drop", "retry"] = "retry"
     after_retry: Literal["keep_raw", "drop"] = "keep_raw"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    retry_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.95,
-                                                                                  seed=4321))
+    # The retry's sampling; a key left unset (null) is the first attempt's (see RetrySamplingConfig).
+    retry_sampling: RetrySamplingConfig = field(default_factory=RetrySamplingConfig)
+    # A run that rewrites less than this share of the documents it sends fails (exit 4) before
+    # tokenizing, its shards kept: a wrong model, template or token limit, not the corpus. 0 accepts any.
+    min_rewritten_fraction: float = 0.5
+    # Replace PII (native_megatron.data.pii) before a document goes to an openai backend.
+    redact_pii: bool = True
     # This process's share of the shards: shard i goes to rank i % world_size. Unset:
     # from a SLURM job array (SLURM_ARRAY_TASK_ID / _COUNT) or SLURM tasks, else 0 of 1.
     rank: int | None = None
@@ -97,9 +125,26 @@ class RewriteConfig:
             raise ConfigError(f"guidelines file not found: {self.guidelines}")
         if self.max_input_tokens < 16 or self.batch_size < 1:
             raise ConfigError("rewrite: max_input_tokens >= 16 and batch_size >= 1 required")
+        if not 0 <= self.min_rewritten_fraction <= 1:
+            raise ConfigError("rewrite.min_rewritten_fraction is a share between 0 and 1 (0 accepts any run)")
+        if self.on_failure == "retry":
+            retry = self.retry()
+            try:
+                retry.validate()
+            except ConfigError as exc:
+                raise ConfigError(f"retry_{exc}") from None
+            if retry.temperature == 0 and self.sampling.temperature == 0 \
+                    and retry.max_new_tokens == self.sampling.max_new_tokens:
+                raise ConfigError("rewrite.on_failure=retry at temperature 0 would repeat the first attempt word "
+                                  "for word: set --rewrite.retry_sampling.temperature (e.g. 0.7), or "
+                                  "--rewrite.on_failure=keep_raw or drop")
         rank, world = self.work_split()
         if not 0 <= rank < world:
             raise ConfigError(f"rewrite: rank {rank} is not in [0, world_size={world})")
+
+    def retry(self) -> SamplingConfig:
+        """The sampling of a retry: ``retry_sampling`` over ``sampling``."""
+        return self.retry_sampling.resolve(self.sampling)
 
     def work_split(self) -> tuple[int, int]:
         """(rank, world size) for the shard split, from the config or SLURM."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from native_megatron.alignment.backends import check_backend
 from native_megatron.alignment.config import RewriteConfig
 from native_megatron.alignment.rewrite import StageResult, run_rewrite
 from native_megatron.alignment.validation import ValidationConfig
@@ -33,6 +34,12 @@ class RewriteStage:
 
 
 def run_preprocess_aligned(cfg: AlignedPreprocessConfig, backend=None) -> dict[str, Any]:
-    """Run the configured stages; with ``rewrite.backend: none`` this is the raw data path."""
+    """Run the configured stages; with ``rewrite.backend: none`` this is the raw data path.
+
+    When this process will rewrite, the backend is checked first (servers answer, vLLM is
+    installed, the model is there), so that a broken one fails in seconds, not after prepare.
+    """
     middle = RewriteStage(cfg, backend) if cfg.rewrite.backend != "none" else None
+    if middle is not None and backend is None and cfg.run.stage in ("all", "rewrite"):
+        check_backend(cfg.rewrite)
     return run_preprocess(cfg, middle)

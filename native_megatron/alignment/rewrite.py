@@ -9,6 +9,11 @@ row per document with its status, the failed checks, backend, model and
 guidelines) and last its completion marker (``shard-N.done.json``, with the
 shard's counts) are written atomically. A rerun skips finished shards; a
 killed run loses at most the shards in flight, and nothing is written twice.
+
+The finished shards must have rewritten at least ``min_rewritten_fraction`` of
+their documents, or the stage raises :class:`TooFewRewritten` before anything
+is tokenized: a rewriter that fails validation on everything is a broken
+setup, and its "aligned" dataset would be the raw text under another name.
 """
 
 from __future__ import annotations
@@ -29,12 +34,20 @@ from native_megatron.alignment.guidelines import Guidelines, load_guidelines
 from native_megatron.alignment.validation import ValidationConfig, Validator
 from native_megatron.data.indexed import read_shard_texts
 from native_megatron.data.manifest import DROPPED
+from native_megatron.data.pii import PiiRedactor
 from native_megatron.utils.io import Progress, atomic_open, atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
 
 REWRITTEN = "rewritten"
 KEPT_RAW = "kept_raw"
+# Backends that send document text out of this process, to a server that may be anyone's.
+REMOTE_BACKENDS = ("openai",)
+
+
+class TooFewRewritten(RuntimeError):
+    """The finished shards rewrote less than ``rewrite.min_rewritten_fraction`` of their documents.
+    The shards are kept: a rerun with a lower minimum reuses them."""
 
 
 @dataclass
@@ -65,6 +78,10 @@ class Rewriter:
         self.config, self.backend, self.guidelines = config, backend, guidelines
         self.validator = Validator(validation, guidelines)
         self.meta = {"backend": backend.kind, "model": backend.model, "guidelines": guidelines.tag}
+        # The prepare stage redacted what it kept; this is for text that never went through it
+        # (seed pairs from raw files, clean.redact_pii off) before it leaves the machine.
+        remote = backend.kind in REMOTE_BACKENDS and config.redact_pii
+        self.redactor = PiiRedactor() if remote else None
 
     def _generate(self, texts: list[str], sampling: SamplingConfig) -> list[tuple[str, bool, int, int, int]]:
         """For each text: (joined rewrite, any chunk truncated, prompt tokens, completion tokens, chunks)."""
@@ -81,6 +98,9 @@ class Rewriter:
 
     def rewrite(self, rows: list[dict]) -> list[DocResult]:
         c = self.config
+        if self.redactor is not None:
+            # The redacted text is the document from here on: what is validated, kept raw or paired.
+            rows = [dict(r, text=self.redactor.redact(r["text"])[0]) for r in rows]
         results = []
         for row, (text, truncated, p_tok, c_tok, n) in zip(rows, self._generate([r["text"] for r in rows],
                                                                                  c.sampling)):
@@ -89,7 +109,7 @@ class Rewriter:
         if c.on_failure == "retry":
             again = [i for i, r in enumerate(results) if r.failed]
             if again:
-                redo = self._generate([rows[i]["text"] for i in again], c.retry_sampling)
+                redo = self._generate([rows[i]["text"] for i in again], c.retry())
                 for i, (text, truncated, p_tok, c_tok, n) in zip(again, redo):
                     r = results[i]
                     failed = self.validator.check(rows[i]["text"], text, "length" if truncated else "stop")
@@ -119,7 +139,9 @@ class Rewriter:
 
 def stage_signature(config: RewriteConfig, validation: ValidationConfig, guidelines: Guidelines) -> str:
     """What must match for a finished shard to be reused."""
-    relevant = {k: v for k, v in asdict(config).items() if k not in ("rank", "world_size", "batch_size")}
+    skip = ("rank", "world_size", "batch_size", "min_rewritten_fraction")
+    relevant = {k: v for k, v in asdict(config).items() if k not in skip}
+    relevant["retry_sampling"] = asdict(config.retry())  # what the retry uses, however it was set
     relevant["openai"] = {"api": "openai"}  # where the model is served does not change the output
     relevant["hf"] = {"dtype": config.hf.dtype}
     relevant["validation"] = asdict(validation)
@@ -218,8 +240,27 @@ def run_rewrite(shards: list[str], out_dir: Path, config: RewriteConfig, validat
     infos = [_finished(_shard_paths(out_dir, i)[2], signature, shards[i]) for i in range(len(shards))]
     complete = all(info is not None for info in infos)
     stats = _aggregate([i for i in infos if i is not None], seconds, len(shards))
+    _check_rewritten(stats, config.min_rewritten_fraction, out_dir)
     paths = [_shard_paths(out_dir, i) for i in range(len(shards))]
     return StageResult([str(p[0]) for p in paths], [str(p[1]) for p in paths], stats, complete)
+
+
+def format_rewritten(stats: dict) -> str:
+    """The line that says how much was rewritten: ``rewritten: 300 of 321 documents sent to the rewriter (93.5%)``."""
+    docs, fraction = stats["documents"], stats["rewritten_fraction"]
+    share = f" ({100 * fraction:.1f}%)" if fraction is not None else ""
+    return f"rewritten: {stats['by_status'].get(REWRITTEN, 0)} of {docs} documents sent to the rewriter{share}"
+
+
+def _check_rewritten(stats: dict, minimum: float, out_dir: Path) -> None:
+    fraction = stats["rewritten_fraction"]
+    if fraction is None or fraction >= minimum:
+        return
+    checks = ", ".join(f"{k} {v}" for k, v in stats["failed_checks"].items()) or "none"
+    raise TooFewRewritten(f"{format_rewritten(stats)}, below rewrite.min_rewritten_fraction={minimum:g}; "
+                          f"failed checks: {checks}; nothing was tokenized. See why in "
+                          f"{out_dir}/shard-*.manifest.jsonl, fix the rewriter, or accept these shards with "
+                          f"--rewrite.min_rewritten_fraction=0 (they are kept and reused)")
 
 
 def _aggregate(infos: list[dict], seconds: float, total_shards: int) -> dict:
@@ -234,6 +275,7 @@ def _aggregate(infos: list[dict], seconds: float, total_shards: int) -> dict:
     return {
         "shards_done": len(infos), "shards_total": total_shards,
         "documents": docs, "by_status": dict(sorted(counts.items())), "failed_checks": dict(sorted(checks.items())),
+        "rewritten_fraction": round(counts[REWRITTEN] / docs, 4) if docs else None,
         "prompt_tokens": tokens["prompt"], "completion_tokens": tokens["completion"],
         "characters_in": tokens["chars_in"], "characters_out": tokens["chars_out"],
         "backend": infos[0]["backend"] if infos else None, "model": infos[0]["model"] if infos else None,

@@ -6,9 +6,11 @@ Reads the same config as pretrain_arabic.py (with --section.key=value overrides)
 and prints the parallel layout, a per-GPU memory estimate for the worst pipeline
 stage (weights, gradients, optimizer states with and without the distributed
 optimizer, activations with and without recomputation), whether it fits with a
-margin, FLOPs per token, the expected step time and time to train at a stated
-MFU, and the smallest layout that fits. Nothing runs on a GPU. The estimates
-are explained in docs/multinode.md.
+margin, FLOPs per token and what recomputation adds, the expected step time and
+time to train at a stated utilisation, and the smallest layout that fits, with
+the settings that give it. --context-parallel plans a layout the trainer cannot
+run yet (what it would take). Nothing runs on a GPU. The estimates are
+explained in docs/multinode.md.
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-node", type=int, default=8, metavar="G", help="GPUs per node (default 8)")
     p.add_argument("--gpu", choices=sorted(planner.GPUS), default="h100", help="GPU model (default h100)")
     p.add_argument("--mfu", type=float, default=0.40, metavar="F",
-                   help="model FLOPs utilisation to expect (default 0.40; the trainer logs the real one)")
+                   help="share of the peak the GPUs reach on the FLOPs they do, recomputation included (default "
+                        "0.40); without recomputation it is the MFU the trainer logs")
+    p.add_argument("--context-parallel", type=int, default=1, metavar="CP",
+                   help="split each sequence over CP GPUs (default 1). The trainer has no context parallelism "
+                        "yet: a plan with CP > 1 is what it would take, and exits 1")
     p.add_argument("--tokens", metavar="COUNT",
                    help="tokens to train, e.g. 10B (default: train_steps x tokens per step)")
     p.add_argument("--margin", type=float, default=0.05, metavar="F",
@@ -57,6 +63,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         p.error("--nodes and --gpus-per-node must be at least 1")
     if not 0 < args.mfu <= 1:
         p.error("--mfu is a fraction between 0 and 1, e.g. 0.4")
+    if args.context_parallel < 1:
+        p.error("--context-parallel must be at least 1")
     return args, overrides
 
 
@@ -127,13 +135,10 @@ def render(cfg: TrainConfig, config_path: str, args: argparse.Namespace, plan: p
         if lay.pp > 1:
             per_stage = ", ".join(f"{s.stage + 1}: {gib(s.total)}" for s in plan.stages)
             lines.append(f"  per stage: {per_stage}")
-        lines += [
-            "",
-            f"time      at {100 * plan.mfu:.0f}% MFU ({gpu.peak_tflops:.0f} TFLOP/s peak bf16 per GPU): "
-            f"{planner.format_duration(plan.step_seconds)} per step, {plan.tokens_per_second:,.0f} tokens/s",
-            f"          {tokens:,} tokens in {planner.format_duration(tokens / plan.tokens_per_second)} "
-            f"({tokens / plan.tokens_per_step:,.0f} steps)",
-        ]
+        lines += ["", *time_lines(plan, gpu, tokens)]
+        if not plan.runnable:
+            lines.append(f"note      pretrain_arabic.py has no context parallelism yet: this is what CP {lay.cp} "
+                         f"would take, not a layout to queue (exit status 1)")
     lines.append("")
     if best is None:
         lines.append(f"suggest   no layout fits on {world} {gpu.name} GPUs, even with full recomputation: "
@@ -143,11 +148,24 @@ def render(cfg: TrainConfig, config_path: str, args: argparse.Namespace, plan: p
     else:
         lay = best.layout
         lines.append(f"suggest   smallest layout that fits: {lay.describe()}, recompute {lay.recompute}: "
-                     f"{gib(best.worst.total)} GiB per GPU, {planner.format_duration(best.step_seconds)} "
-                     f"per step")
-        lines.append(f"          --parallel.tensor={lay.tp} --parallel.pipeline={lay.pp} "
-                     f"--model.recompute={lay.recompute}")
+                     f"{gib(best.worst.total)} GiB per GPU ({gib(best.usable_bytes - best.worst.total)} to spare "
+                     f"after the margin), {planner.format_duration(best.step_seconds)} per step")
+        lines.append("          " + " ".join(planner.layout_overrides(cfg, lay))
+                     + (f", and context parallel {lay.cp} (not in the trainer yet)" if lay.cp > 1 else ""))
     return "\n".join(lines)
+
+
+def time_lines(plan: planner.Plan, gpu: planner.GPU, tokens: int) -> list[str]:
+    lay = plan.layout
+    lines = [f"time      at {100 * plan.mfu:.0f}% of peak ({gpu.peak_tflops:.0f} TFLOP/s bf16 per GPU) on the FLOPs "
+             f"done: {planner.format_duration(plan.step_seconds)} per step, {plan.tokens_per_second:,.0f} tokens/s"]
+    if plan.recompute_flops_per_token:
+        lines.append(f"          recompute {lay.recompute} redoes {plan.recompute_flops_per_token / 1e9:.1f} GFLOP "
+                     f"per token (+{100 * plan.recompute_flops_per_token / plan.flops_per_token:.0f}% compute): "
+                     f"the trainer will log {100 * plan.reported_mfu:.0f}% MFU")
+    lines.append(f"          {tokens:,} tokens in {planner.format_duration(tokens / plan.tokens_per_second)} "
+                 f"({tokens / plan.tokens_per_step:,.0f} steps)")
+    return lines
 
 
 def plan_json(plan: planner.Plan | None, best: planner.Plan | None, tokens: int, error: str | None) -> dict:
@@ -156,8 +174,10 @@ def plan_json(plan: planner.Plan | None, best: planner.Plan | None, tokens: int,
             return None
         return {"layout": asdict(p.layout), "gpu": asdict(p.gpu), "num_params": p.num_params,
                 "vocab_padded": p.vocab_padded, "flops_per_token": p.flops_per_token,
+                "recompute_flops_per_token": p.recompute_flops_per_token,
                 "stages": [dict(asdict(s), total=s.total) for s in p.stages], "worst_total": p.worst.total,
-                "fits": p.fits, "step_seconds": p.step_seconds, "tokens_per_second": p.tokens_per_second,
+                "fits": p.fits, "runnable": p.runnable, "step_seconds": p.step_seconds,
+                "reported_mfu": p.reported_mfu, "tokens_per_second": p.tokens_per_second,
                 "seconds_to_train": tokens / p.tokens_per_second}
     return {"plan": one(plan), "error": error, "suggestion": one(best), "tokens": tokens}
 
@@ -174,12 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         world = args.nodes * args.gpus_per_node
         plan, error = None, None
         try:
-            plan = planner.plan_layout(cfg, planner.layout_from_config(cfg, world), vocab, gpu, args.mfu,
-                                       args.margin, args.reserve_gib)
+            plan = planner.plan_layout(cfg, planner.layout_from_config(cfg, world, args.context_parallel), vocab,
+                                       gpu, args.mfu, args.margin, args.reserve_gib)
         except ConfigError as exc:
             error = str(exc)
+        if args.context_parallel > 1:
+            planner.check_context_parallel(cfg, args.context_parallel)   # one line, not a search that finds nothing
         best = planner.suggest(cfg, args.nodes, args.gpus_per_node, vocab, gpu, args.mfu, args.margin,
-                               args.reserve_gib)
+                               args.reserve_gib, cp=args.context_parallel)
         tokens = planner.parse_tokens(args.tokens) if args.tokens else \
             cfg.schedule.train_steps * cfg.schedule.global_batch_size * cfg.data.seq_length
     except ConfigError as exc:
@@ -189,5 +211,5 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(plan_json(plan, best, tokens, error), indent=1))
     else:
         print(render(cfg, args.config, args, plan, error, best, tokens))
-    return 0 if plan is not None and plan.fits else 1
+    return 0 if plan is not None and plan.fits and plan.runnable else 1
 

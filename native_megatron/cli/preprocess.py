@@ -21,6 +21,7 @@ import sys
 
 from native_megatron.alignment.backends import BackendUnavailable
 from native_megatron.alignment.pipeline import AlignedPreprocessConfig, run_preprocess_aligned
+from native_megatron.alignment.rewrite import TooFewRewritten, format_rewritten
 from native_megatron.cli import add_config_help, print_config
 from native_megatron.data.pipeline import format_summary
 from native_megatron.data.readers import InputError
@@ -30,13 +31,19 @@ from native_megatron.utils.logging import setup_logging
 
 logger = logging.getLogger("preprocess_aligned")
 
+EXIT_STATUS = """exit status:
+  0  done
+  2  a setup mistake: one line, before any work
+  3  the rewriter's backend does not answer; finished shards are kept: rerun the same command
+  4  less than rewrite.min_rewritten_fraction of the documents was rewritten; nothing tokenized, shards kept"""
+
 # The config sections set by --section.key=value: (dataclass, key prefix).
 SETTINGS = [(AlignedPreprocessConfig, "")]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n\n")[0], epilog=EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", metavar="FILE", help="JSONL (.gz/.zst) or Parquet files, directories or globs")
     p.add_argument("--output-prefix", metavar="PREFIX", help="write PREFIX_text_document.bin/.idx, manifest and stats")
@@ -95,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     except BackendUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except TooFewRewritten as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
     if "prepare" in stats and len(stats) == 1:
         p = stats["prepare"]
         print(f"prepare: {p['documents_in']} documents in, {p['documents_kept']} kept, "
@@ -103,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         r = stats["rewrite"]
         print(f"rewrite: {r['shards_done']} of {r['shards_total']} shards finished; by status: "
               + ", ".join(f"{k} {v}" for k, v in r["by_status"].items()))
+        print(format_rewritten(r))
     else:
+        if "rewrite" in stats:
+            print(format_rewritten(stats["rewrite"]))
         print(format_summary(stats))
     return 0
 

@@ -9,7 +9,8 @@ Memory per GPU, for the worst pipeline stage, from the model shape and layout:
   (``grad_reduce_in_fp32``): 4 bytes a parameter.
 - **optimizer**: Adam's two fp32 moments (8 bytes) plus an fp32 master copy of
   16-bit weights (4 bytes); the distributed optimizer shards these over the
-  data-parallel ranks. Per parameter this is Megatron's published table:
+  data-parallel ranks (DP x CP: megatron-core's CP ranks are data-parallel for
+  the weights). Per parameter this is Megatron's published table:
   bf16 weights with fp32 gradients take 18 bytes, or 6 + 12/DP with the
   distributed optimizer; fp32 takes 16, or 8 + 8/DP.
 - **activations**: what the backward pass keeps per layer and token
@@ -26,14 +27,24 @@ Memory per GPU, for the worst pipeline stage, from the model shape and layout:
   recomputation keeps only each layer's input (h per token) and one layer's
   working set. The first pipeline stage holds the most microbatches in flight:
   all PP of them with 1F1B (so L layers' worth), more with interleaving.
+  Context parallelism (CP) splits each sequence over CP ranks: every per-token
+  term is divided by CP.
 - **logits**: the last stage's output-layer logits and the fp32 cross-entropy
   buffers for one microbatch: 10 bytes per (token, vocabulary entry / TP).
 - **reserve**: CUDA context, NCCL buffers and allocator fragmentation, a fixed
   allowance (``reserve_gib``).
 
 Time: training FLOPs per token are the trainer's own formula (6 x matmul
-weights + attention, :class:`~native_megatron.training.metrics.ModelShape`), so
-the step time at a stated MFU is what the trainer's MFU column will then show.
+weights + attention, :class:`~native_megatron.training.metrics.ModelShape`).
+Recomputation makes the GPUs do more than that: selective recomputation redoes
+the attention products' forward (4·L·s·d_attn per token), full recomputation
+each layer's whole forward (2 x the layers' matmul weights + the same). The
+step time is the model's FLOPs plus these at the stated utilisation of the
+peak, so the MFU the trainer then reports (model FLOPs only) is that
+utilisation x model / (model + recomputed) FLOPs.
+
+Context parallelism is planned, but the trainer does not run it yet: a plan
+with CP > 1 is what the layout would take, marked as such.
 """
 
 from __future__ import annotations
@@ -74,10 +85,11 @@ class Layout:
     sequence_parallel: bool
     distributed_optimizer: bool
     recompute: str  # none | selective | full
+    cp: int = 1     # context parallel: each sequence split over this many GPUs (not in the trainer yet)
 
     @property
     def gpus(self) -> int:
-        return self.tp * self.pp * self.dp
+        return self.tp * self.cp * self.pp * self.dp
 
     @property
     def microbatches(self) -> int:
@@ -90,7 +102,8 @@ class Layout:
 
     def describe(self) -> str:
         vp = f" (VP {self.vp})" if self.vp else ""
-        return f"TP {self.tp} x PP {self.pp}{vp} x DP {self.dp}"
+        cp = f" x CP {self.cp}" if self.cp > 1 else ""
+        return f"TP {self.tp}{cp} x PP {self.pp}{vp} x DP {self.dp}"
 
 
 @dataclass(frozen=True)
@@ -122,8 +135,9 @@ class Plan:
     num_params: int
     vocab_padded: int
     flops_per_token: float
+    recompute_flops_per_token: float
     seq_length: int
-    mfu: float
+    mfu: float  # the share of peak reached on the FLOPs done, recomputation included
     margin: float
 
     @property
@@ -144,8 +158,18 @@ class Plan:
 
     @property
     def step_seconds(self) -> float:
-        flops = self.flops_per_token * self.tokens_per_step
+        flops = (self.flops_per_token + self.recompute_flops_per_token) * self.tokens_per_step
         return flops / (self.layout.gpus * self.gpu.peak_tflops * 1e12 * self.mfu)
+
+    @property
+    def reported_mfu(self) -> float:
+        """The MFU the trainer logs for this step time: it counts the model's FLOPs, not the recomputed ones."""
+        return self.mfu * self.flops_per_token / (self.flops_per_token + self.recompute_flops_per_token)
+
+    @property
+    def runnable(self) -> bool:
+        """Whether pretrain_arabic.py can run this layout (it has no context parallelism yet)."""
+        return self.layout.cp == 1
 
     @property
     def tokens_per_second(self) -> float:
@@ -156,6 +180,17 @@ def model_shape(cfg: TrainConfig, vocab_size: int) -> ModelShape:
     m = cfg.model
     return ModelShape(m.num_layers, m.hidden_size, m.ffn_hidden_size, m.num_attention_heads, m.num_query_groups,
                       vocab_size, tied_embeddings=not m.untie_embeddings)
+
+
+def recompute_flops_per_token(shape: ModelShape, seq_length: int, recompute: str) -> float:
+    """FLOPs per token that recomputation adds to the backward pass (hardware FLOPs, not model FLOPs)."""
+    attention_forward = 4 * shape.num_layers * seq_length * shape.num_attention_heads * shape.head_dim
+    if recompute == "selective":   # megatron-core recomputes the core attention (QK^T, softmax, AV)
+        return float(attention_forward)
+    if recompute == "full":        # every layer's forward again; the output layer is not recomputed
+        layer_matmuls = shape.matmul_params() - shape.vocab_size * shape.hidden_size
+        return float(2 * layer_matmuls + attention_forward)
+    return 0.0
 
 
 def _param_bytes(precision: str) -> int:
@@ -199,7 +234,7 @@ def layer_activation_bytes(cfg: TrainConfig, layout: Layout, recompute: str, fus
     m, s, b, t = cfg.model, cfg.data.seq_length, layout.micro_batch, layout.tp
     h, f, gd = m.hidden_size, m.ffn_hidden_size, m.num_query_groups * m.kv_channels
     sp = layout.sequence_parallel and t > 1
-    tokens = s * b
+    tokens = s * b / layout.cp
     if recompute == "full":
         return tokens * h * element_bytes / (t if sp else 1)
     norms = 4 * h / (t if sp else 1)
@@ -217,7 +252,7 @@ def stage_memory(cfg: TrainConfig, layout: Layout, vocab_padded: int, stage: int
     params = stage_params(cfg, vocab_padded, layout.tp, layout.pp, stage)
     weights, grads = params * e, params * 4
     optim_full = params * (8 + (4 if e != 4 else 0))
-    optim = optim_full / layout.dp if layout.distributed_optimizer else optim_full
+    optim = optim_full / (layout.dp * layout.cp) if layout.distributed_optimizer else optim_full
     layers = m.num_layers // layout.pp
     in_flight = _in_flight(layout, stage)
 
@@ -227,12 +262,12 @@ def stage_memory(cfg: TrainConfig, layout: Layout, vocab_padded: int, stage: int
         if recompute == "full":  # one layer's activations while it is recomputed
             held += layer_activation_bytes(cfg, layout, "selective", fused_attention, e)
         if stage == 0:  # the embedding's output
-            held += cfg.data.seq_length * layout.micro_batch * m.hidden_size * e * in_flight
+            held += cfg.data.seq_length * layout.micro_batch / layout.cp * m.hidden_size * e * in_flight
         return int(held)
 
     logits = 0
     if stage == layout.pp - 1:
-        logits = cfg.data.seq_length * layout.micro_batch * vocab_padded // layout.tp * 10
+        logits = cfg.data.seq_length * layout.micro_batch // layout.cp * vocab_padded // layout.tp * 10
     return StageMemory(stage=stage, params=params, weights=weights, grads=grads, optimizer=int(optim),
                        optimizer_not_distributed=optim_full, activations=acts(layout.recompute),
                        activations_full_recompute=acts("full"), activations_no_recompute=acts("none"),
@@ -250,6 +285,8 @@ def attention_is_fused(cfg: TrainConfig) -> bool:
 
 def plan_layout(cfg: TrainConfig, layout: Layout, vocab_size: int, gpu: GPU, mfu: float = 0.4,
                 margin: float = 0.05, reserve_gib: float = 4.0) -> Plan:
+    if layout.cp > 1:
+        check_context_parallel(cfg, layout.cp)
     vocab_padded = padded_vocab_size(vocab_size, cfg.model.make_vocab_size_divisible_by, layout.tp)
     precision = resolve_precision(cfg)
     stages = tuple(stage_memory(cfg, layout, vocab_padded, stage, precision, attention_is_fused(cfg), reserve_gib)
@@ -257,23 +294,47 @@ def plan_layout(cfg: TrainConfig, layout: Layout, vocab_size: int, gpu: GPU, mfu
     shape = model_shape(cfg, vocab_padded)
     return Plan(layout=layout, gpu=gpu, stages=stages, num_params=model_shape(cfg, vocab_size).num_params(),
                 vocab_padded=vocab_padded, flops_per_token=shape.flops_per_token(cfg.data.seq_length),
+                recompute_flops_per_token=recompute_flops_per_token(shape, cfg.data.seq_length, layout.recompute),
                 seq_length=cfg.data.seq_length, mfu=mfu, margin=margin)
 
 
-def layout_from_config(cfg: TrainConfig, gpus: int) -> Layout:
-    """The config's own layout on ``gpus`` GPUs; ConfigError if it cannot run there."""
+def check_context_parallel(cfg: TrainConfig, cp: int) -> None:
+    """What megatron-core's context parallelism needs of the model; ConfigError otherwise."""
+    if cp < 1:
+        raise ConfigError("--context-parallel must be at least 1")
+    if cfg.data.seq_length % (2 * cp):
+        raise ConfigError(f"context parallel {cp} needs data.seq_length ({cfg.data.seq_length}) divisible by "
+                          f"2 x {cp} (each rank takes two balanced pieces of the causal sequence)")
+    if not attention_is_fused(cfg):
+        raise ConfigError("context parallelism needs transformer-engine's attention: model.spec te (or auto)")
+
+
+def _sequence_parallel(cfg: TrainConfig, tp: int) -> bool:
+    p = cfg.parallel
+    return bool(p.sequence_parallel if p.sequence_parallel is not None else True) and tp > 1
+
+
+def layout_from_config(cfg: TrainConfig, gpus: int, cp: int = 1) -> Layout:
+    """The config's own layout on ``gpus`` GPUs, with context parallelism ``cp``; ConfigError if it cannot run there."""
     from native_megatron.training.config import validate_for_world
 
-    dp = validate_for_world(cfg, gpus)
     p, s = cfg.parallel, cfg.schedule
-    sp = bool(p.sequence_parallel if p.sequence_parallel is not None else p.tensor > 1) and p.tensor > 1
+    if gpus % (p.tensor * cp * p.pipeline):
+        raise ConfigError(f"world size {gpus} is not divisible by parallel.tensor x context parallel x "
+                          f"parallel.pipeline ({p.tensor} x {cp} x {p.pipeline})")
+    dp = validate_for_world(cfg, gpus // cp)
     return Layout(tp=p.tensor, pp=p.pipeline, dp=dp, vp=p.virtual_pipeline, micro_batch=s.micro_batch_size,
-                  global_batch=s.global_batch_size, sequence_parallel=sp,
-                  distributed_optimizer=p.distributed_optimizer, recompute=cfg.model.recompute)
+                  global_batch=s.global_batch_size, sequence_parallel=_sequence_parallel(cfg, p.tensor),
+                  distributed_optimizer=p.distributed_optimizer, recompute=cfg.model.recompute, cp=cp)
 
 
-def candidate_layouts(cfg: TrainConfig, nodes: int, gpus_per_node: int) -> list[Layout]:
-    """Every TP x PP x DP that the model, the batch and the machine allow; TP stays inside a node."""
+def candidate_layouts(cfg: TrainConfig, nodes: int, gpus_per_node: int, cp: int = 1) -> list[Layout]:
+    """Every TP x PP x DP (at context parallelism ``cp``) that the model, the batch and the machine allow.
+
+    TP stays inside a node. Each layout is what the config becomes with the overrides of
+    :func:`layout_overrides`: its sequence parallelism and distributed optimizer, and its
+    virtual pipeline where that PP allows it (then also without).
+    """
     m, s = cfg.model, cfg.schedule
     world = nodes * gpus_per_node
     out = []
@@ -281,24 +342,41 @@ def candidate_layouts(cfg: TrainConfig, nodes: int, gpus_per_node: int) -> list[
         if m.num_query_groups % tp or m.num_attention_heads % tp or m.ffn_hidden_size % tp:
             continue
         for pp in (p for p in range(1, m.num_layers + 1) if m.num_layers % p == 0):
-            if world % (tp * pp):
+            if world % (tp * cp * pp):
                 continue
-            dp = world // (tp * pp)
+            dp = world // (tp * cp * pp)
             if s.global_batch_size % (s.micro_batch_size * dp):
                 continue
-            base = Layout(tp=tp, pp=pp, dp=dp, vp=None, micro_batch=s.micro_batch_size,
-                          global_batch=s.global_batch_size, sequence_parallel=tp > 1,
-                          distributed_optimizer=cfg.parallel.distributed_optimizer, recompute=cfg.model.recompute)
-            out.append(base)
+            microbatches = s.global_batch_size // (s.micro_batch_size * dp)
+            vp = cfg.parallel.virtual_pipeline
+            vps = [vp, None] if vp and pp > 1 and m.num_layers % (pp * vp) == 0 and microbatches % pp == 0 \
+                else [None]
+            for v in vps:
+                out.append(Layout(tp=tp, pp=pp, dp=dp, vp=v, micro_batch=s.micro_batch_size,
+                                  global_batch=s.global_batch_size, sequence_parallel=_sequence_parallel(cfg, tp),
+                                  distributed_optimizer=cfg.parallel.distributed_optimizer,
+                                  recompute=cfg.model.recompute, cp=cp))
     # Fewest GPUs per model replica first (most data parallelism, least communication);
     # at equal size prefer tensor parallelism inside a node over pipeline bubbles.
     return sorted(out, key=lambda lay: (lay.tp * lay.pp, lay.pp, lay.tp))
 
 
+def layout_overrides(cfg: TrainConfig, layout: Layout) -> list[str]:
+    """The ``--section.key=value`` settings that make ``cfg`` run ``layout`` (context parallelism aside)."""
+    out = [f"--parallel.tensor={layout.tp}", f"--parallel.pipeline={layout.pp}"]
+    if layout.vp != cfg.parallel.virtual_pipeline:
+        out.append(f"--parallel.virtual_pipeline={layout.vp or 'null'}")
+    if cfg.parallel.data is not None and cfg.parallel.data != layout.dp:
+        out.append(f"--parallel.data={layout.dp}")
+    out.append(f"--model.recompute={layout.recompute}")
+    return out
+
+
 def suggest(cfg: TrainConfig, nodes: int, gpus_per_node: int, vocab_size: int, gpu: GPU, mfu: float = 0.4,
-            margin: float = 0.05, reserve_gib: float = 4.0) -> Plan | None:
-    """The smallest layout that fits, trying the config's recomputation first, then full recomputation."""
-    layouts = candidate_layouts(cfg, nodes, gpus_per_node)
+            margin: float = 0.05, reserve_gib: float = 4.0, cp: int = 1) -> Plan | None:
+    """The smallest layout that fits, with the margin, trying the config's recomputation first, then full
+    recomputation. Applying :func:`layout_overrides` to the config gives this very layout."""
+    layouts = candidate_layouts(cfg, nodes, gpus_per_node, cp)
     for recompute in dict.fromkeys([cfg.model.recompute, "full"]):
         for layout in layouts:
             plan = plan_layout(cfg, replace(layout, recompute=recompute), vocab_size, gpu, mfu, margin, reserve_gib)

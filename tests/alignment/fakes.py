@@ -25,6 +25,7 @@ class PolishingBackend(RewriterBackend):
     def __init__(self, fail_after: int | None = None, words_per_token: int = 1) -> None:
         self.calls = 0
         self.requests = 0
+        self.samplings = []   # the sampling of each call, in order
         self.fail_after = fail_after
         self.seen_flaky: set[str] = set()
 
@@ -33,6 +34,7 @@ class PolishingBackend(RewriterBackend):
 
     def generate(self, requests, sampling):
         self.calls += 1
+        self.samplings.append(sampling)
         if self.fail_after is not None and self.calls > self.fail_after:
             raise BackendUnavailable("server went away")
         out = []

@@ -76,19 +76,28 @@ class _LocalServer:
 
     def _serve(self, handler: type) -> None:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._closing = threading.Lock()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        return f"http://127.0.0.1:{self.port}/v1"
 
     def __enter__(self):
         self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.close()
+
+    def close(self) -> None:
+        """Stop serving and close the port: from now on a connection is refused."""
+        with self._closing:
+            if self.server is not None:
+                self.server.shutdown()
+                self.server.server_close()
+                self.server = None
 
 
 class FaultProxy(_LocalServer):
@@ -105,6 +114,16 @@ class FaultProxy(_LocalServer):
         proxy = self
 
         class Handler(_QuietHandler):
+            def do_GET(self):  # the backend's health check (GET /v1/models), passed through uncounted
+                path = self.path[len("/v1"):] if self.path.startswith("/v1") else self.path
+                try:
+                    with urllib.request.urlopen(proxy.upstream + path, timeout=30) as resp:
+                        self.reply(resp.status, resp.read())
+                except urllib.error.HTTPError as exc:
+                    self.reply(exc.code, exc.read())
+                except (urllib.error.URLError, ConnectionError, socket.timeout):
+                    self.reply(502, json.dumps({"error": "upstream unreachable"}).encode())
+
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with proxy.lock:
@@ -135,25 +154,35 @@ class FaultProxy(_LocalServer):
 
 
 class ExpertServer(_LocalServer):
-    """A stand-in for a strong model behind an OpenAI-compatible API: answers /v1/chat/completions with
-    the fakes' faithful polishing edit (so rewrites pass validation), refuses documents containing
-    REFUSE, and answers 503 to every request after ``fail_after`` of them (a fleet going away)."""
+    """A stand-in for a strong model behind an OpenAI-compatible API: lists ``model`` at /v1/models,
+    answers /v1/chat/completions with the fakes' faithful polishing edit (so rewrites pass
+    validation), refuses documents containing REFUSE, and answers 503 to every request after
+    ``fail_after`` of them (a fleet going away) or, after ``close_after``, closes its port."""
 
-    def __init__(self, fail_after: int | None = None) -> None:
+    def __init__(self, fail_after: int | None = None, model: str = "expert", close_after: int | None = None) -> None:
         from tests.alignment.fakes import PolishingBackend
 
         self.backend = PolishingBackend()
-        self.fail_after = fail_after
+        self.fail_after, self.close_after = fail_after, close_after
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         expert = self
 
         class Handler(_QuietHandler):
+            def do_GET(self):
+                if self.path.rstrip("/") != "/v1/models":
+                    return self.reply(404, {"error": "not found"})
+                self.reply(200, {"object": "list", "data": [{"id": model, "object": "model"}]})
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 with expert.lock:
                     expert.requests.append(body)
                     n = len(expert.requests)
+                if expert.close_after is not None and n > expert.close_after:
+                    threading.Thread(target=expert.close, daemon=True).start()
+                    self.close_connection = True
+                    return  # no answer: the connection drops, and the port is closing
                 if expert.fail_after is not None and n > expert.fail_after:
                     return self.reply(503, {"error": "overloaded"})
                 from native_megatron.alignment.backends.base import SamplingConfig

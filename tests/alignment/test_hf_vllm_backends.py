@@ -28,7 +28,9 @@ def cfg(prefix, tokenizer, corpus, backend, model, *overrides):
     base = {"input.paths": [str(corpus)], "output.prefix": str(prefix), "tokenize.tokenizer": str(tokenizer),
             "run.workers": 2, "run.progress": False, "rewrite.backend": backend, "rewrite.model": model,
             "rewrite.guidelines": str(GUIDELINES), "rewrite.sampling.max_new_tokens": 8,
-            "rewrite.on_failure": "retry", "rewrite.retry_sampling.max_new_tokens": 8}
+            "rewrite.on_failure": "retry",
+            # A tiny random model: every rewrite fails validation, which is what these tests count.
+            "rewrite.min_rewritten_fraction": 0}
     return load_config(AlignedPreprocessConfig, overrides=list(overrides), base=base)
 
 

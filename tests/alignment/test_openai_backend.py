@@ -48,7 +48,9 @@ def cfg(inputs, prefix, tokenizer, model, urls, *overrides):
             "rewrite.guidelines": str(GUIDELINES), "rewrite.openai.base_urls": urls,
             "rewrite.openai.concurrency": 4, "rewrite.openai.backoff_s": 0.05, "rewrite.openai.timeout_s": 60,
             "rewrite.sampling.temperature": 0.0, "rewrite.sampling.max_new_tokens": 12,
-            "rewrite.on_failure": "keep_raw", "output.shard_size": 4, "rewrite.batch_size": 4}
+            "rewrite.on_failure": "keep_raw", "output.shard_size": 4, "rewrite.batch_size": 4,
+            # A tiny random model: every rewrite fails validation, which is what these tests count.
+            "rewrite.min_rewritten_fraction": 0}
     return load_config(AlignedPreprocessConfig, overrides=list(overrides), base=base)
 
 

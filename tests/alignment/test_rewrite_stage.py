@@ -10,6 +10,7 @@ import pytest
 
 from native_megatron.alignment.backends import BackendUnavailable
 from native_megatron.alignment.pipeline import AlignedPreprocessConfig, run_preprocess_aligned
+from native_megatron.alignment.rewrite import TooFewRewritten
 from native_megatron.data.indexed import dataset_prefix
 from native_megatron.data.tokenizer import load_tokenizer
 from native_megatron.utils.config import ConfigError, load_config
@@ -66,6 +67,7 @@ def test_policies_statuses_and_what_reaches_the_dataset(tmp_path, sample_tokeniz
     assert {r["backend"] for r in rows.values()} == {"fake"}
     assert all(r["guidelines"].startswith("native-alignment@1.0#") for r in rows.values())
     assert stats["rewrite"]["by_status"]["rewritten"] == 22
+    assert stats["rewrite"]["rewritten_fraction"] == round(22 / 24, 4)
     assert stats["rewrite"]["failed_checks"]["refusal"] >= 1
     texts = read_texts(prefix, sample_tokenizer)
     assert len(texts) == 24
@@ -90,13 +92,49 @@ def test_failure_policies(tmp_path, sample_tokenizer, policy, d03, d11):
     assert sum(stats["documents_by_status"].values()) == 24
 
 
+def test_a_retry_inherits_every_sampling_setting_not_set_for_it(tmp_path, sample_tokenizer):
+    backend = PolishingBackend()
+    run_preprocess_aligned(cfg(corpus(tmp_path, 12), tmp_path / "r", sample_tokenizer,
+                               "--rewrite.sampling.max_new_tokens=16", "--rewrite.sampling.temperature=0.5",
+                               "--rewrite.retry_sampling.top_p=0.8"), backend=backend)
+    tried = {(s.temperature, s.top_p, s.max_new_tokens, s.seed) for s in backend.samplings}
+    # The user's token limit and temperature hold for the retry too; its own top_p wins; and its seed
+    # moves on by one, so that the retry draws another sample instead of repeating the first.
+    assert tried == {(0.5, 0.9, 16, 1234), (0.5, 0.8, 16, 1235)}
+
+
+def test_a_retry_that_would_repeat_a_greedy_first_attempt_is_refused_at_load(tmp_path, sample_tokenizer):
+    with pytest.raises(ConfigError, match="would repeat the first attempt"):
+        cfg(corpus(tmp_path, 1), tmp_path / "g", sample_tokenizer, "--rewrite.sampling.temperature=0")
+    cfg(corpus(tmp_path, 1), tmp_path / "g", sample_tokenizer, "--rewrite.sampling.temperature=0",
+        "--rewrite.retry_sampling.temperature=0.7")
+
+
+def test_too_few_rewritten_fails_before_tokenizing_and_a_lower_minimum_reuses_the_shards(tmp_path,
+                                                                                         sample_tokenizer):
+    src = tmp_path / "refused.jsonl"
+    src.write_text("".join(json.dumps({"id": f"r{i}", "text": f"المقال رقم {i} {'ب' * (i + 1)}. {BODY}REFUSE"},
+                                      ensure_ascii=False) + "\n" for i in range(6)), encoding="utf-8")
+    prefix = tmp_path / "few"
+    with pytest.raises(TooFewRewritten, match=r"rewritten: 0 of \d+ documents .*min_rewritten_fraction=0.5"):
+        run_preprocess_aligned(cfg(src, prefix, sample_tokenizer), backend=PolishingBackend())
+    assert not Path(dataset_prefix(str(prefix)) + ".bin").exists()
+    backend = PolishingBackend()
+    stats = run_preprocess_aligned(cfg(src, prefix, sample_tokenizer, "--rewrite.min_rewritten_fraction=0"),
+                                   backend=backend)
+    assert backend.requests == 0 and stats["rewrite"]["rewritten_fraction"] == 0.0
+    assert stats["documents_written"] == stats["rewrite"]["documents"] > 0     # kept raw, all of them
+
+
 def test_long_documents_are_chunked_and_joined_in_order(tmp_path, sample_tokenizer):
     long_text = "\n".join(f"الفقرة {i}: {BODY}يا غبي!!!" for i in range(12))
     src = tmp_path / "long.jsonl"
     src.write_text(json.dumps({"id": "long", "text": long_text}, ensure_ascii=False) + "\n", encoding="utf-8")
     prefix = tmp_path / "l"
     backend = PolishingBackend()
-    run_preprocess_aligned(cfg(src, prefix, sample_tokenizer, "--rewrite.max_input_tokens=60"), backend=backend)
+    # One paragraph twelve times: the repetition filters would drop it before it is rewritten.
+    run_preprocess_aligned(cfg(src, prefix, sample_tokenizer, "--rewrite.max_input_tokens=60",
+                               "--clean.quality.enabled=false"), backend=backend)
     row = manifest(prefix)["long"]
     assert row["status"] == "rewritten" and row["chunks"] > 3
     expected = "\n".join(f"الفقرة {i}: {BODY.strip()}!" for i in range(12))

@@ -24,10 +24,14 @@ def config(name: str, *overrides: str) -> TrainConfig:
     return load_config(TrainConfig, CONFIGS / name, overrides, base={"data.mock": True, "checkpoint.init_from": None})
 
 
-def layout(tp=1, pp=1, dp=1, vp=None, mbs=1, gbs=64, sp=None, dist_opt=True, recompute="selective"):
+def layout(tp=1, pp=1, dp=1, vp=None, mbs=1, gbs=64, sp=None, dist_opt=True, recompute="selective", cp=1):
     return planner.Layout(tp=tp, pp=pp, dp=dp, vp=vp, micro_batch=mbs, global_batch=gbs,
                           sequence_parallel=tp > 1 if sp is None else sp, distributed_optimizer=dist_opt,
-                          recompute=recompute)
+                          recompute=recompute, cp=cp)
+
+
+def plan_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(PLAN), *map(str, args)], capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("name, published", [("llama3_8b.yaml", 8_030_261_248), ("llama3_70b.yaml", 70_553_706_496)])
@@ -97,6 +101,61 @@ def test_the_suggestion_is_the_smallest_layout_that_fits():
         if lay.tp * lay.pp < size:
             assert not planner.plan_layout(cfg, lay, 128_256, H100).fits, lay
     assert planner.suggest(cfg, nodes=1, gpus_per_node=1, vocab_size=128_256, gpu=H100) is None
+
+
+def test_recomputation_costs_compute_and_the_trainer_reports_model_flops_only():
+    cfg = config("llama3_8b.yaml")
+    m, seq = cfg.model, cfg.data.seq_length
+    plans = {r: planner.plan_layout(cfg, layout(tp=2, dp=4, recompute=r), 128_256, H100)
+             for r in ("none", "selective", "full")}
+    attention_forward = 4 * m.num_layers * seq * m.hidden_size
+    layer_matmuls = 8_030_261_248 - 2 * 128_256 * 4096 - (2 * m.num_layers + 1) * 4096   # no embeddings, norms
+    assert plans["none"].recompute_flops_per_token == 0
+    assert plans["selective"].recompute_flops_per_token == attention_forward     # QK^T and AV again
+    assert plans["full"].recompute_flops_per_token == 2 * layer_matmuls + attention_forward  # each layer's forward
+    # Full recomputation is a third more compute than none, selective a few percent, at the same utilisation.
+    assert plans["full"].step_seconds / plans["none"].step_seconds == pytest.approx(1.32, abs=0.01)
+    assert plans["none"].step_seconds < plans["selective"].step_seconds < plans["full"].step_seconds
+    full = plans["full"]
+    assert full.reported_mfu == pytest.approx(0.4 * full.flops_per_token
+                                              / (full.flops_per_token + full.recompute_flops_per_token))
+
+
+def test_context_parallel_as_in_nemos_llama3_8b_recipe_and_marked_as_not_runnable_here():
+    # NeMo's Llama-3-8B pre-training recipe at 8k tokens: TP 1, PP 1, CP 2 on one node of 8 GPUs.
+    cfg = config("llama3_8b.yaml", "--parallel.tensor=1")
+    lay = planner.layout_from_config(cfg, 8, cp=2)
+    assert (lay.tp, lay.cp, lay.pp, lay.dp, lay.gpus, lay.microbatches) == (1, 2, 1, 4, 8, 128)
+    with_cp = planner.plan_layout(cfg, lay, 128_256, H100)
+    without = planner.plan_layout(cfg, replace(lay, cp=1), 128_256, H100)     # the same replicas on 4 GPUs
+    a, b = with_cp.worst, without.worst
+    # Each GPU holds half of every sequence: half the activations and logits; the CP ranks also share
+    # the distributed optimizer's shards; weights and gradients are whole on each.
+    assert (a.weights, a.grads) == (b.weights, b.grads)
+    assert a.activations == pytest.approx(b.activations / 2, abs=1) and a.logits == b.logits // 2
+    assert a.optimizer == pytest.approx(b.optimizer / 2, abs=1)
+    assert with_cp.step_seconds == pytest.approx(without.step_seconds / 2)
+    assert not with_cp.runnable and without.runnable
+    out = plan_cli("--config", CONFIGS / "llama3_8b.yaml", "--nodes", "1", "--gpus-per-node", "8",
+                   "--parallel.tensor=1", "--context-parallel", "2")
+    assert out.returncode == 1, out.stderr                        # not a layout to queue: the trainer has no CP
+    assert "TP 1 x CP 2 x PP 1 x DP 4 = 8 GPUs" in out.stdout and "no context parallelism yet" in out.stdout
+    bad = plan_cli("--config", CONFIGS / "llama3_8b.yaml", "--context-parallel", "2", "--model.spec=local")
+    assert bad.returncode == 2 and bad.stderr.strip() == ("error: context parallelism needs transformer-engine's "
+                                                          "attention: model.spec te (or auto)")
+
+
+@pytest.mark.parametrize("name, nodes, gpu", [("llama3_70b.yaml", 4, "h100"), ("llama3_70b.yaml", 2, "h200"),
+                                              ("llama3_70b.yaml", 8, "h100")])
+def test_the_suggested_settings_give_the_suggested_layout_within_the_margin(name, nodes, gpu):
+    args = ["--config", CONFIGS / name, "--nodes", nodes, "--gpus-per-node", "8", "--gpu", gpu]
+    first = plan_cli(*args).stdout.splitlines()
+    at = next(i for i, line in enumerate(first) if line.startswith("suggest   smallest layout that fits"))
+    flags = first[at + 1].split()
+    again = plan_cli(*args, *flags)
+    assert again.returncode == 0, again.stdout                    # it fits with the margin, as applied
+    assert "suggest   this is the smallest layout that fits" in again.stdout
+    assert first[at].split(": ", 1)[1].split(",")[0] in again.stdout     # the same layout, VP included
 
 
 def measured_against_planned(run_dir: Path, nproc: int, *overrides: str) -> list[tuple[str, int, float, float]]:

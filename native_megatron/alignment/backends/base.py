@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -48,14 +51,56 @@ def load_count_tokenizer(path: str | None):
     """A token counter from a local tokenizer directory/file, or None."""
     if not path:
         return None
-    import os
-
     if not os.path.exists(path):
         return None
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
     return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def check_backend(config: RewriteConfig) -> None:
+    """Fail in seconds, with one line, when the backend cannot run; called before any work.
+
+    openai: every server answers ``GET /models`` and lists the model. vllm: vLLM is
+    installed and a model path is there. hf: the model directory holds a readable
+    ``config.json``. Nothing is loaded: that is the backend's own start.
+    """
+    if config.backend == "openai":
+        from native_megatron.alignment.backends.openai_http import check_servers
+
+        check_servers(config)
+    elif config.backend == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            raise ConfigError(VLLM_MISSING)
+        if _looks_like_path(config.model) and not os.path.exists(config.model):
+            raise ConfigError(f"rewrite.model {config.model} does not exist: give the rewriter's model directory")
+    elif config.backend == "hf":
+        check_model_dir(config.model)
+    if config.tokenizer and _looks_like_path(config.tokenizer) and not os.path.exists(config.tokenizer):
+        raise ConfigError(f"rewrite.tokenizer {config.tokenizer} does not exist")
+
+
+VLLM_MISSING = "the vllm backend needs vLLM on a GPU machine: pip install -e '.[rewrite]'"
+
+
+def _looks_like_path(name: str) -> bool:
+    # A Hub id such as Qwen/Qwen2.5-7B-Instruct may be downloaded by vLLM; a path must be there.
+    return os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name)
+
+
+def check_model_dir(path: str) -> None:
+    if not os.path.isdir(path):
+        raise ConfigError(f"rewrite.model {path} is not a local model directory (the hf backend never downloads)")
+    config_file = os.path.join(path, "config.json")
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        model_type = None
+    if not model_type:
+        raise ConfigError(f"rewrite.model {path}: no readable config.json with a model_type; is this a "
+                          f"transformers model directory?")
 
 
 def build_backend(config: RewriteConfig) -> RewriterBackend:

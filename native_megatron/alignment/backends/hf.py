@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from native_megatron.alignment.config import RewriteConfig
 from native_megatron.alignment.backends.base import (Generation, Messages, RewriterBackend,
-                                                     SamplingConfig)
+                                                     SamplingConfig, check_model_dir)
 from native_megatron.utils.config import ConfigError
 
 
@@ -18,9 +16,7 @@ class HFBackend(RewriterBackend):
     def __init__(self, config: RewriteConfig) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if not os.path.isdir(config.model):
-            raise ConfigError(f"rewrite.model {config.model} is not a local model directory (the hf backend "
-                              f"never downloads)")
+        check_model_dir(config.model)
         self.model = config.model
         self.batch_size = config.hf.batch_size
         device = config.hf.device

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from native_megatron.alignment.config import RewriteConfig
-from native_megatron.alignment.backends.base import (Generation, Messages, RewriterBackend,
+from native_megatron.alignment.backends.base import (VLLM_MISSING, Generation, Messages, RewriterBackend,
                                                      SamplingConfig)
 from native_megatron.utils.config import ConfigError
 
@@ -15,7 +15,7 @@ class VLLMBackend(RewriterBackend):
         try:
             from vllm import LLM
         except ImportError:
-            raise ConfigError("the vllm backend needs vLLM on a GPU machine: pip install -e '.[rewrite]'") from None
+            raise ConfigError(VLLM_MISSING) from None
         v = config.vllm
         self.model = config.model
         kwargs = dict(model=config.model, tensor_parallel_size=v.tensor_parallel_size,
