@@ -61,6 +61,7 @@ setup(
         "nm-convert=native_megatron.cli.convert:main",
         "nm-evaluate=native_megatron.cli.evaluate:main",
         "nm-seed-pairs=native_megatron.cli.seed_pairs:main",
+        "nm-sft-data=native_megatron.cli.sft_data:main",
         "nm-train-tokenizer=native_megatron.cli.train_tokenizer:main",
         "nm-tiny-model=native_megatron.cli.tiny_model:main",
     ]},

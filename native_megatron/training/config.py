@@ -112,11 +112,30 @@ class DataConfig:
     num_workers: int = 0
     # Synthetic tokens instead of files: for benchmarks and smoke tests only.
     mock: bool = False
+    # Chat SFT instead of pre-training: a directory made by tools/build_sft_data.py (its train and
+    # held-out splits; data.paths and data.split unused). data.tokenizer defaults to its tokenizer/.
+    sft_dir: str | None = None
+    # SFT: pack several conversations per sequence, attention kept within each (false: one per sequence).
+    pack: bool = True
+
+    def tokenizer_path(self) -> str:
+        """data.tokenizer, else the SFT directory's copy of the tokenizer."""
+        if not self.tokenizer and self.sft_dir:
+            return os.path.join(self.sft_dir, "tokenizer")
+        return self.tokenizer
 
     def validate(self) -> None:
         if self.seq_length < 2:
             raise ConfigError("data.seq_length must be at least 2")
-        if not self.mock:
+        if self.sft_dir is not None:
+            if self.mock or self.paths:
+                raise ConfigError("data.sft_dir trains on its own splits: leave data.paths empty and data.mock off")
+            if not os.path.isfile(os.path.join(self.sft_dir, "sft_stats.json")):
+                raise ConfigError(f"data.sft_dir: {self.sft_dir} is not an SFT data directory (no sft_stats.json); "
+                                  f"make one with tools/build_sft_data.py build")
+            if not os.path.exists(self.tokenizer_path()):
+                raise ConfigError(f"data.tokenizer: {self.tokenizer_path()} not found")
+        elif not self.mock:
             if not self.paths:
                 raise ConfigError("data.paths is empty: give dataset prefixes (PATH_text_document), "
                                   "optionally with weights [0.7, aligned, 0.3, raw]")
@@ -358,8 +377,8 @@ def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
         return os.path.abspath(path) if isinstance(path, str) and path else path
 
     d, c = cfg.data, cfg.checkpoint
-    data = dataclasses.replace(d, paths=[absolute(p) for p in d.paths], tokenizer=absolute(d.tokenizer),
-                               cache_dir=absolute(d.cache_dir))
+    data = dataclasses.replace(d, paths=[absolute(p) for p in d.paths], tokenizer=absolute(d.tokenizer_path()),
+                               cache_dir=absolute(d.cache_dir), sft_dir=absolute(d.sft_dir))
     checkpoint = dataclasses.replace(c, dir=absolute(c.dir), init_from=absolute(c.init_from))
     logging_cfg = dataclasses.replace(cfg.logging, run_dir=absolute(cfg.logging.run_dir))
     return dataclasses.replace(cfg, data=data, checkpoint=checkpoint, logging=logging_cfg)

@@ -13,6 +13,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Iterator
 
 import torch
@@ -65,6 +66,8 @@ def build_datasets(cfg: TrainConfig, vocab_size_hint: int | None = None) -> Data
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 
     d = cfg.data
+    if d.sft_dir:
+        return build_sft_datasets(cfg)
     if d.mock:
         tokenizer = DatasetTokenizer(vocab_size_hint or cfg.model.vocab_size or 1024, 0)
         blend = None
@@ -98,6 +101,37 @@ def build_datasets(cfg: TrainConfig, vocab_size_hint: int | None = None) -> Data
     if train is None:
         raise ValueError("the training split is empty: check data.split")
     return Datasets(train, valid if sizes[1] else None, tokenizer)
+
+
+def build_sft_datasets(cfg: TrainConfig) -> Datasets:
+    """Packed chat SFT datasets from ``data.sft_dir``: its train split, and its held-out split for validation."""
+    from native_megatron.data.sft import PackedSFTDataset, SFTDataError, read_stats
+
+    d = cfg.data
+    tokenizer = DatasetTokenizer.from_path(d.tokenizer_path())
+    try:
+        stats = read_stats(d.sft_dir)
+        if stats.get("vocab_size") != tokenizer.vocab_size:
+            raise ConfigError(f"data.sft_dir {d.sft_dir} was tokenized with a {stats.get('vocab_size')}-token "
+                              f"vocabulary, but data.tokenizer {d.tokenizer_path()} has {tokenizer.vocab_size:,}")
+        sizes = split_sizes(cfg)
+        make = partial(PackedSFTDataset, d.sft_dir, seq_length=d.seq_length, seed=d.seed, pack=d.pack,
+                       pad_id=tokenizer.eod)
+        train = make("train", num_samples=sizes[0])
+        valid = make("valid", num_samples=sizes[1]) if sizes[1] and stats["splits"]["valid"]["conversations"] \
+            else None
+    except SFTDataError as exc:
+        raise ConfigError(f"data.sft_dir: {exc}") from None
+    s = cfg.schedule
+    for name, ds, reads in (("train", train, sizes[0]), ("validation", valid, s.eval_steps * s.global_batch_size)):
+        if ds is not None:
+            logger.info("SFT %s: %s conversations%s in %s sequences of %d tokens (%.0f%% filled, %s); %s reads "
+                        "%.2f epochs of them", name, f"{ds.conversations:,}",
+                        f" ({ds.dropped:,} longer than data.seq_length left out)" if ds.dropped else "",
+                        f"{ds.per_epoch:,}", d.seq_length, 100 * ds.fill,
+                        "packed" if d.pack else "one per sequence",
+                        "the schedule" if name == "train" else "each validation", reads / ds.per_epoch)
+    return Datasets(train, valid, tokenizer)
 
 
 SPLIT_NAMES = ("train", "validation", "test")

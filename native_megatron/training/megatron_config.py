@@ -75,7 +75,8 @@ def transformer_config(cfg: TrainConfig, on_gpu: bool, spec_name: str = "local")
         # Fused kernels need CUDA (and apex or TE for some); the torch paths are exact.
         bias_activation_fusion=on_gpu,
         bias_dropout_fusion=on_gpu,
-        masked_softmax_fusion=on_gpu,
+        # Its causal kernel ignores an explicit mask, which packed SFT passes on the local and native specs.
+        masked_softmax_fusion=on_gpu and not (cfg.data.sft_dir and cfg.data.pack and spec_name != "te"),
         persist_layer_norm=False,
         gradient_accumulation_fusion=False,
         apply_rope_fusion=False,

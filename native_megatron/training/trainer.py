@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from native_megatron.training import checkpointing, megatron_config
+from native_megatron.training import checkpointing, megatron_config, packing
 from native_megatron.training.config import TrainConfig, adopt_checkpoint_model, with_absolute_paths
 from native_megatron.training.cpu_compat import cuda_to_cpu
 from native_megatron.training.data import build_datasets, microbatch_iterator
@@ -81,14 +81,25 @@ class TrainResult:
         return "done: " + " | ".join(parts)
 
 
-def forward_step(data_iterator: Iterator[dict], model: torch.nn.Module, device: torch.device):
-    """One microbatch forward; the loss is a sum over tokens (megatron-core divides by their count)."""
+def forward_step(data_iterator: Iterator[dict], model: torch.nn.Module, device: torch.device, thd: bool = False):
+    """One microbatch forward; the loss is a sum over tokens (megatron-core divides by their count).
+
+    A batch with ``segment_ids`` holds packed conversations: attention stays within each, by a
+    block-diagonal mask, or with ``thd`` (the te spec) by THD cu_seqlens (see ``packing``).
+    """
     batch = next(data_iterator)
     tokens = batch["tokens"].to(device, non_blocking=True)
     labels = batch["labels"].to(device, non_blocking=True)
     position_ids = batch["position_ids"].to(device, non_blocking=True)
     loss_mask = batch["loss_mask"].to(device, non_blocking=True)
-    output = model(tokens, position_ids, None, labels=labels)
+    attention_mask = packed = None
+    if "segment_ids" in batch:
+        segments = batch["segment_ids"].to(device, non_blocking=True)
+        if thd:
+            packed = packing.packed_seq_params(segments)
+        else:
+            attention_mask = packing.block_causal_mask(segments)
+    output = model(tokens, position_ids, attention_mask, labels=labels, packed_seq_params=packed)
     return output, partial(_loss_func, loss_mask)
 
 
@@ -171,6 +182,11 @@ class Trainer:
         vocab = cfg.model.vocab_size or self.datasets.tokenizer.vocab_size
         self.vocab_size = padded_vocab_size(vocab, cfg.model.make_vocab_size_divisible_by, cfg.parallel.tensor)
         self.spec_name = resolve_spec_name(cfg, on_gpu)
+        # Packed SFT on transformer-engine: THD format, which takes one packed row per microbatch.
+        self.thd = bool(cfg.data.sft_dir and cfg.data.pack and self.spec_name == "te")
+        if self.thd and cfg.schedule.micro_batch_size != 1:
+            raise ConfigError("packed SFT on the te spec (THD attention) needs schedule.micro_batch_size=1; "
+                              "raise data.seq_length to put more conversations in each microbatch")
         self.tf_config = megatron_config.transformer_config(cfg, on_gpu, self.spec_name)
         self.tf_config.calculate_per_token_loss = True
         with cuda_to_cpu():  # tied embeddings under PP: megatron-core moves the last stage's copy to CUDA
@@ -317,7 +333,7 @@ class Trainer:
         s = self.cfg.schedule
         with cuda_to_cpu():
             reports = self.forward_backward(
-                forward_step_func=partial(forward_step, device=self.device), data_iterator=data_iterator,
+                forward_step_func=partial(forward_step, device=self.device, thd=self.thd), data_iterator=data_iterator,
                 model=self.model if len(self.model) > 1 else self.model[0], num_microbatches=self.microbatches,
                 seq_length=self.cfg.data.seq_length, micro_batch_size=s.micro_batch_size, forward_only=forward_only)
         return self._reduce_loss(reports)
