@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Tokenize+write throughput of the preprocessing pipeline against a plain baseline.
+"""Throughput of the preprocessing pipeline: tokenize+write against a plain baseline, and the
+prepare stage with the language and quality filters on and off.
 
 Generates a corpus of at least ``--size-mb`` MB of Arabic documents (sentences
 of the shipped sample recombined at random, seeded), then measures, in the same
@@ -12,7 +13,11 @@ run and on the same input file:
   1 worker and with ``--workers`` workers, on shards of the same corpus.
 
 Prints tokens/s per worker (per core) for each, the ratio to the baseline, and
-checks that every variant wrote identical .bin/.idx bytes.
+checks that every variant wrote identical .bin/.idx bytes. Then the prepare stage
+(parse, clean, filter, dedup) on the same file with one worker, documents/s, twice:
+with the filters of the earlier releases only (length, Arabic script share), and
+with everything on by default (mojibake repair, symbol lines, language ID, the
+quality filters, PII redaction).
 
     python benchmarks/bench_preprocess.py --size-mb 50 --workers 2
 """
@@ -29,7 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from native_megatron.data.cleaning import CleanConfig
+from native_megatron.data.dedup import DedupConfig
 from native_megatron.data.indexed import TokenizeSettings, dataset_prefix, run_tokenize
+from native_megatron.data.prepare import PrepareSettings, run_prepare
+from native_megatron.data.quality import QualityConfig
 from native_megatron.data.tokenizer import load_tokenizer
 from native_megatron.utils.logging import quiet_third_party, setup_logging
 
@@ -106,6 +115,19 @@ def ours(shards: list[str], tokenizer_path: str, work: Path, out_prefix: str, wo
     return stats
 
 
+# The cleaning of the earlier releases: the new steps and filters switched off.
+FILTERS_OFF = dict(fix_mojibake=False, remove_symbol_lines=False, language="", redact_pii=False,
+                   quality=QualityConfig(enabled=False))
+
+
+def prepare_rate(corpus: Path, work: Path, clean: CleanConfig) -> tuple[int, int, float]:
+    """(documents in, documents kept, seconds) of the prepare stage with one worker."""
+    settings = PrepareSettings([str(corpus)], "text", "id", clean, DedupConfig(), 20_000, 1)
+    start = time.perf_counter()
+    stats = run_prepare(settings, work, show_progress=False).stats
+    return stats["documents_in"], stats["documents_kept"], time.perf_counter() - start
+
+
 def same(a: str, b: str) -> bool:
     return all(Path(a + s).read_bytes() == Path(b + s).read_bytes() for s in (".bin", ".idx"))
 
@@ -136,12 +158,18 @@ def main() -> int:
             rows.append(("native_megatron tokenize stage", workers, st["tokens"], st["wall"],
                          st["tokens_per_worker_second"], st["tokens"] / st["wall"]))
         identical = all(same(str(tmp / "baseline"), o) for o in outputs)
+        prepared = [(name, *prepare_rate(corpus, tmp / f"prepare_{i}", clean)) for i, (name, clean) in
+                    enumerate([("prepare, earlier filters only", CleanConfig(**FILTERS_OFF)),
+                               ("prepare, all filters on (default)", CleanConfig())])]
     print(f"\n{'variant':44} {'workers':>7} {'tokens':>12} {'wall s':>8} {'tok/s/worker':>13} "
           f"{'tok/s wall':>12} {'per-core x':>10}")
     for name, w, tokens, wall, per_worker, per_wall in rows:
         print(f"{name:44} {w:7d} {tokens:12,} {wall:8.2f} {per_worker:13,.0f} {per_wall:12,.0f} "
               f"{per_worker / base_rate:10.2f}")
     print(f"\noutputs byte-identical to the baseline: {identical}")
+    print(f"\n{'variant':44} {'docs in':>9} {'kept':>9} {'wall s':>8} {'docs/s/core':>12}")
+    for name, docs, kept, wall in prepared:
+        print(f"{name:44} {docs:9,} {kept:9,} {wall:8.2f} {docs / wall:12,.0f}")
     return 0 if identical else 1
 
 

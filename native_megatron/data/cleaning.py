@@ -2,6 +2,9 @@
 
 Steps run in this order (each can be switched off in :class:`CleanConfig`):
 
+0. ``fix_mojibake``        ftfy repairs text decoded with the wrong codec (``Ø§Ù„Ø¹Ø±Ø¨ÙŠØ©``
+                           -> العربية); only texts with a character of U+00C2-U+00F4 are
+                           looked at, since UTF-8 mojibake always has one.
 1. ``strip_html``          unescape entities (``&nbsp;``), drop leftover tags (``<br>``).
 2. ``nfkc``                Unicode NFKC: presentation forms (U+FB50-U+FEFF) and
                            ligatures become ordinary letters, so one word has one spelling.
@@ -13,15 +16,22 @@ Steps run in this order (each can be switched off in :class:`CleanConfig`):
 6. ``normalize_alef``      أ إ آ ٱ -> ا          } Off by default for pre-training: they
    ``normalize_yaa``       ى -> ي                } erase real spelling; useful for search
    ``normalize_taa_marbuta`` ة -> ه              } and deduplication keys.
+   ``normalize_persian_letters`` ی -> ي, ک -> ك  } Off by default: Persian keyboards'
+   ``normalize_digits``    ٠-٩, ۰-۹ -> 0-9       } letters and Arabic-Indic digits are real text.
 7. ``normalize_whitespace`` Unicode spaces -> space, runs collapsed, lines stripped,
                            at most one blank line in a row.
 8. ``remove_boilerplate``  short whole lines matching a boilerplate pattern (share buttons,
                            copyright, cookie notices, navigation bars, "read also"...);
                            each pattern has a length limit above which a line is content.
+9. ``remove_symbol_lines`` lines with no letter or digit (``* * *``, ``|||``, ``=====``).
 
 Then document filters, each giving a drop reason: ``too_long`` (before cleaning,
-so a 10 MB blob costs nothing), ``too_short`` (characters or words after
-cleaning) and ``low_arabic_ratio`` (Arabic letters over all letters).
+so a 10 MB blob costs nothing), ``blocked_url`` (the input's URL, also before
+cleaning), ``too_short`` (characters or words after cleaning),
+``low_arabic_ratio`` (Arabic letters over all letters), ``wrong_language``
+(:mod:`native_megatron.data.langid`), then the quality filters of
+:mod:`native_megatron.data.quality`. A kept document's PII is redacted last
+(:mod:`native_megatron.data.pii`), before deduplication and tokenization.
 """
 
 from __future__ import annotations
@@ -33,6 +43,9 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
+from native_megatron.data.langid import LanguageGuess, LanguageIdentifier
+from native_megatron.data.pii import PII_KINDS, PiiRedactor
+from native_megatron.data.quality import QualityConfig, QualityFilter
 from native_megatron.utils.config import ConfigError
 
 TATWEEL = "\u0640"
@@ -46,6 +59,10 @@ BLANK_LINES_RE = re.compile(r"\n{3,}")
 # Letters of the Arabic script blocks (Arabic, Supplement, Extended-A, presentation forms).
 ARABIC_LETTER_RE = re.compile("[\u0620-\u064a\u066e-\u06d3\u06d5\u06ee\u06ef\u06fa-\u06ff"
                               "\u0750-\u077f\u08a0-\u08c9\ufb50-\ufdff\ufe70-\ufefc]")
+# UTF-8 read as Latin-1 or cp1252 always shows a lead byte as one of these characters.
+MOJIBAKE_HINT_RE = re.compile("[\u00c2-\u00f4]")
+PERSIAN_LETTERS = {0x06CC: "\u064a", 0x06A9: "\u0643"}          # ی -> ي, ک -> ك
+EASTERN_DIGITS = {**{0x0660 + i: str(i) for i in range(10)}, **{0x06F0 + i: str(i) for i in range(10)}}
 
 @dataclass(frozen=True)
 class BoilerplateRule:
@@ -122,6 +139,7 @@ DEFAULT_BOILERPLATE: dict[str, BoilerplateRule] = {
 class CleanConfig:
     """Cleaning steps and document filters (see the module docstring for the order)."""
 
+    fix_mojibake: bool = True
     strip_html: bool = True
     nfkc: bool = True
     remove_control: bool = True
@@ -130,6 +148,8 @@ class CleanConfig:
     normalize_alef: bool = False
     normalize_yaa: bool = False
     normalize_taa_marbuta: bool = False
+    normalize_persian_letters: bool = False
+    normalize_digits: bool = False
     normalize_whitespace: bool = True
     remove_boilerplate: bool = True
     # Names from DEFAULT_BOILERPLATE to use; empty means all of them.
@@ -143,6 +163,15 @@ class CleanConfig:
     min_words: int = 10
     max_chars: int = 1_000_000
     min_arabic_ratio: float = 0.5
+    remove_symbol_lines: bool = True
+    # The language to keep, as a CLD2 code ("ar"); "" keeps every language. A document
+    # whose Arabic-script text is less than min_language_score in it is dropped.
+    language: str = "ar"
+    min_language_score: float = 0.5
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    # PII of these kinds (empty: all of them) is replaced by placeholders in kept documents.
+    redact_pii: bool = True
+    pii_kinds: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         unknown = [n for n in self.boilerplate if n not in DEFAULT_BOILERPLATE]
@@ -161,6 +190,22 @@ class CleanConfig:
             raise ConfigError("clean.min_arabic_ratio must be between 0 and 1")
         if self.min_chars < 0 or self.min_words < 0 or self.max_chars <= self.min_chars:
             raise ConfigError("clean: need 0 <= min_chars < max_chars and min_words >= 0")
+        if not 0.0 <= self.min_language_score <= 1.0:
+            raise ConfigError("clean.min_language_score must be between 0 and 1")
+        unknown = [k for k in self.pii_kinds if k not in PII_KINDS]
+        if unknown:
+            raise ConfigError(f"clean.pii_kinds: unknown kind {unknown[0]!r}; known: {', '.join(PII_KINDS)}")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What became of one document: ``reason`` (None when kept) and ``detail`` of a drop,
+    the kept ``text``, and the language found (None when it was not looked for)."""
+
+    reason: str | None = None
+    detail: str | None = None
+    text: str | None = None
+    language: LanguageGuess | None = None
 
 
 def arabic_ratio(text: str) -> float:
@@ -212,13 +257,28 @@ class Cleaner:
             letters[ord("\u0629")] = "\u0647"
         if config.remove_tatweel:
             letters[ord(TATWEEL)] = None
+        if config.normalize_persian_letters:
+            letters.update(PERSIAN_LETTERS)
+        if config.normalize_digits:
+            letters.update(EASTERN_DIGITS)
         self._letters = letters
+        self._ftfy = _ftfy_config() if config.fix_mojibake else None
+        self._langid = LanguageIdentifier(config.language) if config.language else None
+        self._quality = QualityFilter(config.quality)
+        self._pii = PiiRedactor(config.pii_kinds) if config.redact_pii else None
         self.counts: Counter[str] = Counter()
 
     def clean(self, text: str) -> str:
         """The cleaned text (possibly empty). Document filters are in :meth:`filter`."""
         c = self.config
         counts = self.counts
+        if self._ftfy is not None and MOJIBAKE_HINT_RE.search(text):
+            import ftfy
+
+            new = ftfy.fix_text(text, self._ftfy)
+            if new != text:
+                counts["fix_mojibake"] += 1
+                text = new
         if c.strip_html and ("&" in text or "<" in text):
             new = HTML_TAG_RE.sub(" ", html.unescape(text))
             if new != text:
@@ -247,7 +307,7 @@ class Cleaner:
             if new != text:
                 counts["normalize_alef"] += 1
                 text = new
-        if c.normalize_whitespace or c.remove_boilerplate:
+        if c.normalize_whitespace or c.remove_boilerplate or c.remove_symbol_lines:
             text = self._lines(text)
         return text
 
@@ -261,6 +321,9 @@ class Cleaner:
                 changed |= new != line
                 line = new
             if c.remove_boilerplate and line and self._is_boilerplate(line):
+                continue
+            if c.remove_symbol_lines and line.strip() and not any(ch.isalnum() for ch in line):
+                self.counts["remove_symbol_lines"] += 1
                 continue
             out.append(line)
         text = "\n".join(out)
@@ -286,14 +349,59 @@ class Cleaner:
 
     def filter(self, text: str) -> str | None:
         """The drop reason for a cleaned text, or None to keep it."""
+        return self.check(text).reason
+
+    def check(self, text: str) -> Verdict:
+        """The document filters on a cleaned text: the first that fails, with its measurement."""
         c = self.config
         if len(text) < c.min_chars:
-            return "too_short"
+            return Verdict("too_short")
         if c.min_words and len(text.split()) < c.min_words:
-            return "too_short"
+            return Verdict("too_short")
         if c.min_arabic_ratio > 0 and arabic_ratio(text) < c.min_arabic_ratio:
-            return "low_arabic_ratio"
-        return None
+            return Verdict("low_arabic_ratio")
+        guess = None
+        if self._langid is not None:
+            guess = self._langid.identify(text)
+            self.counts[f"language:{guess.language}"] += 1
+            if guess.score < c.min_language_score:
+                return Verdict("wrong_language", f"{guess.language} (score {guess.score:.3f})", language=guess)
+        failed = self._quality.check(text)
+        if failed is not None:
+            return Verdict(failed[0], failed[1], language=guess)
+        return Verdict(text=text, language=guess)
+
+    def redact(self, text: str) -> str:
+        """``text`` with its PII replaced by placeholders (counted as ``pii:KIND``)."""
+        if self._pii is None:
+            return text
+        text, found = self._pii.redact(text)
+        for kind, n in found.items():
+            self.counts[f"pii:{kind}"] += n
+        return text
+
+    def process(self, raw_text: str, url: str | None = None) -> Verdict:
+        """One raw document through everything: the drop reason, or the cleaned, redacted text."""
+        if self.too_long(raw_text):
+            return Verdict("too_long", f"{len(raw_text)} chars")
+        blocked = self._quality.check_url(url)
+        if blocked is not None:
+            return Verdict(*blocked)
+        verdict = self.check(self.clean(raw_text))
+        if verdict.reason is not None:
+            return verdict
+        return Verdict(text=self.redact(verdict.text), language=verdict.language)
 
     def too_long(self, raw_text: str) -> bool:
         return len(raw_text) > self.config.max_chars
+
+
+@functools.lru_cache(maxsize=1)
+def _ftfy_config():
+    """ftfy's encoding repairs only, as FineWeb-2 ran it (datatrove's FTFYFormatter): nothing that
+    restyles text (quotes, widths, ligatures, normalisation); HTML and controls are our own steps."""
+    from ftfy import TextFixerConfig
+
+    return TextFixerConfig(unescape_html=False, remove_control_chars=False, fix_latin_ligatures=False,
+                           fix_character_width=False, uncurl_quotes=False, fix_line_breaks=False,
+                           normalization=None, explain=False)

@@ -47,6 +47,8 @@ class InputConfig:
     paths: list[str] = field(default_factory=list)
     text_key: str = "text"
     id_key: str = "id"
+    # The documents' URL (JSON key or Parquet column), for clean.quality's URL blocklist; "" for none.
+    url_key: str = "url"
 
 
 @dataclass
@@ -144,7 +146,7 @@ def _prepare_stage(cfg: PreprocessConfig, files: list[str], paths: Paths) -> tup
     # earlier document, so it starts over; tokenize partitions depend on it.
     shutil.rmtree(paths.work, ignore_errors=True)
     settings = PrepareSettings(files, cfg.input.text_key, cfg.input.id_key, cfg.clean, cfg.dedup,
-                               cfg.output.shard_size, cfg.run.workers)
+                               cfg.output.shard_size, cfg.run.workers, url_key=cfg.input.url_key or None)
     result = run_prepare(settings, paths.prepare, show_progress=cfg.run.progress)
     atomic_write_json(done_path, {"fingerprint": fingerprint, "shards": result.shards, "files": files})
     return result.shards, result.stats, False
@@ -242,6 +244,9 @@ def run_preprocess(cfg: PreprocessConfig, middle: MiddleStage | None = None) -> 
         "documents_by_status": counts["status"],
         "dropped_by_reason": counts["reasons"],
         "cleaning_steps": prepare_stats["cleaning_steps"],
+        # Pulled out of cleaning_steps: what the language identifier found, and the PII redacted per kind.
+        "languages": _prefixed(prepare_stats["cleaning_steps"], "language:"),
+        "pii_redacted": _prefixed(prepare_stats["cleaning_steps"], "pii:"),
         "empty_files": prepare_stats["empty_files"],
         "read_errors": prepare_stats["read_errors"],
         "dedup": prepare_stats["dedup"],
@@ -275,6 +280,10 @@ def run_preprocess(cfg: PreprocessConfig, middle: MiddleStage | None = None) -> 
     if not stats["documents_written"]:
         raise _nothing_kept(stats["documents_in"], stats["dropped_by_reason"], paths.manifest)
     return stats
+
+
+def _prefixed(counts: dict[str, int], prefix: str) -> dict[str, int]:
+    return {k[len(prefix):]: v for k, v in counts.items() if k.startswith(prefix)}
 
 
 def _nothing_kept(documents_in: int, reasons: dict[str, int], manifest: str) -> InputError:

@@ -6,7 +6,8 @@ the output does not depend on the number of workers. Output, in the work
 directory:
 
 - ``shard-00000.jsonl`` ...: ``{"id", "file", "line", "text"}`` per kept document;
-- ``manifest.jsonl``: one row per input line, kept or dropped with the reason;
+- ``manifest.jsonl``: one row per input line, kept or dropped with the reason, and
+  the language found (``language``, ``language_score``) where it was looked for;
 - ``stats.json``: counts per reason and per cleaning step;
 - ``DONE.json``: written last; it carries a fingerprint of the inputs and
   settings, so a rerun reuses the stage only when nothing changed.
@@ -25,8 +26,9 @@ from typing import Any, IO
 
 from native_megatron.data.cleaning import CleanConfig, Cleaner
 from native_megatron.data.dedup import Deduplicator, DedupConfig, Fingerprint, fingerprint
+from native_megatron.data.langid import LanguageGuess
 from native_megatron.data.manifest import DROPPED, PASSED, ManifestWriter
-from native_megatron.data.readers import RawRecord, RecordSkip, iter_records, parse_record
+from native_megatron.data.readers import RawRecord, RecordSkip, iter_records, parse_document
 from native_megatron.utils.io import Progress, atomic_open, atomic_write_json
 from native_megatron.utils.parallel import batched, ordered_map
 
@@ -44,6 +46,7 @@ class PrepareSettings:
     dedup: DedupConfig
     shard_size: int
     workers: int
+    url_key: str | None = None
 
 
 @dataclass
@@ -73,6 +76,7 @@ class Outcome:
     detail: str | None = None
     text: str | None = None
     fp: Fingerprint | None = None
+    language: LanguageGuess | None = None
 
 
 def _process_chunk(chunk: list[RawRecord]) -> tuple[list[Outcome], Counter]:
@@ -83,19 +87,16 @@ def _process_chunk(chunk: list[RawRecord]) -> tuple[list[Outcome], Counter]:
     for rec in chunk:
         name = _WORKER["names"][rec.file]
         try:
-            doc_id, raw = parse_record(rec, s.text_key, s.id_key, name)
+            doc = parse_document(rec, s.text_key, s.id_key, name, s.url_key)
         except RecordSkip as skip:
             out.append(Outcome(rec.file, rec.line, f"{name}:{rec.line}", skip.reason, skip.detail or None))
             continue
-        if cleaner.too_long(raw):
-            out.append(Outcome(rec.file, rec.line, doc_id, "too_long", f"{len(raw)} chars"))
+        v = cleaner.process(doc.text, doc.url)
+        if v.reason is not None:
+            out.append(Outcome(rec.file, rec.line, doc.doc_id, v.reason, v.detail, language=v.language))
             continue
-        text = cleaner.clean(raw)
-        reason = cleaner.filter(text)
-        if reason is not None:
-            out.append(Outcome(rec.file, rec.line, doc_id, reason))
-            continue
-        out.append(Outcome(rec.file, rec.line, doc_id, text=text, fp=fingerprint(text, s.dedup)))
+        out.append(Outcome(rec.file, rec.line, doc.doc_id, text=v.text, fp=fingerprint(v.text, s.dedup),
+                           language=v.language))
     return out, cleaner.counts - before
 
 
@@ -161,7 +162,7 @@ def run_prepare(settings: PrepareSettings, work_dir: Path, show_progress: bool =
     work_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     read_stats: dict[str, Any] = {}
-    records = iter_records(settings.files, settings.text_key, settings.id_key, read_stats)
+    records = iter_records(settings.files, settings.text_key, settings.id_key, read_stats, settings.url_key)
     chunks = batched(records, CHUNK_RECORDS)
     dedup = Deduplicator(settings.dedup)
     shards = ShardWriter(work_dir, settings.shard_size)
@@ -190,6 +191,8 @@ def run_prepare(settings: PrepareSettings, work_dir: Path, show_progress: bool =
                     row["status"] = PASSED
                     shards.write({**{k: row[k] for k in ("id", "file", "line")}, "text": o.text})
                     chars_out += len(o.text)
+                if o.language is not None:
+                    row.update(language=o.language.language, language_score=o.language.score)
                 manifest.write(row)
             bar.update(len(outcomes))
         shards.close()

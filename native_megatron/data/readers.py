@@ -44,13 +44,22 @@ class RecordSkip(Exception):
 class RawRecord:
     """One input line or row, not yet parsed.
 
-    ``payload`` is the line's bytes for JSONL, or a ``(id, text)`` pair already
+    ``payload`` is the line's bytes for JSONL, or an ``(id, text, url)`` triple already
     read by Arrow for Parquet. ``line`` is 1-based (the row number for Parquet).
     """
 
     file: int
     line: int
-    payload: bytes | tuple[Any, Any] | None
+    payload: bytes | tuple[Any, Any, Any] | None
+
+
+@dataclass(frozen=True)
+class Document:
+    """A parsed record: its id, its text and, when the input has one, its URL."""
+
+    doc_id: str
+    text: str
+    url: str | None = None
 
 
 def input_format(path: str | Path) -> str:
@@ -133,7 +142,7 @@ def iter_jsonl(path: str, file_index: int) -> Iterator[RawRecord]:
 
 
 def iter_parquet(path: str, file_index: int, text_key: str, id_key: str,
-                 batch_size: int = 1024) -> Iterator[RawRecord]:
+                 batch_size: int = 1024, url_key: str | None = None) -> Iterator[RawRecord]:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
@@ -145,17 +154,21 @@ def iter_parquet(path: str, file_index: int, text_key: str, id_key: str,
             yield RawRecord(file_index, row, None)
         return
     columns = [text_key] + ([id_key] if id_key in names and id_key != text_key else [])
+    if url_key and url_key in names and url_key not in columns:
+        columns.append(url_key)
     row = 0
     for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
         texts = batch.column(text_key).to_pylist()
-        ids = batch.column(id_key).to_pylist() if len(columns) > 1 else [None] * len(texts)
-        for doc_id, text in zip(ids, texts):
+        none = [None] * len(texts)
+        ids = batch.column(id_key).to_pylist() if id_key in columns[1:] else none
+        urls = batch.column(url_key).to_pylist() if url_key and url_key in columns[1:] else none
+        for doc_id, text, url in zip(ids, texts, urls):
             row += 1
-            yield RawRecord(file_index, row, (doc_id, text))
+            yield RawRecord(file_index, row, (doc_id, text, url))
 
 
 def iter_records(files: list[str], text_key: str, id_key: str,
-                 stats: dict[str, Any] | None = None) -> Iterator[RawRecord]:
+                 stats: dict[str, Any] | None = None, url_key: str | None = None) -> Iterator[RawRecord]:
     """All records of all files, in order. A file that breaks mid-read (truncated gzip,
     corrupt Parquet) yields one record with payload ``None`` and a ``read_error`` marker
     in ``stats['read_errors']``, and reading goes on with the next file."""
@@ -163,7 +176,7 @@ def iter_records(files: list[str], text_key: str, id_key: str,
         count = 0
         try:
             if input_format(path) == "parquet":
-                it = iter_parquet(path, index, text_key, id_key)
+                it = iter_parquet(path, index, text_key, id_key, url_key=url_key)
             else:
                 it = iter_jsonl(path, index)
             for record in it:
@@ -210,14 +223,23 @@ def _check_encodable(value: Any, field: str) -> None:
 
 def parse_record(record: RawRecord, text_key: str, id_key: str, file_name: str) -> tuple[str, str]:
     """A raw record -> ``(doc_id, text)``; raises :class:`RecordSkip` with the reason."""
+    doc = parse_document(record, text_key, id_key, file_name)
+    return doc.doc_id, doc.text
+
+
+def parse_document(record: RawRecord, text_key: str, id_key: str, file_name: str,
+                   url_key: str | None = None) -> Document:
+    """A raw record -> :class:`Document` (the URL from ``url_key`` when it is a string);
+    raises :class:`RecordSkip` with the reason."""
     payload = record.payload
+    url = None
     default_id = f"{file_name}:{record.line}"
     if isinstance(payload, _ReadError):
         raise RecordSkip("read_error", str(payload))
     if payload is None:
         raise RecordSkip("missing_text_key")
     if isinstance(payload, tuple):
-        doc_id, text = payload
+        doc_id, text, url = payload
     else:
         line = _decode_line(payload)
         if not line.strip():
@@ -231,6 +253,7 @@ def parse_record(record: RawRecord, text_key: str, id_key: str, file_name: str) 
         if text_key not in obj:
             raise RecordSkip("missing_text_key")
         text, doc_id = obj[text_key], obj.get(id_key)
+        url = obj.get(url_key) if url_key else None
         if _SURROGATE_ESCAPE.search(line):
             _check_encodable(text, "text")
             _check_encodable(doc_id, "id")
@@ -240,7 +263,7 @@ def parse_record(record: RawRecord, text_key: str, id_key: str, file_name: str) 
         raise RecordSkip("text_not_string", type(text).__name__)
     if not text.strip():
         raise RecordSkip("empty_text")
-    return (default_id if doc_id is None else str(doc_id)), text
+    return Document(default_id if doc_id is None else str(doc_id), text, url if isinstance(url, str) else None)
 
 
 SAMPLE_LINES = 100

@@ -1,6 +1,7 @@
 import pytest
 
 from native_megatron.data.cleaning import DEFAULT_BOILERPLATE, CleanConfig, Cleaner, arabic_ratio
+from native_megatron.data.quality import QualityConfig
 from native_megatron.utils.config import ConfigError, load_config
 
 
@@ -29,10 +30,32 @@ def test_diacritics_off_by_default_and_removable():
     ("normalize_alef", "أحمد إلى آمن ٱلله", "احمد الى امن الله"),
     ("normalize_yaa", "مستشفى على", "مستشفي علي"),
     ("normalize_taa_marbuta", "مدرسة جميلة", "مدرسه جميله"),
+    ("normalize_persian_letters", "کتاب کبیر في الشارع", "كتاب كبير في الشارع"),
+    ("normalize_digits", "عام ٢٠٢٤ و۱۴۰۳ و 2024", "عام 2024 و1403 و 2024"),
 ])
 def test_letter_normalisations_are_off_by_default(option, before, after):
     assert clean(before) == before
     assert clean(before, **{option: True}) == after
+
+
+def test_mojibake_is_repaired_and_nothing_else_restyled():
+    arabic = "العربية لغة جميلة"
+    broken = arabic.encode("utf-8").decode("cp1252", errors="replace")      # Ø§Ù„Ø¹Ø±Ø¨ÙŠØ©...
+    cleaner = Cleaner(CleanConfig())
+    assert cleaner.clean(broken) == arabic and cleaner.counts["fix_mojibake"] == 1
+    # Curly quotes, accents and full-width characters are text, not damage.
+    text = "قال: “مرحباً” à Paris ＡＢＣ"
+    assert clean(text, nfkc=False) == text
+    # Off, the damage stays (and "ة" read as cp1252 holds a "©" that the copyright rule would take).
+    assert clean(broken, fix_mojibake=False, nfkc=False, remove_boilerplate=False) == broken
+
+
+def test_symbol_only_lines_are_removed():
+    text = "فقرة أولى من النص.\n---\n* * *\n|||\n😂😂\nفقرة ثانية ٢٠٢٤\n2024"
+    cleaner = Cleaner(CleanConfig())
+    assert cleaner.clean(text) == "فقرة أولى من النص.\nفقرة ثانية ٢٠٢٤\n2024"
+    assert cleaner.counts["remove_symbol_lines"] == 4
+    assert clean(text, remove_symbol_lines=False) == text
 
 
 def test_whitespace_and_control_characters():
@@ -230,7 +253,9 @@ def long_line(words, insert):
                                     "ملفات تعريف الارتباط", "جوجل بلاي", "window.open"])
 def test_long_single_line_document_mentioning_a_trigger_is_kept(insert):
     doc = long_line(160, insert)
-    cleaner = Cleaner(CleanConfig())
+    # The line repeats three sentences, which the repetition filters rightly drop (test_quality.py);
+    # here only cleaning and the length and script filters are under test.
+    cleaner = Cleaner(CleanConfig(quality=QualityConfig(enabled=False)))
     assert cleaner.clean(doc) == doc
     assert cleaner.filter(doc) is None
 
@@ -261,7 +286,8 @@ def test_extra_patterns_apply_up_to_their_configurable_limits():
 
 
 def test_filters():
-    cleaner = Cleaner(CleanConfig(min_chars=20, min_words=4, min_arabic_ratio=0.5))
+    cleaner = Cleaner(CleanConfig(min_chars=20, min_words=4, min_arabic_ratio=0.5,
+                                  quality=QualityConfig(enabled=False)))
     assert cleaner.filter("قصير") == "too_short"
     assert cleaner.filter("كلمة" * 10) == "too_short"  # enough characters, one word
     assert cleaner.filter("This is an English sentence with one كلمة") == "low_arabic_ratio"

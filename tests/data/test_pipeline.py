@@ -58,7 +58,7 @@ def test_dataset_holds_exactly_the_tokenizer_ids_of_each_kept_document(sample_ru
             doc_id, raw = parse_record(rec, "text", "id", sample_corpus.name)
         except RecordSkip:
             continue
-        texts[rec.line] = cleaner.clean(raw)
+        texts[rec.line] = cleaner.process(raw).text      # cleaned, filtered, PII redacted
     rows = manifest(prefix)
     kept = [r for r in rows if r["status"] == "kept"]
     ds = read_dataset(prefix)
@@ -97,9 +97,25 @@ def test_sample_has_real_work_for_every_filter(sample_run):
         if r.get("reason") in ("exact_duplicate", "near_duplicate"):
             assert rows[r["duplicate_of"]]["status"] == "kept"
     steps = stats["cleaning_steps"]
-    for step in ("strip_html", "remove_control", "normalize_letters", "normalize_whitespace",
-                 "boilerplate:copyright", "boilerplate:share", "boilerplate:cookies"):
+    for step in ("fix_mojibake", "strip_html", "remove_control", "normalize_letters", "normalize_whitespace",
+                 "boilerplate:copyright", "boilerplate:share", "boilerplate:cookies", "remove_symbol_lines"):
         assert steps.get(step, 0) > 0, step
+    assert stats["pii_redacted"].get("phone", 0) > 0 and stats["languages"]["ar"] > 300
+
+
+# Kept by the sample before language ID, the quality filters and PII redaction.
+KEPT_BEFORE = 321
+OLD_REASONS = {"exact_duplicate", "near_duplicate", "too_short", "low_arabic_ratio", "too_long"}
+
+
+def test_sample_keeps_95_percent_of_what_it_kept_before_the_new_filters(sample_run):
+    prefix, stats = sample_run
+    new = {k: v for k, v in stats["dropped_by_reason"].items() if k not in OLD_REASONS}
+    assert stats["documents_by_status"]["kept"] >= 0.95 * KEPT_BEFORE, f"new filters drop too much: {new}"
+    rows = manifest(prefix)
+    # Every document that reached language identification carries its language in the manifest.
+    assert all(r["language"] == "ar" for r in rows if r["status"] == "kept")
+    assert all(r.get("detail") for r in rows if r.get("reason") in new)
 
 
 def test_outputs_do_not_depend_on_workers_or_shards_and_reruns_are_byte_identical(
