@@ -9,11 +9,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test clean
+.PHONY: help install demo test test-fast gpu-check clean
 
 help:
 	@echo "make demo   preprocess the shipped Arabic sample (raw and aligned), train a tiny model on the blend, evaluate it"
 	@echo "make test   run the test suite"
+	@echo "make test-fast  the suite without the tests marked slow (the inner loop)"
+	@echo "make gpu-check  on NVIDIA GPUs: build, test and measure every GPU path (WHEELS=DIR OUT=DIR; docs/kernels.md)"
 
 install: $(STAMP)
 
@@ -48,6 +50,16 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# On a machine with NVIDIA GPUs and a CUDA build of torch: no venv (it would bring CPU torch), the
+# python3 that has that torch. WHEELS=DIR installs the wheels there first, offline; OUT=DIR (else
+# ./gpu_check) gets gpu_check.json and gpu_check.log; GPU_CHECK_ARGS=--dry-run checks it on a CPU.
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py $(if $(WHEELS),--wheels $(WHEELS)) $(if $(OUT),--out $(OUT)) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf runs build *.egg-info

@@ -9,12 +9,19 @@ in the same run on Llama-3-8B-like shapes.
 "bw/copy" is the op's minimum traffic (each input read once, each output written once) over its
 time, divided by the bandwidth of `dst.copy_(src)` on a 1 GiB buffer measured here: 1.0 means the
 op runs as fast as memory allows. The other columns are the alternative's time over ours (above
-1.0: ours is faster). Forward and backward are timed separately.
+1.0: ours is faster). Forward and backward are timed separately. A competitor that fails (an API
+that moved between versions) leaves its column empty and its error in the JSON. On CUDA it also
+measures the cross-entropy's memory: the peak a forward and backward allocate beyond the logits,
+the targets and the one logits-sized gradient, in logits-sized buffers ("xent extra").
+
+    python benchmarks/bench_kernels.py --json bench_kernels.json   # the table, and every number as JSON
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import json
 import math
 import statistics
 import sys
@@ -53,9 +60,18 @@ def copy_bandwidth(device: str, nbytes: int, iters: int) -> float:
     return 2 * nbytes / timer(device, lambda: dst.copy_(src), iters)
 
 
+def package_version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
 def optional_competitors():
-    """transformer-engine and Liger-Kernel functions when installed (each independently)."""
+    """transformer-engine and Liger-Kernel functions when installed (each independently), and what was found:
+    {"transformer-engine": version, "absent" or "unusable: error", "liger-kernel": likewise}."""
     te, liger = {}, {}
+    found = {"transformer-engine": "absent", "liger-kernel": "absent"}
     try:
         import transformer_engine.pytorch as tep
 
@@ -65,17 +81,31 @@ def optional_competitors():
         except ImportError:
             from transformer_engine.pytorch.attention import apply_rotary_pos_emb as te_rope
         te["rope"] = te_rope
-    except Exception:  # noqa: BLE001  (any import or API problem: just leave the column empty)
-        pass
+        try:
+            from transformer_engine.pytorch.cross_entropy import parallel_cross_entropy
+
+            te["xent"] = parallel_cross_entropy
+        except ImportError:  # older TE: no fused cross-entropy
+            pass
+        found["transformer-engine"] = getattr(tep, "__version__", None) or package_version("transformer-engine")
+    except ImportError as exc:
+        if exc.name is None or not exc.name.startswith("transformer_engine"):
+            found["transformer-engine"] = f"unusable: {exc}"
+    except Exception as exc:  # noqa: BLE001  (any import or API problem: leave the column empty, say why)
+        found["transformer-engine"] = f"unusable: {type(exc).__name__}: {exc}"
     try:
         from liger_kernel.ops.cross_entropy import LigerCrossEntropyFunction
         from liger_kernel.ops.rms_norm import LigerRMSNormFunction
         from liger_kernel.ops.swiglu import LigerSiLUMulFunction
 
         liger = {"rmsnorm": LigerRMSNormFunction, "swiglu": LigerSiLUMulFunction, "xent": LigerCrossEntropyFunction}
-    except Exception:  # noqa: BLE001
-        pass
-    return te, liger
+        found["liger-kernel"] = package_version("liger-kernel")
+    except ImportError as exc:
+        if exc.name is None or not exc.name.startswith("liger_kernel"):
+            found["liger-kernel"] = f"unusable: {exc}"
+    except Exception as exc:  # noqa: BLE001
+        found["liger-kernel"] = f"unusable: {type(exc).__name__}: {exc}"
+    return te, liger, found
 
 
 def cases(device: str, dtype, scale: float):
@@ -86,7 +116,7 @@ def cases(device: str, dtype, scale: float):
         hidden, ffn, vocab = max(64, int(hidden * scale) // 64 * 64), max(64, int(ffn * scale) // 64 * 64), \
             max(512, int(vocab * scale))
     b = torch.finfo(dtype).bits // 8
-    te, liger = optional_competitors()
+    te, liger, _ = optional_competitors()
     out = []
 
     x = torch.randn(tokens, hidden, device=device, dtype=dtype, requires_grad=True)
@@ -130,7 +160,9 @@ def cases(device: str, dtype, scale: float):
     target = torch.randint(0, vocab, (n_xent,), device=device)
     out.append(("cross-entropy", n_xent * vocab * b, 2 * n_xent * vocab * b, logits,
                 lambda: cross_entropy(logits, target),
-                lambda: F.cross_entropy(logits.float(), target, reduction="none"), None,
+                lambda: F.cross_entropy(logits.float(), target, reduction="none"),
+                (lambda: te["xent"](logits[None], target[None], 0.0, False, None)[0])
+                if "xent" in te and device == "cuda" else None,
                 (lambda: liger["xent"].apply(logits, target)[0]) if "xent" in liger and device == "cuda" else None))
     return out
 
@@ -151,6 +183,29 @@ def fwd_bwd_times(device, fn, leaf, iters):
     return fwd, bwd
 
 
+def xent_extra_memory(fn, logits: torch.Tensor) -> float | None:
+    """Peak bytes one forward and backward allocate beyond what exists before (logits, targets) and the
+    logits-sized gradient itself, in logits-sized buffers; None off CUDA (no allocator statistics)."""
+    if logits.device.type != "cuda":
+        return None
+    logits.grad = None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    y = fn()
+    y.backward(torch.ones_like(y))
+    torch.cuda.synchronize()
+    size = logits.numel() * logits.element_size()
+    extra = torch.cuda.max_memory_allocated() - base - size
+    del y
+    logits.grad = None
+    return extra / size
+
+
+def ratio(theirs: float, ours: float) -> float | None:
+    return theirs / ours if math.isfinite(theirs) and math.isfinite(ours) and ours > 0 else None
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -158,32 +213,56 @@ def main() -> int:
     p.add_argument("--scale", type=float, default=None, help="shape scale (default 1 on GPU, 0.05 on CPU)")
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write every number here (JSON)")
     args = p.parse_args()
     device, dtype = args.device, getattr(torch, args.dtype)
     scale = args.scale if args.scale is not None else (1.0 if device == "cuda" else 0.05)
     iters = args.iters or (20 if device == "cuda" else 5)
     copy_bw = copy_bandwidth(device, (1 << 30) if device == "cuda" else (1 << 26), iters)
-    print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}; ops: {describe()}")
-    print(f"dtype {args.dtype}, scale {scale}; copy bandwidth {copy_bw / 1e9:.0f} GB/s")
+    found = optional_competitors()[2]
+    report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "ops": describe(),
+              "dtype": args.dtype, "scale": scale, "iters": iters, "copy_gbps": copy_bw / 1e9,
+              "competitors": found, "compile": not args.no_compile, "rows": [], "errors": [], "xent_extra": {}}
+    print(f"device: {report['device']}; ops: {describe()}")
+    print(f"dtype {args.dtype}, scale {scale}; copy bandwidth {copy_bw / 1e9:.0f} GB/s; "
+          + ", ".join(f"{k} {v}" for k, v in found.items()))
     header = f"{'op':14} {'pass':4} {'ours ms':>9} {'bw/copy':>8} {'eager/ours':>11} {'compile/ours':>13} " \
              f"{'te/ours':>8} {'liger/ours':>11}"
     print(header)
     print("-" * len(header))
     for name, bytes_f, bytes_b, leaf, ours, eager, te_fn, liger_fn in cases(device, dtype, scale):
-        compiled = None if args.no_compile else torch.compile(eager)
+        alternatives = {"eager": eager, "compile": None if args.no_compile else torch.compile(eager),
+                        "te": te_fn, "liger": liger_fn}
         ours_t = fwd_bwd_times(device, ours, leaf, iters)
-        cols = {"eager": fwd_bwd_times(device, eager, leaf, iters)}
-        if compiled is not None:
-            cols["compile"] = fwd_bwd_times(device, compiled, leaf, iters)
-        if te_fn is not None:
-            cols["te"] = fwd_bwd_times(device, te_fn, leaf, iters)
-        if liger_fn is not None:
-            cols["liger"] = fwd_bwd_times(device, liger_fn, leaf, iters)
+        cols = {}
+        for col, fn in alternatives.items():
+            if fn is None:
+                continue
+            try:
+                cols[col] = fwd_bwd_times(device, fn, leaf, iters)
+            except Exception as exc:  # noqa: BLE001  (a competitor's failure is reported, not fatal)
+                report["errors"].append({"op": name, "column": col, "error": f"{type(exc).__name__}: {exc}"})
+        if name == "cross-entropy":
+            for col, fn in [("ours", ours), ("eager", eager), ("te", te_fn), ("liger", liger_fn)]:
+                if fn is not None and col in ("ours", *cols):
+                    report["xent_extra"][col] = xent_extra_memory(fn, leaf)
         for i, (pass_name, nbytes) in enumerate((("fwd", bytes_f), ("bwd", bytes_b))):
             t = ours_t[i]
-            r = {k: f"{v[i] / t:.2f}" if math.isfinite(t) and math.isfinite(v[i]) else "-" for k, v in cols.items()}
-            print(f"{name:14} {pass_name:4} {t * 1e3:9.3f} {nbytes / t / copy_bw:8.2f} {r.get('eager', '-'):>11} "
-                  f"{r.get('compile', '-'):>13} {r.get('te', '-'):>8} {r.get('liger', '-'):>11}")
+            r = {k: ratio(v[i], t) for k, v in cols.items()}
+            report["rows"].append({"op": name, "pass": pass_name, "ours_ms": t * 1e3, "bytes": nbytes,
+                                   "bw_copy": nbytes / t / copy_bw if math.isfinite(t) else None,
+                                   "ms": {k: v[i] * 1e3 for k, v in cols.items()}, "ratio": r})
+            shown = {k: f"{v:.2f}" if v is not None else "-" for k, v in r.items()}
+            print(f"{name:14} {pass_name:4} {t * 1e3:9.3f} {nbytes / t / copy_bw:8.2f} {shown.get('eager', '-'):>11} "
+                  f"{shown.get('compile', '-'):>13} {shown.get('te', '-'):>8} {shown.get('liger', '-'):>11}")
+    if any(v is not None for v in report["xent_extra"].values()):
+        print("xent extra (peak beyond logits and their gradient, in logits-sized buffers): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in report["xent_extra"].items() if v is not None))
+    for e in report["errors"]:
+        print(f"{e['op']} {e['column']}: {e['error']}", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
     return 0
 
 
