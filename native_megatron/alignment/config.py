@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from native_megatron.utils.config import ConfigError
+from native_megatron.utils.openai_client import OpenAIConfig  # rewrite.openai: the shared client's settings
 from native_megatron.utils.slurm import work_share
 
 
@@ -44,24 +45,6 @@ class RetrySamplingConfig:
 
         seed = self.seed if self.seed is not None else None if first.seed is None else first.seed + 1
         return SamplingConfig(pick("temperature"), pick("top_p"), pick("max_new_tokens"), seed)
-
-
-@dataclass
-class OpenAIConfig:
-    # One or more servers (e.g. a fleet of `vllm serve`); requests are spread round-robin.
-    base_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:8000/v1"])
-    # The API key is read from this environment variable, never from a file or flag.
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 16
-    timeout_s: float = 300.0
-    max_retries: int = 6
-    backoff_s: float = 1.0
-
-    def validate(self) -> None:
-        if not self.base_urls:
-            raise ConfigError("rewrite.openai.base_urls is empty")
-        if self.concurrency < 1 or self.max_retries < 0 or self.timeout_s <= 0:
-            raise ConfigError("rewrite.openai: concurrency >= 1, max_retries >= 0, timeout_s > 0 required")
 
 
 @dataclass

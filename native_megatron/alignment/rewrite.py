@@ -195,6 +195,11 @@ def rewrite_shard(rewriter: Rewriter, source: str, index: int, out_dir: Path, si
     return info
 
 
+def _count_lines(path: str) -> int:
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for _ in f)
+
+
 def _finished(done: Path, signature: str, source: str) -> dict | None:
     if not done.exists():
         return None
@@ -225,7 +230,7 @@ def run_rewrite(shards: list[str], out_dir: Path, config: RewriteConfig, validat
         owns_backend = backend is None
         backend = backend or build_backend(config)
         rewriter = Rewriter(config, validation, backend, guidelines)
-        total_docs = sum(1 for i in todo for _ in open(shards[i], encoding="utf-8"))
+        total_docs = sum(_count_lines(shards[i]) for i in todo)
         try:
             with Progress(total_docs, "rewrite", enabled=show_progress) as bar:
                 for i in todo:

@@ -15,8 +15,8 @@ import random
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from native_megatron.alignment.rewrite import Rewriter
 from native_megatron.alignment.guidelines import Guidelines
+from native_megatron.alignment.rewrite import Rewriter
 
 logger = logging.getLogger(__name__)
 

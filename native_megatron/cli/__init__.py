@@ -1,17 +1,46 @@
 """The command lines (``nm-*`` and ``tools/*.py``): parse, call the package, exit.
 
-Each module here holds one tool's ``main(argv) -> exit code``. They import only
-the config schema at the top, so ``--help`` answers in well under a second;
-torch, megatron-core and transformers are imported once there is work to do.
+Each module here holds one tool's ``main(argv) -> exit code``, wrapped in
+:func:`cli_main`, which turns a user's mistake into one line and an exit code.
+They import only the config schema at the top, so ``--help`` answers in well
+under a second; torch, megatron-core and transformers are imported once there
+is work to do.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from native_megatron.utils.config import config_to_dict, format_config_help
+from native_megatron.utils.config import ConfigError, config_to_dict, format_config_help
+
+Main = Callable[[list[str] | None], int]
+
+
+def cli_main(main: Main | None = None, /, *, exit_codes: Mapping[type[BaseException] | tuple, int] | None = None):
+    """Wrap a tool's ``main(argv) -> int``: a ConfigError (exit 2), or an exception named in ``exit_codes``
+    (types -> exit code, first match wins), prints ``error: MESSAGE`` on stderr and returns the code.
+    Anything else is a bug and keeps its traceback. ``@cli_main`` or ``@cli_main(exit_codes={...})``."""
+    if main is None:
+        return functools.partial(cli_main, exit_codes=exit_codes)
+    codes = [*(exit_codes or {}).items(), (ConfigError, 2)]
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except Exception as exc:
+            code = next((c for types, c in codes if isinstance(exc, types)), None)
+            if code is None:
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            return code
+
+    return wrapper
 
 SETTINGS_HEADER = ("settings{note}: --section.key=VALUE or --section.key VALUE, a list as a,b or '[a, b]';\n"
                    "--print-config shows the values a run would use")

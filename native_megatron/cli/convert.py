@@ -1,4 +1,5 @@
-"""Convert Llama and Qwen2 (Qwen1.5/2/2.5) checkpoints between Hugging Face and native_megatron (megatron-core dist_checkpointing).
+"""Convert Llama and Qwen2 (Qwen1.5/2/2.5) checkpoints between Hugging Face and native_megatron
+(megatron-core dist_checkpointing).
 
     # HF -> Megatron weights for continued pre-training (then: --checkpoint.init_from=ckpt/llama3_8b)
     python tools/convert_checkpoint.py hf-to-megatron --hf /models/Meta-Llama-3-8B --out ckpt/llama3_8b
@@ -16,9 +17,8 @@ Its tokenizer files are copied to OUT/tokenizer, which the data path accepts as 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from native_megatron.utils.config import ConfigError
+from native_megatron.cli import cli_main
 from native_megatron.utils.logging import setup_logging
 
 
@@ -45,20 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging("INFO")
     from native_megatron.convert.checkpoint import hf_to_megatron, megatron_to_hf
 
-    try:
-        if args.command == "hf-to-megatron":
-            path = hf_to_megatron(args.hf, args.out, args.tp, args.pp, args.precision, not args.no_progress)
-        else:
-            path = megatron_to_hf(args.ckpt, args.out, args.dtype, args.tokenizer, args.vocab_size,
-                                  progress=not args.no_progress)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.command == "hf-to-megatron":
+        path = hf_to_megatron(args.hf, args.out, args.tp, args.pp, args.precision, not args.no_progress)
+    else:
+        path = megatron_to_hf(args.ckpt, args.out, args.dtype, args.tokenizer, args.vocab_size,
+                              progress=not args.no_progress)
     print(f"wrote {path}")
     return 0
 

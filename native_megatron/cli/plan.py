@@ -21,7 +21,7 @@ import os
 import sys
 from dataclasses import asdict
 
-from native_megatron.cli import add_config_help, print_config
+from native_megatron.cli import add_config_help, cli_main, print_config
 from native_megatron.training import planner
 from native_megatron.training.config import TrainConfig
 from native_megatron.utils.config import ConfigError, load_config, split_overrides, top_level_keys
@@ -182,31 +182,28 @@ def plan_json(plan: planner.Plan | None, best: planner.Plan | None, tokens: int,
     return {"plan": one(plan), "error": error, "suggestion": one(best), "tokens": tokens}
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    # The data need not exist on the machine that plans.
+    cfg = load_config(TrainConfig, args.config, overrides, base={"data.mock": True, "checkpoint.init_from": None})
+    if args.print_config:
+        return print_config(cfg)
+    vocab = vocab_size(cfg)
+    gpu = planner.GPUS[args.gpu]
+    world = args.nodes * args.gpus_per_node
+    plan, error = None, None
     try:
-        args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-        # The data need not exist on the machine that plans.
-        cfg = load_config(TrainConfig, args.config, overrides, base={"data.mock": True, "checkpoint.init_from": None})
-        if args.print_config:
-            return print_config(cfg)
-        vocab = vocab_size(cfg)
-        gpu = planner.GPUS[args.gpu]
-        world = args.nodes * args.gpus_per_node
-        plan, error = None, None
-        try:
-            plan = planner.plan_layout(cfg, planner.layout_from_config(cfg, world, args.context_parallel), vocab,
-                                       gpu, args.mfu, args.margin, args.reserve_gib)
-        except ConfigError as exc:
-            error = str(exc)
-        if args.context_parallel > 1:
-            planner.check_context_parallel(cfg, args.context_parallel)   # one line, not a search that finds nothing
-        best = planner.suggest(cfg, args.nodes, args.gpus_per_node, vocab, gpu, args.mfu, args.margin,
-                               args.reserve_gib, cp=args.context_parallel)
-        tokens = planner.parse_tokens(args.tokens) if args.tokens else \
-            cfg.schedule.train_steps * cfg.schedule.global_batch_size * cfg.data.seq_length
+        plan = planner.plan_layout(cfg, planner.layout_from_config(cfg, world, args.context_parallel), vocab,
+                                   gpu, args.mfu, args.margin, args.reserve_gib)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        error = str(exc)
+    if args.context_parallel > 1:
+        planner.check_context_parallel(cfg, args.context_parallel)   # one line, not a search that finds nothing
+    best = planner.suggest(cfg, args.nodes, args.gpus_per_node, vocab, gpu, args.mfu, args.margin,
+                           args.reserve_gib, cp=args.context_parallel)
+    tokens = planner.parse_tokens(args.tokens) if args.tokens else \
+        cfg.schedule.train_steps * cfg.schedule.global_batch_size * cfg.data.seq_length
     if args.json:
         print(json.dumps(plan_json(plan, best, tokens, error), indent=1))
     else:

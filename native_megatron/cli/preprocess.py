@@ -22,11 +22,11 @@ import sys
 from native_megatron.alignment.backends import BackendUnavailable
 from native_megatron.alignment.pipeline import AlignedPreprocessConfig, run_preprocess_aligned
 from native_megatron.alignment.rewrite import TooFewRewritten, format_rewritten
-from native_megatron.cli import add_config_help, print_config
+from native_megatron.cli import add_config_help, cli_main, print_config
 from native_megatron.data.pipeline import format_summary
 from native_megatron.data.readers import InputError
 from native_megatron.data.tokenizer import TokenizerError
-from native_megatron.utils.config import ConfigError, load_config, split_overrides
+from native_megatron.utils.config import load_config, split_overrides
 from native_megatron.utils.logging import setup_logging
 
 logger = logging.getLogger("preprocess_aligned")
@@ -89,22 +89,16 @@ def config_from_args(argv: list[str]) -> tuple[AlignedPreprocessConfig, argparse
     return cfg, args
 
 
+# The exit status of each failure the user can act on (EXIT_STATUS); a ConfigError is 2.
+EXIT_CODES = {(InputError, TokenizerError, PermissionError): 2, BackendUnavailable: 3, TooFewRewritten: 4}
+
+
+@cli_main(exit_codes=EXIT_CODES)
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        cfg, args = config_from_args(argv)
-        if args.print_config:
-            return print_config(cfg)
-        stats = run_preprocess_aligned(cfg)
-    except (ConfigError, InputError, TokenizerError, PermissionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except BackendUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    except TooFewRewritten as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 4
+    cfg, args = config_from_args(sys.argv[1:] if argv is None else argv)
+    if args.print_config:
+        return print_config(cfg)
+    stats = run_preprocess_aligned(cfg)
     if "prepare" in stats and len(stats) == 1:
         p = stats["prepare"]
         print(f"prepare: {p['documents_in']} documents in, {p['documents_kept']} kept, "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from native_megatron.alignment.backends import BackendUnavailable, build_backend
@@ -30,13 +31,31 @@ from native_megatron.alignment.guidelines import load_guidelines
 from native_megatron.alignment.rewrite import Rewriter
 from native_megatron.alignment.seed_pairs import generate_pairs, sample_documents, sft_records
 from native_megatron.alignment.validation import ValidationConfig
-from native_megatron.cli import add_config_help, print_config
+from native_megatron.cli import add_config_help, cli_main, print_config
 from native_megatron.data.readers import InputError, RecordSkip, expand_inputs, iter_records, parse_record
-from native_megatron.utils.config import ConfigError, load_config, split_overrides
+from native_megatron.utils.config import given_keys, load_config, split_overrides
 from native_megatron.utils.logging import setup_logging
 
 # The config sections set by --section.key=value on generate: (dataclass, key prefix).
 SETTINGS = [(RewriteConfig, "rewrite."), (ValidationConfig, "validate.")]
+# generate's own defaults, under the --config file: a strong model behind an OpenAI-compatible API.
+DEFAULTS = {"rewrite.backend": "openai", "rewrite.on_failure": "retry"}
+
+
+@dataclass
+class SeedPairsConfig:
+    rewrite: RewriteConfig = field(default_factory=RewriteConfig)
+    validate: ValidationConfig = field(default_factory=ValidationConfig)
+
+
+def load_generate_config(args, overrides: list[str]) -> SeedPairsConfig:
+    """--config YAML, then the flags, then --section.key=value overrides; DEFAULTS where none of them says."""
+    given = given_keys(args.config, overrides)
+    flags = {"rewrite.model": args.model, "rewrite.guidelines": args.guidelines,
+             "rewrite.openai.base_urls": args.base_url}
+    base = {k: v for k, v in DEFAULTS.items() if k not in given}
+    base.update({k: v for k, v in flags.items() if v is not None})
+    return load_config(SeedPairsConfig, args.config, overrides, base=base)
 
 
 def read_rows(files: list[str], text_key: str):
@@ -49,20 +68,17 @@ def read_rows(files: list[str], text_key: str):
 
 
 def cmd_generate(args, overrides) -> int:
-    base = {"backend": "openai", "model": args.model, "guidelines": args.guidelines,
-            "openai.base_urls": args.base_url or ["http://127.0.0.1:8000/v1"], "on_failure": "retry"}
-    cfg = load_config(RewriteConfig, None, [o.replace("--rewrite.", "--", 1) for o in overrides
-                                            if o.startswith("--rewrite.")], base=base)
-    validation = load_config(ValidationConfig, None, [o.replace("--validate.", "--", 1) for o in overrides
-                                                      if o.startswith("--validate.")])
+    cfg = load_generate_config(args, overrides)
     if args.print_config:
-        return print_config({"rewrite": cfg, "validate": validation})
+        return print_config(cfg)
     files = expand_inputs(args.input)
     rows = sample_documents(read_rows(files, args.text_key), args.sample, args.seed)
-    backend = build_backend(cfg)
+    backend = build_backend(cfg.rewrite)
     try:
-        rewriter = Rewriter(cfg, validation, backend, load_guidelines(cfg.guidelines))
-        counts = generate_pairs(rewriter, rows, Path(args.out), cfg.batch_size)
+        rewriter = Rewriter(cfg.rewrite, cfg.validate, backend, load_guidelines(cfg.rewrite.guidelines))
+        counts = generate_pairs(rewriter, rows, Path(args.out), cfg.rewrite.batch_size)
+    except BackendUnavailable as exc:
+        raise BackendUnavailable(f"{exc}; rerun to continue") from None
     finally:
         backend.close()
     print(f"{args.out}: {counts['passed']} pairs passed validation, {counts['failed']} failed, "
@@ -92,10 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--text-key", default="text")
     g.add_argument("--sample", type=int, default=1000)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--model", required=True, help="served model name")
+    g.add_argument("--model", help="served model name (or rewrite.model in --config)")
     g.add_argument("--base-url", nargs="+", help="OpenAI-compatible endpoints (default http://127.0.0.1:8000/v1)")
-    g.add_argument("--guidelines", required=True)
+    g.add_argument("--guidelines", help="alignment guidelines YAML (or rewrite.guidelines in --config)")
     g.add_argument("--out", required=True)
+    g.add_argument("--config", metavar="YAML", help="rewrite and validate settings; flags and overrides win over it")
     add_config_help(g, SETTINGS,
                     note="explained in docs/alignment.md")
     e = sub.add_parser("export", help="pairs -> chat-format SFT JSONL")
@@ -106,20 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main(exit_codes={InputError: 2, BackendUnavailable: 3})
 def main(argv: list[str] | None = None) -> int:
-    try:
-        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(rest)
     setup_logging("INFO")
-    try:
-        return cmd_generate(args, overrides) if args.command == "generate" else cmd_export(args, overrides)
-    except (ConfigError, InputError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except BackendUnavailable as exc:
-        print(f"error: {exc}; rerun to continue", file=sys.stderr)
-        return 3
+    return cmd_generate(args, overrides) if args.command == "generate" else cmd_export(args, overrides)
 

@@ -13,6 +13,7 @@ import argparse
 import json
 
 from native_megatron.alignment.tiny_model import make_tiny_chat_model
+from native_megatron.cli import cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     texts = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from native_megatron.cli import cli_main
 from native_megatron.data.cleaning import CleanConfig, Cleaner
 from native_megatron.data.readers import InputError, RecordSkip, expand_inputs, iter_records, parse_record
 from native_megatron.data.tokenizer import load_tokenizer, train_sentencepiece
@@ -48,14 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main(exit_codes={InputError: 2})
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging("INFO")
-    try:
-        files = expand_inputs(args.input)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    files = expand_inputs(args.input)
     try:
         model = train_sentencepiece(corpus_texts(files, args.text_key, args.id_key, not args.no_clean),
                                     args.model_prefix, args.vocab_size, args.model_type,

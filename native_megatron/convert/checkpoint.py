@@ -20,8 +20,15 @@ import torch
 import yaml
 
 from native_megatron.convert.hf_tokenizer import write_generation_config, write_hf_tokenizer
-from native_megatron.convert.llama import (HFWeights, LlamaShape, hf_config_dict, hf_tensors_for, local_shard,
-                                           megatron_global, read_hf_config)
+from native_megatron.convert.llama import (
+    HFWeights,
+    LlamaShape,
+    hf_config_dict,
+    hf_tensors_for,
+    local_shard,
+    megatron_global,
+    read_hf_config,
+)
 from native_megatron.data.tokenizer import TOKENIZER_FILES
 from native_megatron.utils.config import ConfigError, config_to_dict, load_config
 from native_megatron.utils.io import Progress

@@ -17,8 +17,13 @@ import json
 import shutil
 from pathlib import Path
 
-from native_megatron.data.tokenizer import (TOKENIZER_FILES, SentencePieceTokenizer, Tokenizer, TokenizerError,
-                                            load_tokenizer)
+from native_megatron.data.tokenizer import (
+    TOKENIZER_FILES,
+    SentencePieceTokenizer,
+    Tokenizer,
+    TokenizerError,
+    load_tokenizer,
+)
 from native_megatron.utils.config import ConfigError
 
 

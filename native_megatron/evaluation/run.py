@@ -21,8 +21,7 @@ import torch
 from native_megatron.evaluation import models as model_io
 from native_megatron.evaluation.protocols import DEFAULT_PROTOCOL, HEADLINE, ProtocolConfig, build_items
 from native_megatron.evaluation.report import JudgeCheck, SafetyResult, TaskResult, write_report
-from native_megatron.evaluation.safety import (build_judge, check_judge, evaluate_safety, read_beavertails,
-                                               read_prompts)
+from native_megatron.evaluation.safety import build_judge, check_judge, evaluate_safety, read_beavertails, read_prompts
 from native_megatron.evaluation.scoring import Request, loglikelihoods
 from native_megatron.evaluation.tasks import ALIGNMENT, READERS, TaskData, load_task
 from native_megatron.utils.config import ConfigError
@@ -40,7 +39,7 @@ LM_EVAL_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 @dataclass
 class EvalConfig:
-    models: list[str]
+    models: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=lambda: [*READERS, ALIGNMENT])
     protocol: str = DEFAULT_PROTOCOL
     arabicmmlu_prompt: str = "ar"

@@ -29,7 +29,6 @@ import torch
 
 from native_megatron.data.tokenizer import Tokenizer
 
-
 MODES = ("joint", "pairwise", "next_token")
 
 

@@ -16,7 +16,6 @@ SIGINT go to torchrun, which passes them to its workers.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -138,10 +137,3 @@ def run_torchrun(plan: LaunchPlan, script_and_args: list[str], python: str = sys
 def torchrun_command_line(plan: LaunchPlan) -> str:
     """The flags, for scripts that run torchrun themselves: ``torchrun $(... --print) train.py``."""
     return " ".join(plan.torchrun_args())
-
-
-def environment_summary(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The SLURM and NCCL variables worth printing at the top of a job log."""
-    env = os.environ if env is None else env
-    keys = sorted(k for k in env if k.startswith(("SLURM_JOB", "SLURM_NNODES", "SLURM_GPUS", "NCCL_")))
-    return {k: env[k] for k in keys}

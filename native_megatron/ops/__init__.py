@@ -8,8 +8,7 @@ GPTModel (``model.spec: native``).
 
 from native_megatron.ops.extension import describe, extension_available
 from native_megatron.ops.functional import apply_rope, cross_entropy, rmsnorm, swiglu
-from native_megatron.ops.reference import (cross_entropy_reference, rmsnorm_reference, rope_reference,
-                                           swiglu_reference)
+from native_megatron.ops.reference import cross_entropy_reference, rmsnorm_reference, rope_reference, swiglu_reference
 
 __all__ = ["apply_rope", "cross_entropy", "rmsnorm", "swiglu", "cross_entropy_reference", "rmsnorm_reference",
            "rope_reference", "swiglu_reference", "describe", "extension_available"]

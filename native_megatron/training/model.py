@@ -97,8 +97,3 @@ def build_model_chunks(cfg: TrainConfig, tf_config, vocab_size: int, spec_name: 
         )
         chunks.append(model)
     return chunks
-
-
-def count_parameters(chunks: list[torch.nn.Module]) -> int:
-    """Parameters held by this rank (each tensor-parallel shard counted once)."""
-    return sum(p.numel() for c in chunks for p in c.parameters())

@@ -185,7 +185,7 @@ class ExpertServer(_LocalServer):
                     return  # no answer: the connection drops, and the port is closing
                 if expert.fail_after is not None and n > expert.fail_after:
                     return self.reply(503, {"error": "overloaded"})
-                from native_megatron.alignment.backends.base import SamplingConfig
+                from native_megatron.alignment.config import SamplingConfig
 
                 gen = expert.backend.generate([body["messages"]], SamplingConfig())[0]
                 self.reply(200, {"choices": [{"message": {"role": "assistant", "content": gen.text},

@@ -123,12 +123,12 @@ def test_api_key_comes_from_the_environment_only(monkeypatch, tiny_model):
     monkeypatch.setenv("MY_KEY", "secret-token")
     backend = OpenAIBackend(RewriteConfig(backend="openai", model="m", tokenizer=tiny_model,
                                           openai=OpenAIConfig(api_key_env="MY_KEY")))
-    assert backend.headers["Authorization"] == "Bearer secret-token"
+    assert backend.client.headers["Authorization"] == "Bearer secret-token"
     backend.close()
     monkeypatch.delenv("MY_KEY")
     backend = OpenAIBackend(RewriteConfig(backend="openai", model="m", tokenizer=tiny_model,
                                           openai=OpenAIConfig(api_key_env="MY_KEY")))
-    assert "Authorization" not in backend.headers
+    assert "Authorization" not in backend.client.headers
     backend.close()
 
 
@@ -141,7 +141,7 @@ def backend_for(url):
 
 
 def ask(backend):
-    from native_megatron.alignment.backends.base import SamplingConfig
+    from native_megatron.alignment.config import SamplingConfig
 
     try:
         return backend.generate([[{"role": "user", "content": "hi"}]], SamplingConfig())

@@ -136,10 +136,8 @@ def test_a_missing_vllm_is_reported_before_prepare(tmp_path, sample_tokenizer):
 
 @pytest.mark.parametrize("backend", ["vllm", "hf"])
 def test_a_missing_model_is_reported_before_prepare(tmp_path, sample_tokenizer, monkeypatch, backend):
-    import native_megatron.alignment.backends.base as base
-
     if backend == "vllm":
-        monkeypatch.setattr(base.importlib.util, "find_spec", lambda name: object())   # as if vLLM were there
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())   # as if vLLM were there
     empty = tmp_path / "model"
     empty.mkdir()
     with pytest.raises(ConfigError, match="does not exist" if backend == "vllm" else "no readable config.json"):

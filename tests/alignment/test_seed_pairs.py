@@ -80,3 +80,20 @@ def test_bad_input_is_a_one_line_error(tmp_path):
     proc = run("generate", "--input", str(tmp_path / "missing.jsonl"), "--model", "m", "--guidelines",
                str(GUIDELINES), "--out", str(tmp_path / "p.jsonl"))
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: input not found")
+
+
+def test_generate_reads_its_settings_from_a_yaml_file(tmp_path):
+    import yaml
+
+    path = tmp_path / "seed.yaml"
+    path.write_text(f"rewrite:\n  model: expert\n  guidelines: {GUIDELINES}\n  on_failure: keep_raw\n"
+                    f"validate:\n  min_length_ratio: 0.3\n", encoding="utf-8")
+    proc = run("generate", "--input", "x.jsonl", "--out", str(tmp_path / "p.jsonl"), "--config", str(path),
+               "--rewrite.batch_size=3", "--print-config")
+    assert proc.returncode == 0, proc.stderr
+    cfg = yaml.safe_load(proc.stdout)
+    # generate's defaults (openai, its default URL) under the file; the file and the overrides over them.
+    assert cfg["rewrite"]["backend"] == "openai" and cfg["rewrite"]["model"] == "expert"
+    assert cfg["rewrite"]["on_failure"] == "keep_raw" and cfg["rewrite"]["batch_size"] == 3
+    assert cfg["rewrite"]["openai"]["base_urls"] == ["http://127.0.0.1:8000/v1"]
+    assert cfg["validate"]["min_length_ratio"] == 0.3

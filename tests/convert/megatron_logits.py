@@ -6,8 +6,8 @@ import sys
 import torch
 
 from native_megatron.training import checkpointing, megatron_config
-from native_megatron.training.cpu_compat import cuda_to_cpu
 from native_megatron.training.config import TrainConfig
+from native_megatron.training.cpu_compat import cuda_to_cpu
 from native_megatron.training.distributed import destroy_distributed, init_distributed
 from native_megatron.training.model import build_model_chunks, padded_vocab_size
 from native_megatron.utils.config import load_config, split_overrides

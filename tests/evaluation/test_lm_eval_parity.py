@@ -117,7 +117,8 @@ def test_arabicmmlu_prompts_and_letter_scores_equal_the_harness(loaded, harness,
         ctx = harness.tok_encode(task.doc_to_text(doc))
         requests += [(("", ""), ctx, [harness.tok_encode(letter)[-1]]) for letter in task.doc_to_choice(doc)]
     assert [(r[1], r[2]) for r in requests] == [
-        encode_pair(loaded.tokenizer, loaded.start, Request(i.context, c, i.mode)) for i in items for c in i.continuations]
+        encode_pair(loaded.tokenizer, loaded.start, Request(i.context, c, i.mode))
+        for i in items for c in i.continuations]
     theirs = [ll for ll, _ in harness._loglikelihood_tokens(requests, disable_tqdm=True)]
     worst = max(abs(a - b) for a, b in zip(theirs, lls))
     assert worst < 1e-4, worst

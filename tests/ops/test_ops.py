@@ -9,8 +9,17 @@ import os
 import pytest
 import torch
 
-from native_megatron.ops import (apply_rope, cross_entropy, cross_entropy_reference, extension_available, rmsnorm,
-                                 rmsnorm_reference, rope_reference, swiglu, swiglu_reference)
+from native_megatron.ops import (
+    apply_rope,
+    cross_entropy,
+    cross_entropy_reference,
+    extension_available,
+    rmsnorm,
+    rmsnorm_reference,
+    rope_reference,
+    swiglu,
+    swiglu_reference,
+)
 
 ops = torch.ops.native_megatron if extension_available() else None
 needs_ext = pytest.mark.skipif(not extension_available(), reason="extension not built (NM_BUILD_EXT=0)")

@@ -3,8 +3,16 @@ from typing import Any, Literal
 
 import pytest
 
-from native_megatron.utils.config import (ConfigError, describe_config, dump_yaml, field_docs, format_config_help,
-                                          load_config, parse_override, split_overrides)
+from native_megatron.utils.config import (
+    ConfigError,
+    describe_config,
+    dump_yaml,
+    field_docs,
+    format_config_help,
+    load_config,
+    parse_override,
+    split_overrides,
+)
 
 
 @dataclass

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from native_megatron.alignment.config import RewriteConfig
-from native_megatron.alignment.backends.base import (Generation, Messages, RewriterBackend,
-                                                     SamplingConfig, check_model_dir)
+from native_megatron.alignment.backends.base import Generation, Messages, RewriterBackend, check_model_dir
+from native_megatron.alignment.config import RewriteConfig, SamplingConfig
 from native_megatron.utils.config import ConfigError
 
 

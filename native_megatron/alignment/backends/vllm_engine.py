@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from native_megatron.alignment.config import RewriteConfig
-from native_megatron.alignment.backends.base import (VLLM_MISSING, Generation, Messages, RewriterBackend,
-                                                     SamplingConfig)
+from native_megatron.alignment.backends.base import VLLM_MISSING, Generation, Messages, RewriterBackend
+from native_megatron.alignment.config import RewriteConfig, SamplingConfig
 from native_megatron.utils.config import ConfigError
 
 

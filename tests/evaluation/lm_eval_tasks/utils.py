@@ -6,7 +6,8 @@ Kept apart from native_megatron so that the parity test compares two implementat
 LEVEL = {"Primary": "للمرحلة الابتدائية", "Middle": "للمرحلة المتوسطة", "High": "للمرحلة الثانوية",
          "Univ": "للجامعات", "Prof": "للمحترفين"}
 COUNTRY = {"UAE": "في دولة الإمارات العربية المتحدة", "Egypt": "في مصر", "Lebanon": "في لبنان",
-           "Jordan": "في الأردن", "Kuwait": "في الكويت", "KSA": "في المملكة العربية السعودية", "Palestine": "في فلسطين", "Morocco": "في المغرب"}
+           "Jordan": "في الأردن", "Kuwait": "في الكويت", "KSA": "في المملكة العربية السعودية",
+           "Palestine": "في فلسطين", "Morocco": "في المغرب"}
 SUBJECT = {"Islamic Studies": "في الدراسات الإسلامية", "Driving Test": "اختبار القيادة", "History": "في التاريخ",
            "Geography": "في الجغرافيا", "Math": "في الرياضيات", "Biology": "في علم الأحياء",
            "Arabic Language (General)": "في اللغة العربية (عام)",
