@@ -15,6 +15,7 @@ word (or character) shingles, banded LSH to find candidates, and, with
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -96,10 +97,29 @@ def fingerprint(text: str, config: DedupConfig) -> Fingerprint:
     if config.near:
         from datasketch import MinHash
 
-        m = MinHash(num_perm=config.num_perm, seed=config.seed, scheme=MINHASH_SCHEME)
+        m = MinHash(num_perm=config.num_perm, seed=config.seed, scheme=MINHASH_SCHEME,
+                    permutations=_permutations(config.num_perm, config.seed))
         m.update_batch(shingles(words, text, config))
         signature = np.asarray(m.hashvalues, dtype=np.uint32)
     return Fingerprint(exact, signature)
+
+
+@functools.lru_cache(maxsize=8)
+def _permutations(num_perm: int, seed: int) -> np.ndarray:
+    # Drawing them is a third of a document's fingerprint time; they depend only on these two.
+    from datasketch import MinHash
+
+    return MinHash(num_perm=num_perm, seed=seed, scheme=MINHASH_SCHEME).permutations
+
+
+def lsh_bands_rows(config: DedupConfig) -> tuple[int, int]:
+    """The LSH (bands, rows): the configured pair, or the one datasketch picks for ``threshold``."""
+    if config.bands is not None:
+        return config.bands, config.rows
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm)
+    return lsh.b, lsh.r
 
 
 class Deduplicator:

@@ -30,8 +30,7 @@ from typing import Any, Literal, Protocol
 
 from native_megatron.data.cleaning import CleanConfig
 from native_megatron.data.dedup import DedupConfig
-from native_megatron.data.indexed import (TokenizeSettings, dataset_prefix, partition_manifests,
-                                          run_tokenize)
+from native_megatron.data.indexed import TokenizeSettings, dataset_prefix, partition_manifests, run_tokenize
 from native_megatron.data.manifest import DROPPED, PASSED, ManifestWriter, merge_stage_rows, read_manifest
 from native_megatron.data.prepare import PrepareSettings, run_prepare
 from native_megatron.data.readers import InputError, check_text_key, expand_inputs

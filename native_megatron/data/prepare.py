@@ -22,10 +22,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, IO
+from typing import IO, Any
 
 from native_megatron.data.cleaning import CleanConfig, Cleaner
-from native_megatron.data.dedup import Deduplicator, DedupConfig, Fingerprint, fingerprint
+from native_megatron.data.dedup import DedupConfig, Deduplicator, Fingerprint, fingerprint
 from native_megatron.data.langid import LanguageGuess
 from native_megatron.data.manifest import DROPPED, PASSED, ManifestWriter
 from native_megatron.data.readers import RawRecord, RecordSkip, iter_records, parse_document

@@ -102,7 +102,8 @@ def checkpoint_problem(path: str | Path) -> str | None:
         try:
             torch.load(common, map_location="cpu", weights_only=False)
         except Exception as exc:  # noqa: BLE001 - any failure means this file cannot be loaded
-            return f"common.pt is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''})"
+            first = str(exc).splitlines()[0][:80] if str(exc) else ""
+            return f"common.pt is unreadable ({type(exc).__name__}: {first})"
     if not (path / ".metadata").is_file():
         return ".metadata is missing"
     try:

@@ -148,8 +148,10 @@ def check_data(cfg: TrainConfig, tokenizer_vocab: int, model_vocab: int) -> dict
       the preprocessing's ``_stats.json``), or holding ids the model has no row
       for: vocab-parallel layers at TP > 1 would mask them and train on silently.
     """
-    from megatron.core.datasets.blended_megatron_dataset_config import (convert_split_vector_to_split_matrix,
-                                                                        parse_and_normalize_split)
+    from megatron.core.datasets.blended_megatron_dataset_config import (
+        convert_split_vector_to_split_matrix,
+        parse_and_normalize_split,
+    )
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     d = cfg.data

@@ -19,7 +19,6 @@ import resource
 import sys
 from dataclasses import dataclass
 
-
 logger = logging.getLogger(__name__)
 
 # Peak dense bf16 TFLOP/s per accelerator (datasheets, without sparsity).

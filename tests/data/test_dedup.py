@@ -1,6 +1,6 @@
 import pytest
 
-from native_megatron.data.dedup import Deduplicator, DedupConfig, fingerprint, normalize_for_match
+from native_megatron.data.dedup import DedupConfig, Deduplicator, fingerprint, normalize_for_match
 from native_megatron.utils.config import ConfigError, load_config
 
 ARTICLE = (

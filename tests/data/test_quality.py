@@ -90,7 +90,8 @@ def test_duplicate_line_and_paragraph_fractions(sep, key, reason_name):
         return sep.join([line(i) for i in range(distinct)] + [line(0)] * repeats)
 
     keep, drop = (doc(7, 3), doc(16, 7)) if key == "max_dup_line_frac" else (doc(7, 3), doc(9, 4))
-    split = lambda t: t.split(sep)
+    def split(t):
+        return t.split(sep)
     assert dup_frac(split(keep)) <= limit < dup_frac(split(drop)) < limit + 0.01
     assert_sides(only(**{key: limit}), keep, drop, reason_name)
 
@@ -102,7 +103,8 @@ def test_duplicate_line_characters():
         return "\n".join([line(i) for i in range(distinct)] + [line(0)])
 
     keep, drop = doc(9), doc(8)
-    ratio = lambda t: len(line(0)) / len(t.replace("\n", ""))
+    def ratio(t):
+        return len(line(0)) / len(t.replace("\n", ""))
     assert ratio(keep) <= limit < ratio(drop) < limit + 0.02
     assert_sides(only(max_dup_line_char_frac=limit), keep, drop, "dup_line_char_frac")
 
@@ -114,7 +116,8 @@ def test_duplicate_paragraph_characters():
         return "\n\n".join([line(i) for i in range(distinct)] + [line(0)] * 2)
 
     keep, drop = doc(8), doc(7)
-    ratio = lambda t: 2 * len(line(0)) / len(t)
+    def ratio(t):
+        return 2 * len(line(0)) / len(t)
     assert ratio(keep) <= limit < ratio(drop) < limit + 0.03
     assert_sides(only(max_dup_para_char_frac=limit), keep, drop, "dup_para_char_frac")
 
@@ -209,7 +212,8 @@ def test_line_breaks_per_word():
         return "\n".join(line(i, words=5) for i in range(lines))
 
     keep, drop = doc(18), doc(20)
-    ratio = lambda t: t.count("\n") / len(split_words(t))
+    def ratio(t):
+        return t.count("\n") / len(split_words(t))
     assert ratio(keep) <= limit < ratio(drop)
     assert_sides(only(max_newline_ratio=limit), keep, drop, "newline_ratio")
     # A blank line between paragraphs is one break, as one newline was in FineWeb-2's input.

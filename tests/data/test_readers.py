@@ -4,8 +4,7 @@ import os
 
 import pytest
 
-from native_megatron.data.readers import (InputError, RecordSkip, expand_inputs, iter_records,
-                                          parse_record)
+from native_megatron.data.readers import InputError, RecordSkip, expand_inputs, iter_records, parse_record
 
 
 def write_lines(path, lines):

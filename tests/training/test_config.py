@@ -13,7 +13,7 @@ def cfg(*overrides):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["--model.hidden_size=66", "--model.num_attention_heads=4"], "hidden_size (66) must be divisible by model.num_attention_heads"),
+    (["--model.hidden_size=66", "--model.num_attention_heads=4"], "hidden_size (66) must be divisible by model.num_attention_heads"),  # noqa: E501
     (["--model.num_query_groups=3"], "num_attention_heads (4) must be divisible by model.num_query_groups (3)"),
     (["--model.hidden_size=24", "--model.num_attention_heads=8", "--model.num_query_groups=8"], "head dimension"),
     (["--parallel.tensor=8"], "num_attention_heads (4) must be divisible by parallel.tensor (8)"),
@@ -61,7 +61,7 @@ def test_blend_parsing():
     (3, ["--parallel.tensor=2"], "world size 3 is not divisible by parallel.tensor x parallel.pipeline"),
     (4, ["--parallel.tensor=2", "--parallel.data=1"], "2 x 1 x 1 = 2, but the world size is 4"),
     (2, ["--schedule.global_batch_size=6", "--schedule.micro_batch_size=2"], "global_batch_size (6) must be divisible"),
-    (2, ["--model.num_layers=4", "--parallel.pipeline=2", "--parallel.virtual_pipeline=2", "--schedule.global_batch_size=12",
+    (2, ["--model.num_layers=4", "--parallel.pipeline=2", "--parallel.virtual_pipeline=2", "--schedule.global_batch_size=12",  # noqa: E501
          "--schedule.micro_batch_size=4"], "multiple of parallel.pipeline"),
 ])
 def test_world_size_rules(world, overrides, message):

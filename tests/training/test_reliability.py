@@ -17,8 +17,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.launch import (MOCK_TINY, ROOT, SCRIPT, TINY, env, losses, metrics, random_docs, torchrun_cmd,
-                                   train, write_dataset)
+from tests.training.launch import (
+    MOCK_TINY,
+    ROOT,
+    SCRIPT,
+    TINY,
+    env,
+    losses,
+    metrics,
+    random_docs,
+    torchrun_cmd,
+    train,
+    write_dataset,
+)
 
 TOKENIZER = ROOT / "examples" / "tokenizer" / "sample_ar.model"  # 8,000 ids; EOD 2
 
@@ -81,7 +92,7 @@ def test_a_broken_newest_checkpoint_is_skipped_and_named(copy_of, fault):
     assert point.skipped and "iter_0000004" in point.skipped[0] and name in point.skipped[0]
 
 
-@pytest.mark.parametrize("latest", [None, "garbage\n", "2\n", "99\n"], ids=["missing", "garbage", "older", "absent_step"])
+@pytest.mark.parametrize("latest", [None, "garbage\n", "2\n", "99\n"], ids=["missing", "garbage", "older", "absent_step"])  # noqa: E501
 def test_resume_point_comes_from_scanning_not_from_latest(copy_of, latest):
     from native_megatron.training.checkpointing import find_resumable
 
@@ -269,8 +280,8 @@ def test_a_split_with_no_documents_is_refused_before_megatron_core_loops(tmp_pat
 
 
 def test_an_empty_dataset_and_a_missing_tokenizer_are_one_line(tmp_path):
-    from native_megatron.training.data import check_data
     from native_megatron.training.config import TrainConfig
+    from native_megatron.training.data import check_data
     from native_megatron.utils.config import ConfigError, load_config
 
     prefix = write_dataset(tmp_path / "empty_text_document", [])

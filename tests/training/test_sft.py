@@ -11,8 +11,13 @@ import sys
 import numpy as np
 import pytest
 
-from native_megatron.data.sft import (PackedSFTDataset, build_sft_data, end_of_turn_id, load_chat_tokenizer,
-                                      tokenize_conversation)
+from native_megatron.data.sft import (
+    PackedSFTDataset,
+    build_sft_data,
+    end_of_turn_id,
+    load_chat_tokenizer,
+    tokenize_conversation,
+)
 from tests.alignment.servers import ExpertServer
 from tests.helpers.convert import convert, model_overrides
 from tests.helpers.tiny_qwen2 import corpus_texts, make_tiny_qwen2
@@ -65,7 +70,7 @@ def test_packing_keeps_labels_and_attention_within_each_conversation(tmp_path, q
     ds = PackedSFTDataset(str(data), "train", seq_length=256, num_samples=40, seed=0)
     assert ds.epochs > 1 and ds.per_epoch < ds.conversations and ds.dropped == 0
     assert sorted(np.concatenate(ds.samples[:ds.per_epoch]).tolist()) == list(range(12))  # each once per epoch
-    assert [s.tolist() for s in ds.samples[:ds.per_epoch]] != [s.tolist() for s in ds.samples[ds.per_epoch:][:ds.per_epoch]]
+    assert [s.tolist() for s in ds.samples[:ds.per_epoch]] != [s.tolist() for s in ds.samples[ds.per_epoch:][:ds.per_epoch]]  # noqa: E501
     for i in range(ds.per_epoch):
         sample, members = ds[i], ds.samples[i]
         for k, conv in enumerate(members):
