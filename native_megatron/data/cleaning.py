@@ -255,8 +255,6 @@ class Cleaner:
             letters[ord("\u0649")] = "\u064a"
         if config.normalize_taa_marbuta:
             letters[ord("\u0629")] = "\u0647"
-        if config.remove_tatweel:
-            letters[ord(TATWEEL)] = None
         if config.normalize_persian_letters:
             letters.update(PERSIAN_LETTERS)
         if config.normalize_digits:
@@ -292,7 +290,10 @@ class Cleaner:
             if new != text:
                 counts["remove_control"] += 1
                 text = new
-        if self._letters:
+        if c.remove_tatweel and TATWEEL in text:
+            text = text.replace(TATWEEL, "")
+            counts["remove_tatweel"] += 1
+        if self._letters:  # only the normalize_* switches, all off by default
             new = text.translate(self._letters)
             if new != text:
                 counts["normalize_letters"] += 1

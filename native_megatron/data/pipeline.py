@@ -291,14 +291,20 @@ def _nothing_kept(documents_in: int, reasons: dict[str, int], manifest: str) -> 
                       f"{manifest} gives each document's reason")
 
 
+def _rate(per_second: float | None) -> str:
+    """A rate with the digits that matter: a small run's 0.4 docs/s is not '0 docs/s'."""
+    x = per_second or 0.0
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 1 else f"{x:.2f}"
+
+
 def format_summary(stats: dict[str, Any]) -> str:
     """The end-of-run summary a user reads: counts, reasons, tokens, throughput, where outputs went."""
     t = stats["timing"]
     by = stats["documents_by_status"]
     order = [PASSED, "rewritten", "kept_raw", DROPPED]
     statuses = sorted(by, key=lambda k: order.index(k) if k in order else len(order))
-    lines = [f"documents: {stats['documents_in']} in, "
-             + ", ".join(f"{by[k]} {k.replace('_', ' ')}" for k in statuses)]
+    lines = ["documents: " + ", ".join([f"{stats['documents_in']} in"]
+                                       + [f"{by[k]} {k.replace('_', ' ')}" for k in statuses])]
     if stats["dropped_by_reason"]:
         lines.append("dropped:   " + ", ".join(f"{k} {v}" for k, v in stats["dropped_by_reason"].items()))
     rw = stats.get("rewrite")
@@ -310,8 +316,8 @@ def format_summary(stats: dict[str, Any]) -> str:
     lines += [
         f"tokens:    {stats['tokens_written']:,} ({stats['tokenizer']['dtype']}, vocab "
         f"{stats['tokenizer']['vocab_size']:,}) in {stats['partitions']} partition(s)",
-        f"time:      {t['seconds_total']:.1f}s, {t['documents_per_second'] or 0:,.0f} docs/s, "
-        f"{t['tokens_per_second'] or 0:,.0f} tokens/s",
+        f"time:      {t['seconds_total']:.1f}s, {_rate(t['documents_per_second'])} docs/s, "
+        f"{_rate(t['tokens_per_second'])} tokens/s",
         f"dataset:   {stats['outputs']['dataset']}.bin/.idx",
         f"manifest:  {stats['outputs']['manifest']}",
     ]

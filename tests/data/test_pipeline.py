@@ -97,7 +97,9 @@ def test_sample_has_real_work_for_every_filter(sample_run):
         if r.get("reason") in ("exact_duplicate", "near_duplicate"):
             assert rows[r["duplicate_of"]]["status"] == "kept"
     steps = stats["cleaning_steps"]
-    for step in ("fix_mojibake", "strip_html", "remove_control", "normalize_letters", "normalize_whitespace",
+    # Tatweel removal is on by default and counted as itself; every normalize_* switch is off.
+    assert "normalize_letters" not in steps
+    for step in ("fix_mojibake", "strip_html", "remove_control", "remove_tatweel", "normalize_whitespace",
                  "boilerplate:copyright", "boilerplate:share", "boilerplate:cookies", "remove_symbol_lines"):
         assert steps.get(step, 0) > 0, step
     assert stats["pii_redacted"].get("phone", 0) > 0 and stats["languages"]["ar"] > 300
@@ -297,3 +299,15 @@ def test_hf_tokenizer_with_a_large_vocabulary_writes_int32(tmp_path, sample_corp
     assert ds.index.dtype == np.int32
     first = [r for r in manifest(prefix) if r["status"] == "kept"][0]
     assert ds[0][-1] == loaded.eod_id and len(ds[0]) == first["tokens"]
+
+
+def test_summary_reads_well_for_small_and_empty_runs():
+    from native_megatron.data.pipeline import format_summary
+
+    stats = {"documents_in": 0, "documents_by_status": {}, "dropped_by_reason": {}, "tokens_written": 0,
+             "tokenizer": {"dtype": "uint16", "vocab_size": 8000}, "partitions": 0,
+             "outputs": {"dataset": "d", "manifest": "m"},
+             "timing": {"seconds_total": 2.5, "documents_per_second": 0.4, "tokens_per_second": 12.3}}
+    text = format_summary(stats)
+    assert text.splitlines()[0] == "documents: 0 in"
+    assert "0.40 docs/s, 12.3 tokens/s" in text
