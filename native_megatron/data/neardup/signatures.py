@@ -1,0 +1,149 @@
+"""Stage 1: one task's documents -> their signatures on disk, sorted per LSH band.
+
+The signatures are those of the in-memory path (:func:`native_megatron.data.dedup.fingerprint`:
+same normalisation, shingles, ``num_perm``, seed and bands x rows). Each band's
+``rows`` values are folded into one 64-bit bucket hash (a false collision is a
+2^-64 event per pair, and with ``verify`` it is checked away). Memory: the
+task's own signatures, ``num_perm * 4 + 16 * (bands + 2)`` bytes per document.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from native_megatron.data.dedup import DedupConfig, Fingerprint, fingerprint
+from native_megatron.data.neardup.store import (
+    BAND_DTYPE,
+    EXACT_DTYPE,
+    band_path,
+    config_signature,
+    digest,
+    is_done,
+    make_key,
+    read_json,
+    remove_stale_temporaries,
+    save_npy,
+    save_strings,
+    task_dir,
+    write_done,
+)
+from native_megatron.utils.config import ConfigError
+from native_megatron.utils.parallel import batched, ordered_map
+
+logger = logging.getLogger(__name__)
+
+
+def _as_key(key) -> int:
+    return make_key(*key) if isinstance(key, tuple) else int(key)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    # splitmix64's finaliser: a bijection on uint64 that spreads every input bit.
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """uint64[bands, n]: one bucket hash per band of each signature (datasketch's band layout)."""
+    sig = signatures.astype(np.uint64)
+    out = np.empty((bands, len(sig)), dtype=np.uint64)
+    for b in range(bands):
+        h = np.full(len(sig), 0x9E3779B97F4A7C15 ^ b, dtype=np.uint64)
+        for j in range(b * rows, (b + 1) * rows):
+            h = _mix64(h ^ sig[:, j])
+        out[b] = h
+    return out
+
+
+def _task_signature(config: DedupConfig, task: int, num_tasks: int) -> str:
+    return digest({"config": config_signature(config), "task": task, "num_tasks": num_tasks})
+
+
+def write_fingerprints(task: int, num_tasks: int, items: Iterable[tuple], run_dir: str | Path,
+                       config: DedupConfig) -> dict:
+    """Stage 1 for task ``task`` of ``num_tasks``: ``items`` are ``(key, doc_id, Fingerprint)``
+    in input order, ``key`` a ``(file_index, line)`` pair or :func:`make_key` int.
+
+    Returns the task's summary (also its ``DONE.json``); a finished task is not redone.
+    """
+    tdir = task_dir(Path(run_dir), task)
+    done = tdir / "DONE.json"
+    signature = _task_signature(config, task, num_tasks)
+    if is_done(done, signature):
+        return {**read_json(done), "reused": True}
+    if not 0 <= task < num_tasks:
+        raise ConfigError(f"task {task} is outside 0..{num_tasks - 1}")
+    start = time.monotonic()
+    tdir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(tdir)
+    done.unlink(missing_ok=True)
+    keys, ids, sigs, exact = [], [], [], []
+    for key, doc_id, fp in items:
+        keys.append(_as_key(key))
+        ids.append(str(doc_id))
+        if config.near:
+            sigs.append(fp.minhash)
+        if config.exact:
+            exact.append(fp.exact)
+    key_arr = np.array(keys, dtype=np.uint64)
+    if len(key_arr) > 1 and not (key_arr[1:] > key_arr[:-1]).all():
+        raise ConfigError(f"dedup task {task}: document keys must increase (input order, no repeats)")
+    save_npy(tdir / "keys.npy", key_arr)
+    save_strings(tdir / "ids", ids)
+    sig = config_signature(config)
+    if config.near:
+        sig_arr = np.stack(sigs) if sigs else np.zeros((0, config.num_perm), dtype=np.uint32)
+        save_npy(tdir / "sigs.npy", sig_arr)
+        for b, h in enumerate(band_hashes(sig_arr, sig["bands"], sig["rows"])):
+            rec = np.empty(len(h), dtype=BAND_DTYPE)
+            rec["h"], rec["k"] = h, key_arr
+            rec = rec[np.lexsort((rec["k"], rec["h"]))]
+            save_npy(band_path(tdir, b), rec)
+    if config.exact:
+        halves = np.frombuffer(b"".join(exact), dtype=">u8").reshape(-1, 2).astype(np.uint64)
+        rec = np.empty(len(key_arr), dtype=EXACT_DTYPE)
+        rec["h"], rec["l"], rec["k"] = halves[:, 0], halves[:, 1], key_arr
+        save_npy(tdir / "exact.npy", rec[np.lexsort((rec["k"], rec["l"], rec["h"]))])
+    info = {"signature": signature, "task": task, "num_tasks": num_tasks, "config": sig, "docs": len(keys),
+            "min_key": int(key_arr[0]) if len(keys) else None, "max_key": int(key_arr[-1]) if len(keys) else None,
+            "seconds": round(time.monotonic() - start, 3)}
+    write_done(done, info)
+    return {**info, "reused": False}
+
+
+_CONFIG: dict = {}
+
+
+def _init(config: DedupConfig) -> None:
+    _CONFIG["config"] = config
+
+
+def _fingerprint_chunk(chunk: list[tuple]) -> list[tuple]:
+    config = _CONFIG["config"]
+    return [(key, doc_id, fingerprint(text, config)) for key, doc_id, text in chunk]
+
+
+def fingerprints(docs: Iterable[tuple], config: DedupConfig, workers: int = 1,
+                 chunk: int = 256) -> Iterator[tuple]:
+    """``(key, doc_id, text)`` -> ``(key, doc_id, Fingerprint)``, in order, over ``workers`` processes."""
+    for out in ordered_map(_fingerprint_chunk, batched(docs, chunk), workers, initializer=_init,
+                           initargs=(config,)):
+        yield from out
+
+
+def write_signatures(task: int, num_tasks: int, docs: Iterable[tuple], run_dir: str | Path,
+                     config: DedupConfig, workers: int = 1) -> dict:
+    """Stage 1 from texts: ``docs`` are ``(key, doc_id, text)`` in input order (see :func:`write_fingerprints`)."""
+    done = task_dir(Path(run_dir), task) / "DONE.json"
+    if is_done(done, _task_signature(config, task, num_tasks)):  # skip reading the input too
+        return {**read_json(done), "reused": True}
+    return write_fingerprints(task, num_tasks, fingerprints(docs, config, workers), run_dir, config)
+
+
+__all__ = ["Fingerprint", "band_hashes", "fingerprints", "write_fingerprints", "write_signatures"]
