@@ -8,9 +8,10 @@ from typing import Any
 
 from native_megatron.alignment.backends import check_backend
 from native_megatron.alignment.config import RewriteConfig
-from native_megatron.alignment.rewrite import StageResult, run_rewrite
+from native_megatron.alignment.rewrite import KEPT_RAW, REWRITTEN, run_rewrite
 from native_megatron.alignment.validation import ValidationConfig
 from native_megatron.data.pipeline import PreprocessConfig, run_preprocess
+from native_megatron.data.tasks import StageResult
 
 
 @dataclass
@@ -23,6 +24,7 @@ class RewriteStage:
     """The rewrite stage, plugged in between the data path's prepare and tokenize stages."""
 
     name = "rewrite"
+    statuses = (REWRITTEN, KEPT_RAW)
 
     def __init__(self, cfg: AlignedPreprocessConfig, backend=None) -> None:
         self.cfg = cfg
@@ -31,6 +33,16 @@ class RewriteStage:
     def run(self, shards: list[str], work_dir: Path, show_progress: bool, do_work: bool = True) -> StageResult:
         return run_rewrite(shards, work_dir, self.cfg.rewrite, self.cfg.validate, show_progress, self.backend,
                            do_work=do_work)
+
+    @staticmethod
+    def summary(stats: dict[str, Any]) -> list[str]:
+        rw = stats.get("rewrite")
+        if not rw:
+            return []
+        checks = ", ".join(f"{k} {v}" for k, v in rw["failed_checks"].items()) or "none"
+        t_rw = stats["timing"].get("rewrite", {})
+        return [f"rewrite:   {rw['backend']} {rw['model']} ({rw['guidelines']}); failed checks: {checks}; "
+                f"{t_rw.get('generated_tokens_per_second') or 0:,.0f} generated tokens/s"]
 
 
 def run_preprocess_aligned(cfg: AlignedPreprocessConfig, backend=None) -> dict[str, Any]:

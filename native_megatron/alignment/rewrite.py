@@ -32,10 +32,11 @@ from native_megatron.alignment.chunking import join_chunks, split_document
 from native_megatron.alignment.config import RewriteConfig, SamplingConfig
 from native_megatron.alignment.guidelines import Guidelines, load_guidelines
 from native_megatron.alignment.validation import ValidationConfig, Validator
-from native_megatron.data.indexed import read_shard_texts
 from native_megatron.data.manifest import DROPPED
 from native_megatron.data.pii import PiiRedactor
-from native_megatron.utils.io import Progress, atomic_open, atomic_write_json, read_json
+from native_megatron.data.shards import read_shard_texts
+from native_megatron.data.tasks import ShardTask, StageResult
+from native_megatron.utils.io import Progress, atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +61,6 @@ class DocResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     chunks: int = 0
-
-
-@dataclass
-class StageResult:
-    shards: list[str]          # aligned shards, in order (all of them, when complete)
-    manifests: list[str]
-    stats: dict
-    complete: bool
 
 
 class Rewriter:
@@ -149,20 +142,22 @@ def stage_signature(config: RewriteConfig, validation: ValidationConfig, guideli
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
-def _shard_paths(out_dir: Path, index: int) -> tuple[Path, Path, Path]:
+def _shard_paths(out_dir: Path, index: int) -> tuple[Path, Path]:
     base = out_dir / f"shard-{index:05d}"
-    return Path(f"{base}.jsonl"), Path(f"{base}.manifest.jsonl"), Path(f"{base}.done.json")
+    return Path(f"{base}.jsonl"), Path(f"{base}.manifest.jsonl")
 
 
-def _source_signature(path: str) -> dict:
-    st = os.stat(path)
-    return {"source": os.path.abspath(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+def _shard_task(out_dir: Path, index: int, signature: str, source: str) -> ShardTask:
+    st = os.stat(source)
+    return ShardTask(out_dir / f"shard-{index:05d}.done.json",
+                     {"signature": signature,
+                      "source": {"source": os.path.abspath(source), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}})
 
 
 def rewrite_shard(rewriter: Rewriter, source: str, index: int, out_dir: Path, signature: str,
                   bar: Progress) -> dict:
     """Rewrite one shard; returns its counts (also in its done marker)."""
-    aligned, manifest, done = _shard_paths(out_dir, index)
+    aligned, manifest = _shard_paths(out_dir, index)
     start = time.monotonic()
     counts: Counter = Counter()
     checks: Counter = Counter()
@@ -188,25 +183,14 @@ def rewrite_shard(rewriter: Rewriter, source: str, index: int, out_dir: Path, si
                                          "text": r.text}, ensure_ascii=False) + "\n")
             bar.update(len(batch))
     seconds = time.monotonic() - start
-    info = {"signature": signature, "source": _source_signature(source), "counts": dict(counts),
-            "failed_checks": dict(checks), "tokens": dict(tokens), "seconds": round(seconds, 3),
-            **rewriter.meta}
-    atomic_write_json(done, info)
-    return info
+    return _shard_task(out_dir, index, signature, source).mark_done(
+        {"counts": dict(counts), "failed_checks": dict(checks), "tokens": dict(tokens),
+         "seconds": round(seconds, 3), **rewriter.meta})
 
 
 def _count_lines(path: str) -> int:
     with open(path, encoding="utf-8") as f:
         return sum(1 for _ in f)
-
-
-def _finished(done: Path, signature: str, source: str) -> dict | None:
-    if not done.exists():
-        return None
-    info = read_json(done)
-    if info.get("signature") == signature and info.get("source") == _source_signature(source):
-        return info
-    return None
 
 
 def run_rewrite(shards: list[str], out_dir: Path, config: RewriteConfig, validation: ValidationConfig,
@@ -219,7 +203,7 @@ def run_rewrite(shards: list[str], out_dir: Path, config: RewriteConfig, validat
     signature = stage_signature(config, validation, guidelines)
     rank, world = config.work_split()
     mine = [i for i in range(len(shards)) if i % world == rank]
-    todo = [i for i in mine if _finished(_shard_paths(out_dir, i)[2], signature, shards[i]) is None]
+    todo = [i for i in mine if not _shard_task(out_dir, i, signature, shards[i]).done()]
     if not do_work:
         todo = []
     else:
@@ -242,7 +226,7 @@ def run_rewrite(shards: list[str], out_dir: Path, config: RewriteConfig, validat
             if owns_backend:
                 backend.close()
     seconds = time.monotonic() - start
-    infos = [_finished(_shard_paths(out_dir, i)[2], signature, shards[i]) for i in range(len(shards))]
+    infos = [_shard_task(out_dir, i, signature, shards[i]).load_done() for i in range(len(shards))]
     complete = all(info is not None for info in infos)
     stats = _aggregate([i for i in infos if i is not None], seconds, len(shards))
     _check_rewritten(stats, config.min_rewritten_fraction, out_dir)

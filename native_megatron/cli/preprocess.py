@@ -20,7 +20,7 @@ import logging
 import sys
 
 from native_megatron.alignment.backends import BackendUnavailable
-from native_megatron.alignment.pipeline import AlignedPreprocessConfig, run_preprocess_aligned
+from native_megatron.alignment.pipeline import AlignedPreprocessConfig, RewriteStage, run_preprocess_aligned
 from native_megatron.alignment.rewrite import TooFewRewritten, format_rewritten
 from native_megatron.cli import add_config_help, cli_main, print_config
 from native_megatron.data.pipeline import format_summary
@@ -111,6 +111,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if "rewrite" in stats:
             print(format_rewritten(stats["rewrite"]))
-        print(format_summary(stats))
+        print(format_summary(stats, RewriteStage))
     return 0
 

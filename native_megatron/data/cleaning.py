@@ -43,16 +43,15 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
+from native_megatron.data import arabic
 from native_megatron.data.langid import LanguageGuess, LanguageIdentifier
 from native_megatron.data.pii import PII_KINDS, PiiRedactor
 from native_megatron.data.quality import QualityConfig, QualityFilter
 from native_megatron.utils.config import ConfigError
 
-TATWEEL = "\u0640"
-# Harakat and tanwin (U+064B-U+065F), superscript (dagger) alef U+0670, Quranic
-# annotation marks (U+06D6-U+06ED except the letters in that range), small high marks.
-DIACRITICS_RE = re.compile("[\u064b-\u065f\u0670\u06d6-\u06dc\u06df-\u06e8\u06ea-\u06ed\u08d3-\u08ff]")
-ALEF_RE = re.compile("[\u0622\u0623\u0625\u0671]")
+TATWEEL = arabic.TATWEEL
+DIACRITICS_RE = re.compile(f"[{arabic.HARAKAT}{arabic.QURANIC_MARKS}{arabic.EXTENDED_MARKS}]")
+ALEF_RE = re.compile(f"[{arabic.ALEF_VARIANTS}]")
 HTML_TAG_RE = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>")
 SPACES_RE = re.compile(r"[^\S\n]+")
 BLANK_LINES_RE = re.compile(r"\n{3,}")
@@ -252,9 +251,9 @@ class Cleaner:
         self._control = _control_table() if config.remove_control else {}
         letters = {}
         if config.normalize_yaa:
-            letters[ord("\u0649")] = "\u064a"
+            letters[ord(arabic.ALEF_MAKSURA)] = arabic.YAA
         if config.normalize_taa_marbuta:
-            letters[ord("\u0629")] = "\u0647"
+            letters[ord(arabic.TAA_MARBUTA)] = arabic.HAA
         if config.normalize_persian_letters:
             letters.update(PERSIAN_LETTERS)
         if config.normalize_digits:
@@ -304,7 +303,7 @@ class Cleaner:
                 counts["remove_diacritics"] += 1
                 text = new
         if c.normalize_alef:
-            new = ALEF_RE.sub("\u0627", text)
+            new = ALEF_RE.sub(arabic.ALEF, text)
             if new != text:
                 counts["normalize_alef"] += 1
                 text = new

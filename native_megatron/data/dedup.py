@@ -23,11 +23,14 @@ from typing import Literal
 
 import numpy as np
 
+from native_megatron.data import arabic
 from native_megatron.utils.config import ConfigError
 
-_NORM_TABLE = str.maketrans({"\u0622": "\u0627", "\u0623": "\u0627", "\u0625": "\u0627", "\u0671": "\u0627",
-                             "\u0649": "\u064a", "\u0629": "\u0647", "\u0640": None})
-_MARKS_RE = re.compile("[\u064b-\u065f\u0670\u06d6-\u06ed]")
+_NORM_TABLE = str.maketrans({**dict.fromkeys(arabic.ALEF_VARIANTS, arabic.ALEF), arabic.ALEF_MAKSURA: arabic.YAA,
+                             arabic.TAA_MARBUTA: arabic.HAA, arabic.TATWEEL: None})
+# The whole Quranic block, unlike cleaning's diacritics: the key has always ignored its three signs too,
+# and changing that would change which documents are exact duplicates.
+_MARKS_RE = re.compile(f"[{arabic.HARAKAT}{arabic.QURANIC_BLOCK}]")
 _WORD_RE = re.compile(r"\w+")
 # datasketch's 32-bit bijective permutations: uint32 signatures (half the memory of
 # the legacy scheme) and no extra collisions from the permutation step.
@@ -71,7 +74,7 @@ def normalize_for_match(text: str) -> list[str]:
     return _WORD_RE.findall(text)
 
 
-def shingles(words: list[str], text: str, config: DedupConfig) -> list[bytes]:
+def shingles(words: list[str], config: DedupConfig) -> list[bytes]:
     n = config.shingle_size
     if config.shingle_unit == "char":
         joined = " ".join(words)
@@ -99,7 +102,7 @@ def fingerprint(text: str, config: DedupConfig) -> Fingerprint:
 
         m = MinHash(num_perm=config.num_perm, seed=config.seed, scheme=MINHASH_SCHEME,
                     permutations=_permutations(config.num_perm, config.seed))
-        m.update_batch(shingles(words, text, config))
+        m.update_batch(shingles(words, config))
         signature = np.asarray(m.hashvalues, dtype=np.uint32)
     return Fingerprint(exact, signature)
 

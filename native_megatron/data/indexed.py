@@ -9,7 +9,8 @@ Per worker, the fast path encodes a batch of documents in one tokenizer call
 that returns arrays (no Python int per token) and hands each document to the
 builder as an array of the file's dtype already.
 
-A partition is complete when its ``.done.json`` exists (written last), so a
+A partition is a :class:`~native_megatron.data.tasks.ShardTask`: complete when
+its ``.done.json`` (written last) carries its signature, so a
 killed run resumes by redoing only the unfinished partitions, after removing
 the half-written ``.tmp{PID}`` files its killed writers left.
 """
@@ -20,7 +21,6 @@ import glob
 import json
 import logging
 import os
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,8 +28,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from native_megatron.data.shards import read_shard_texts
+from native_megatron.data.tasks import ShardTask, publish, remove_stale_temp_files, temp_prefix
 from native_megatron.data.tokenizer import Tokenizer, load_tokenizer
-from native_megatron.utils.io import Progress, atomic_open, atomic_write_json, read_json
+from native_megatron.utils.io import Progress, atomic_open
 from native_megatron.utils.logging import quiet_third_party
 from native_megatron.utils.parallel import ordered_map
 
@@ -69,12 +71,6 @@ def _builder_cls():
     return IndexedDatasetBuilder
 
 
-def read_shard_texts(path: str) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)
-
-
 # ---- worker side -----------------------------------------------------------------
 
 _TOKENIZERS: dict[tuple, Tokenizer] = {}
@@ -97,16 +93,13 @@ def tokenize_shard(task: tuple[str, str, TokenizeSettings]) -> PartResult:
     """Tokenize one shard into partition ``part_prefix`` (.bin/.idx/.manifest.jsonl/.done.json)."""
     shard, part_prefix, settings = task
     tok = _tokenizer(settings)
-    done_path = Path(part_prefix + ".done.json")
-    signature = _part_signature(shard, settings, tok)
-    if done_path.exists():
-        done = read_json(done_path)
-        if done.get("signature") == signature and "max_id" in done:
-            return PartResult(part_prefix, done["documents"], done["tokens"], 0.0, reused=True,
-                              max_id=done["max_id"])
+    task = ShardTask(Path(part_prefix + ".done.json"), {"signature": _part_signature(shard, settings, tok)})
+    done = task.load_done()
+    if done is not None and "max_id" in done:
+        return PartResult(part_prefix, done["documents"], done["tokens"], 0.0, reused=True, max_id=done["max_id"])
     start = time.monotonic()
     dtype = tok.dtype
-    tmp = f"{part_prefix}.tmp{os.getpid()}"
+    tmp = temp_prefix(part_prefix)
     builder = _builder_cls()(tmp + ".bin", dtype=dtype)
     prefix_ids = [tok.bos_id] if settings.add_bos and tok.bos_id is not None else []
     suffix_ids = [tok.eod_id] if settings.append_eod else []
@@ -130,11 +123,9 @@ def tokenize_shard(task: tuple[str, str, TokenizeSettings]) -> PartResult:
                     max_id = max(max_id, int(doc.max()))
             batch = []
         builder.finalize(tmp + ".idx")
-    os.replace(tmp + ".bin", part_prefix + ".bin")
-    os.replace(tmp + ".idx", part_prefix + ".idx")
+    publish(tmp, part_prefix, (".bin", ".idx"))
     seconds = time.monotonic() - start
-    atomic_write_json(done_path, {"signature": signature, "documents": documents, "tokens": tokens,
-                                  "max_id": max_id, "seconds": round(seconds, 3)})
+    task.mark_done({"documents": documents, "tokens": tokens, "max_id": max_id, "seconds": round(seconds, 3)})
     return PartResult(part_prefix, documents, tokens, seconds, max_id=max_id)
 
 
@@ -163,36 +154,6 @@ def _assemble(ids: np.ndarray, prefix: list[int], suffix: list[int], dtype) -> n
 # ---- main side -------------------------------------------------------------------
 
 
-_TEMP_NAME = re.compile(r".+\.tmp(?P<pid>\d+)\.(bin|idx)")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True     # someone else's live process
-    return True
-
-
-def remove_stale_temp_files(directory: Path, stem_glob: str) -> list[str]:
-    """Remove ``{stem}.tmp{PID}.bin/.idx`` files left by writers that were killed.
-
-    The PID in the name (see :func:`tokenize_shard`, :func:`merge_partitions`) says whose file it
-    is; a file whose writer still runs on this machine is left alone.
-    """
-    removed = []
-    for path in sorted(directory.glob(f"{stem_glob}.tmp*")):
-        match = _TEMP_NAME.fullmatch(path.name)
-        if match and not _pid_alive(int(match["pid"])):
-            path.unlink(missing_ok=True)
-            removed.append(str(path))
-    if removed:
-        logger.info("removed %d temp file(s) of killed writers in %s", len(removed), directory)
-    return removed
-
-
 def merge_partitions(parts: list[str], out_prefix: str, dtype) -> None:
     """Concatenate partitions, in order, into ``out_prefix``.bin/.idx with megatron-core's builder.
 
@@ -201,7 +162,7 @@ def merge_partitions(parts: list[str], out_prefix: str, dtype) -> None:
     half dataset.
     """
     Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{out_prefix}.tmp{os.getpid()}"
+    tmp = temp_prefix(out_prefix)
     for suffix in (".idx", ".bin"):
         if os.path.exists(out_prefix + suffix):
             os.unlink(out_prefix + suffix)
@@ -209,8 +170,7 @@ def merge_partitions(parts: list[str], out_prefix: str, dtype) -> None:
     for part in parts:
         builder.add_index(part)
     builder.finalize(tmp + ".idx")
-    os.replace(tmp + ".bin", out_prefix + ".bin")
-    os.replace(tmp + ".idx", out_prefix + ".idx")
+    publish(tmp, out_prefix, (".bin", ".idx"))
 
 
 def run_tokenize(shards: list[str], work_dir: Path, out_prefix: str, settings: TokenizeSettings,

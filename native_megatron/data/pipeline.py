@@ -34,6 +34,7 @@ from native_megatron.data.indexed import TokenizeSettings, dataset_prefix, parti
 from native_megatron.data.manifest import DROPPED, PASSED, ManifestWriter, merge_stage_rows, read_manifest
 from native_megatron.data.prepare import PrepareSettings, run_prepare
 from native_megatron.data.readers import InputError, check_text_key, expand_inputs
+from native_megatron.data.tasks import ShardTask, StageResult
 from native_megatron.data.tokenizer import load_tokenizer
 from native_megatron.utils.config import ConfigError, dump_yaml
 from native_megatron.utils.io import atomic_open, atomic_write_json, check_writable_dir, read_json
@@ -132,11 +133,10 @@ def _input_fingerprint(files: list[str], cfg: PreprocessConfig) -> str:
 
 def _prepare_stage(cfg: PreprocessConfig, files: list[str], paths: Paths) -> tuple[list[str], dict, bool]:
     """Run or reuse the prepare stage; returns (shards, stats, reused)."""
-    fingerprint = _input_fingerprint(files, cfg)
-    done_path = paths.prepare / "DONE.json"
-    if done_path.exists():
-        done = read_json(done_path)
-        if done["fingerprint"] == fingerprint:
+    task = _prepare_task(paths, _input_fingerprint(files, cfg))
+    if task.read() is not None:
+        done = task.load_done()
+        if done is not None:
             logger.info("prepare: reusing finished work in %s", paths.prepare)
             return done["shards"], read_json(paths.prepare / "stats.json"), True
         raise ConfigError(f"{paths.work} was made from other inputs or settings; pass --overwrite "
@@ -147,8 +147,13 @@ def _prepare_stage(cfg: PreprocessConfig, files: list[str], paths: Paths) -> tup
     settings = PrepareSettings(files, cfg.input.text_key, cfg.input.id_key, cfg.clean, cfg.dedup,
                                cfg.output.shard_size, cfg.run.workers, url_key=cfg.input.url_key or None)
     result = run_prepare(settings, paths.prepare, show_progress=cfg.run.progress)
-    atomic_write_json(done_path, {"fingerprint": fingerprint, "shards": result.shards, "files": files})
+    task.mark_done({"shards": result.shards, "files": files})
     return result.shards, result.stats, False
+
+
+def _prepare_task(paths: Paths, fingerprint: str | None = None) -> ShardTask:
+    """The prepare stage as one task: its marker carries the inputs' fingerprint (None: any)."""
+    return ShardTask(paths.prepare / "DONE.json", {} if fingerprint is None else {"fingerprint": fingerprint})
 
 
 class MiddleStage(Protocol):
@@ -157,8 +162,14 @@ class MiddleStage(Protocol):
     shard is finished (with several ranks, each does only its share)."""
 
     name: str
+    # The manifest statuses it adds, in the order the summary lists them (between kept and dropped).
+    statuses: tuple[str, ...]
 
-    def run(self, shards: list[str], work_dir: Path, show_progress: bool, do_work: bool = True) -> Any: ...
+    def run(self, shards: list[str], work_dir: Path, show_progress: bool, do_work: bool = True) -> StageResult: ...
+
+    def summary(self, stats: dict[str, Any]) -> list[str]:
+        """Its lines of the end-of-run summary, from the run's stats (none when it did not run)."""
+        ...
 
 
 def _finish_manifest(paths: Paths, middle_manifests: list[str], parts: int) -> dict[str, Any]:
@@ -176,10 +187,9 @@ def _finish_manifest(paths: Paths, middle_manifests: list[str], parts: int) -> d
 
 
 def _finished_prepare(paths: Paths) -> tuple[list[str], dict, list[str]]:
-    done_path = paths.prepare / "DONE.json"
-    if not done_path.exists():
+    done = _prepare_task(paths).load_done()
+    if done is None:
         raise ConfigError(f"{paths.prepare} has no finished prepare stage; run --stage prepare (or all) first")
-    done = read_json(done_path)
     return done["shards"], read_json(paths.prepare / "stats.json"), done["files"]
 
 
@@ -297,22 +307,21 @@ def _rate(per_second: float | None) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 1 else f"{x:.2f}"
 
 
-def format_summary(stats: dict[str, Any]) -> str:
-    """The end-of-run summary a user reads: counts, reasons, tokens, throughput, where outputs went."""
+def format_summary(stats: dict[str, Any], middle: MiddleStage | None = None) -> str:
+    """The end-of-run summary a user reads: counts, reasons, tokens, throughput, where outputs went.
+
+    ``middle``, the stage that ran between prepare and tokenize, orders its statuses and adds its lines.
+    """
     t = stats["timing"]
     by = stats["documents_by_status"]
-    order = [PASSED, "rewritten", "kept_raw", DROPPED]
+    order = [PASSED, *(middle.statuses if middle is not None else ()), DROPPED]
     statuses = sorted(by, key=lambda k: order.index(k) if k in order else len(order))
     lines = ["documents: " + ", ".join([f"{stats['documents_in']} in"]
                                        + [f"{by[k]} {k.replace('_', ' ')}" for k in statuses])]
     if stats["dropped_by_reason"]:
         lines.append("dropped:   " + ", ".join(f"{k} {v}" for k, v in stats["dropped_by_reason"].items()))
-    rw = stats.get("rewrite")
-    if rw:
-        checks = ", ".join(f"{k} {v}" for k, v in rw["failed_checks"].items()) or "none"
-        t_rw = stats["timing"].get("rewrite", {})
-        lines.append(f"rewrite:   {rw['backend']} {rw['model']} ({rw['guidelines']}); failed checks: {checks}; "
-                     f"{t_rw.get('generated_tokens_per_second') or 0:,.0f} generated tokens/s")
+    if middle is not None:
+        lines += middle.summary(stats)
     lines += [
         f"tokens:    {stats['tokens_written']:,} ({stats['tokenizer']['dtype']}, vocab "
         f"{stats['tokenizer']['vocab_size']:,}) in {stats['partitions']} partition(s)",

@@ -15,20 +15,20 @@ directory:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from native_megatron.data.cleaning import CleanConfig, Cleaner
 from native_megatron.data.dedup import DedupConfig, Deduplicator, Fingerprint, fingerprint
 from native_megatron.data.langid import LanguageGuess
 from native_megatron.data.manifest import DROPPED, PASSED, ManifestWriter
 from native_megatron.data.readers import RawRecord, RecordSkip, iter_records, parse_document
+from native_megatron.data.shards import ShardWriter
 from native_megatron.utils.io import Progress, atomic_open, atomic_write_json
 from native_megatron.utils.parallel import batched, ordered_map
 
@@ -101,36 +101,6 @@ def _process_chunk(chunk: list[RawRecord]) -> tuple[list[Outcome], Counter]:
 
 
 # ---- main side -------------------------------------------------------------------
-
-
-class ShardWriter:
-    """Kept documents into numbered JSONL shards of ``shard_size`` documents, each atomic."""
-
-    def __init__(self, directory: Path, shard_size: int) -> None:
-        self.directory, self.shard_size = directory, shard_size
-        self.paths: list[str] = []
-        self._cm = None
-        self._f: IO[str] | None = None
-        self._count = 0
-
-    def write(self, row: dict) -> None:
-        if self._f is None:
-            path = self.directory / f"shard-{len(self.paths):05d}.jsonl"
-            self.paths.append(str(path))
-            self._cm = atomic_open(path, "w")
-            self._f = self._cm.__enter__()
-        self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._count += 1
-        if self._count >= self.shard_size:
-            self._close()
-
-    def _close(self) -> None:
-        if self._cm is not None:
-            self._cm.__exit__(None, None, None)
-        self._cm, self._f, self._count = None, None, 0
-
-    def close(self) -> None:
-        self._close()
 
 
 class SkipLog:

@@ -200,3 +200,19 @@ def test_changed_guidelines_redo_the_rewrites(tmp_path, sample_tokenizer):
     run_preprocess_aligned(cfg(src, prefix, sample_tokenizer, f"--rewrite.guidelines={other}"), backend=backend)
     assert backend.requests >= 6
     assert all(r["guidelines"].startswith("native-alignment@1.1#") for r in manifest(prefix).values())
+
+
+def test_the_summary_lists_the_rewrite_statuses_between_kept_and_dropped_and_its_line():
+    from native_megatron.alignment.pipeline import RewriteStage
+    from native_megatron.data.pipeline import format_summary
+
+    stats = {"documents_in": 6, "documents_by_status": {"dropped": 1, "kept_raw": 2, "rewritten": 3},
+             "dropped_by_reason": {"rewrite_failed_validation": 1}, "tokens_written": 10,
+             "tokenizer": {"dtype": "uint16", "vocab_size": 8000}, "partitions": 1,
+             "outputs": {"dataset": "d", "manifest": "m"},
+             "rewrite": {"backend": "hf", "model": "fake", "guidelines": "g", "failed_checks": {"refusal": 3}},
+             "timing": {"seconds_total": 2.5, "documents_per_second": 2.4, "tokens_per_second": 4.0,
+                        "rewrite": {"generated_tokens_per_second": 1234.0}}}
+    lines = format_summary(stats, RewriteStage).splitlines()
+    assert lines[0] == "documents: 6 in, 3 rewritten, 2 kept raw, 1 dropped"
+    assert lines[2] == "rewrite:   hf fake (g); failed checks: refusal 3; 1,234 generated tokens/s"

@@ -32,7 +32,7 @@ def _words(rng: random.Random, vocab: list[str], n: int) -> list[str]:
 
 
 def _shingle_set(text: str, config: DedupConfig) -> set[bytes]:
-    return set(shingles(normalize_for_match(text), text, config))
+    return set(shingles(normalize_for_match(text), config))
 
 
 def generate(docs: int, seed: int = 0, group_fraction: float = 0.3, words: tuple[int, int] = (60, 90),

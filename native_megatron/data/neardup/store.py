@@ -27,8 +27,9 @@ from typing import Any, Iterable
 import numpy as np
 
 from native_megatron.data.dedup import MINHASH_SCHEME, DedupConfig, lsh_bands_rows
+from native_megatron.data.tasks import ShardTask
 from native_megatron.utils.config import ConfigError
-from native_megatron.utils.io import atomic_open, atomic_write_json, read_json
+from native_megatron.utils.io import atomic_open, read_json
 
 # In stage-2 pairs and stage-3 roots, this run's keys carry this bit, an earlier run's
 # (``against``) do not: the earlier run's documents come first in input order.
@@ -213,11 +214,12 @@ class Run:
 
 
 def write_done(path: Path, info: dict) -> None:
-    atomic_write_json(path, info)
+    """The task's done marker (``info`` carries its ``signature``), see :class:`ShardTask`."""
+    ShardTask(path, {"signature": info["signature"]}).mark_done(info)
 
 
 def is_done(path: Path, signature: str) -> bool:
-    return path.exists() and read_json(path).get("signature") == signature
+    return ShardTask(path, {"signature": signature}).done()
 
 
 def remove_stale_temporaries(directory: Path, name: str = "*") -> None:
