@@ -24,6 +24,7 @@ from dataclasses import asdict
 from native_megatron.cli import add_config_help, cli_main, print_config
 from native_megatron.training import planner
 from native_megatron.training.config import TrainConfig
+from native_megatron.training.metrics import ModelShape
 from native_megatron.utils.config import ConfigError, load_config, split_overrides, top_level_keys
 
 # The config sections set by --section.key=value: (dataclass, key prefix).
@@ -96,7 +97,7 @@ def render(cfg: TrainConfig, config_path: str, args: argparse.Namespace, plan: p
            error: str | None, best: planner.Plan | None, tokens: int) -> str:
     m, gpu = cfg.model, planner.GPUS[args.gpu]
     world = args.nodes * args.gpus_per_node
-    shape = planner.model_shape(cfg, vocab_size(cfg))
+    shape = ModelShape.from_config(cfg.model, vocab_size(cfg))
     lines = [f"plan for {config_path} on {args.nodes} node(s) x {args.gpus_per_node} {gpu.name} = {world} GPUs", "",
         f"model     {m.num_layers} layers, hidden {m.hidden_size}, FFN {m.ffn_hidden_size}, "
         f"{m.num_attention_heads} heads ({m.num_query_groups} KV groups), vocabulary {shape.vocab_size:,}",

@@ -72,8 +72,8 @@ def hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, precision: s
     layout = init_distributed(cfg)
     try:
         vocab = padded_vocab_size(shape.vocab, cfg.model.make_vocab_size_divisible_by, tp)
-        tf_config = megatron_config.transformer_config(cfg, on_gpu=False)
-        tf_config.perform_initialization = False      # every weight is overwritten from HF
+        # initialize=False: every weight is overwritten from HF.
+        tf_config = megatron_config.transformer_config(cfg, on_gpu=False, initialize=False)
         with cuda_to_cpu():  # tied embeddings under PP: the last stage's copy is all-reduced as a CUDA tensor
             (chunk,) = build_model_chunks(cfg, tf_config, vocab, "local")
         tp_rank = parallel_state.get_tensor_model_parallel_rank()
@@ -191,10 +191,10 @@ def megatron_to_hf(ckpt: str, out: str, dtype: str = "bf16", tokenizer: str | No
     torch_dtype = DTYPES[dtype]
     started = False
     if not dist.is_initialized():
-        from native_megatron.training.distributed import _free_port
+        from native_megatron.training.distributed import free_port
 
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
         dist.init_process_group("gloo", rank=0, world_size=1)
         started = True
     try:

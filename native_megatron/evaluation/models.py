@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from native_megatron.data.tokenizer import Tokenizer, TokenizerError, load_tokenizer
-from native_megatron.utils.config import ConfigError
+from native_megatron.utils.config import ConfigError, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +133,8 @@ def load(spec: str, out_dir: Path, tokenizer: str | None = None, device: str = "
         tok = load_tokenizer(tok_path)
     except TokenizerError as exc:
         raise ConfigError(f"--model {spec}: {exc}") from None
-    torch_dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
-                   "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16,
+                   "fp32": torch.float32}[resolve_precision(dtype, on_gpu=device.startswith("cuda"))]
     model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch_dtype).to(device).eval()
     hf_tok_dir = tok_path if (Path(tok_path) / "tokenizer_config.json").is_file() else hf_dir
     start = default_start(hf_tok_dir)

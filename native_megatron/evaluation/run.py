@@ -24,7 +24,7 @@ from native_megatron.evaluation.report import JudgeCheck, SafetyResult, TaskResu
 from native_megatron.evaluation.safety import build_judge, check_judge, evaluate_safety, read_beavertails, read_prompts
 from native_megatron.evaluation.scoring import Request, loglikelihoods
 from native_megatron.evaluation.tasks import ALIGNMENT, READERS, TaskData, load_task
-from native_megatron.utils.config import ConfigError
+from native_megatron.utils.config import ConfigError, resolve_precision
 from native_megatron.utils.io import Progress
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def run_lm_eval(loaded: model_io.LoadedModel, cfg: EvalConfig) -> list[TaskResul
 
 def lm_eval_model_args(loaded: model_io.LoadedModel, cfg: EvalConfig) -> str:
     """HFLM's arguments: the exported directory, its tokenizer, and our --dtype in the names lm-eval takes."""
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16" if str(cfg.device).startswith("cuda") else "fp32")
+    dtype = resolve_precision(cfg.dtype, on_gpu=str(cfg.device).startswith("cuda"))
     tokenizer = loaded.tokenizer_dir or loaded.path
     return f"pretrained={loaded.path},tokenizer={tokenizer},dtype={LM_EVAL_DTYPES[dtype]}"
 

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from native_megatron.utils.config import ConfigError, validate_config
+from native_megatron.utils.config import ConfigError, resolve_precision, validate_config
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,14 @@ class ParallelConfig:
     # None: on GPU overlap the data-parallel grad reduce with the backward pass.
     overlap_grad_reduce: bool | None = None
     backend: Literal["auto", "nccl", "gloo"] = "auto"
+
+    def sequence_parallel_on(self, on_gpu: bool, tensor: int | None = None) -> bool:
+        """The one decision of sequence parallel: on when asked (None: on GPU) and TP > 1.
+
+        ``tensor``: the TP size to decide for (the planner tries others), default ``self.tensor``."""
+        tensor = self.tensor if tensor is None else tensor
+        wanted = on_gpu if self.sequence_parallel is None else self.sequence_parallel
+        return bool(wanted) and tensor > 1
 
     def validate(self) -> None:
         if self.tensor < 1 or self.pipeline < 1:
@@ -278,6 +286,10 @@ class TrainConfig:
     # auto: bf16 on GPU, fp32 on CPU.
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     seed: int = 1234
+
+    def resolved_precision(self, on_gpu: bool) -> str:
+        """``precision`` with "auto" resolved: bf16 on GPU, fp32 on CPU."""
+        return resolve_precision(self.precision, on_gpu)
 
     def validate(self) -> None:
         m, p = self.model, self.parallel

@@ -27,6 +27,9 @@ What is redirected, and why:
 - ``clip_grad_by_total_norm_fp32`` asserts CUDA gradients before scaling them;
   on CPU it is replaced by the same scaling without the assertion.
 
+:func:`uninstall` puts every replaced function back. Fixes to megatron-core bugs
+that matter on GPU too live in :mod:`native_megatron.training.mcore_patches`.
+
 Pipeline point-to-point runs with ``batch_p2p_comm=False`` on CPU (gloo has no
 batched isend/irecv); that is a config setting, made in ``megatron_config``.
 """
@@ -41,8 +44,6 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 logger = logging.getLogger(__name__)
-
-_INSTALLED = False
 
 
 def cuda_available() -> bool:
@@ -117,72 +118,64 @@ def _cpu_clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_deco
         torch._foreach_mul_(grads, clip_coeff)
 
 
+def _log_filter(record) -> bool:
+    # fork() warns when the CPU generator moved inside it: on CPU the tracked
+    # "CUDA" state is the CPU generator, so dropout inside fork() moves it by design.
+    return "CPU RNG state changed within GPU RNG context" not in record.getMessage()
+
+
+# (owner, attribute, original value) of each replacement install() made, for uninstall().
+_REPLACED: list[tuple[object, str, object]] = []
+
+
+def _replace(owner, name: str, value) -> None:
+    _REPLACED.append((owner, name, getattr(owner, name)))
+    setattr(owner, name, value)
+
+
 def install() -> bool:
     """Redirect megatron-core's CUDA-only calls to the CPU when CUDA is absent.
 
-    Returns True when the redirection is active. Idempotent; a no-op on GPU.
+    Returns True when the redirection is active. Idempotent; a no-op on GPU;
+    :func:`uninstall` (or the :func:`installed` block) undoes it.
     """
-    global _INSTALLED
     if cuda_available():
         return False
-    if _INSTALLED:
+    if _REPLACED:
         return True
     import megatron.core.optimizer.optimizer as mc_optimizer
     import megatron.core.tensor_parallel.random as mc_random
 
-    mc_random._get_cuda_rng_state = _cpu_get_rng_state
-    mc_random._set_cuda_rng_state = _cpu_set_rng_state
-    mc_random.CudaRNGStatesTracker.add = _cpu_tracker_add
-    mc_optimizer.clip_grad_by_total_norm_fp32 = _cpu_clip_grad_by_total_norm_fp32
-    torch.cuda.current_device = lambda: "cpu"
-    torch.cuda.synchronize = lambda device=None: None
-    torch.cuda.empty_cache = lambda: None
-    # fork() warns when the CPU generator moved inside it: on CPU the tracked
-    # "CUDA" state is the CPU generator, so dropout inside fork() moves it by design.
-    logging.getLogger(mc_random.__name__).addFilter(
-        lambda record: "CPU RNG state changed within GPU RNG context" not in record.getMessage())
-    _INSTALLED = True
+    _replace(mc_random, "_get_cuda_rng_state", _cpu_get_rng_state)
+    _replace(mc_random, "_set_cuda_rng_state", _cpu_set_rng_state)
+    _replace(mc_random.CudaRNGStatesTracker, "add", _cpu_tracker_add)
+    _replace(mc_optimizer, "clip_grad_by_total_norm_fp32", _cpu_clip_grad_by_total_norm_fp32)
+    _replace(torch.cuda, "current_device", lambda: "cpu")
+    _replace(torch.cuda, "synchronize", lambda device=None: None)
+    _replace(torch.cuda, "empty_cache", lambda: None)
+    logging.getLogger(mc_random.__name__).addFilter(_log_filter)
     logger.info("CUDA not available: megatron-core runs on the CPU (native_megatron.training.cpu_compat)")
     return True
 
 
-def install_torch_adam_checkpoint_fix() -> bool:
-    """Let the distributed optimizer load reshardable checkpoints with torch's Adam.
+def uninstall() -> None:
+    """Put back everything :func:`install` replaced; a no-op when nothing is installed."""
+    while _REPLACED:
+        owner, name, original = _REPLACED.pop()
+        setattr(owner, name, original)
+    logging.getLogger("megatron.core.tensor_parallel.random").removeFilter(_log_filter)
 
-    Without apex or transformer-engine (always so on CPU), megatron-core 0.16's
-    distributed optimizer runs torch.optim.AdamW, whose per-parameter state holds a
-    ``step`` tensor. ``fully_reshardable`` checkpoints store ``step`` once, in the
-    param groups, and ``load_state_dict`` restores it from there, but the
-    per-parameter copy then also expects a saved ``step`` for every parameter and
-    fails (KeyError: 'step'); and ``load_state_dict`` hands every parameter the
-    same ``step`` tensor, which torch's foreach Adam then increments once per
-    parameter, corrupting Adam's bias correction after a resume. This gives each
-    parameter its own copy of the restored ``step`` and copies only the states the
-    checkpoint holds per parameter. Installed only when apex and TE are both absent.
-    """
-    from megatron.core.optimizer import distrib_optimizer as mc_do
 
-    if getattr(mc_do, "HAVE_APEX_OR_TE", True):
-        return False
-    cls = mc_do.DistributedOptimizer
-    original = cls._set_main_param_and_optimizer_states
-    if getattr(original, "_nm_fixed", False):
-        return True
+def is_installed() -> bool:
+    return bool(_REPLACED)
 
-    def _set_main_param_and_optimizer_states(self, model_param, tensors):
-        if not self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
-            group_index, group_order = self.model_param_group_index_map[model_param]
-            main_param = self.optimizer.param_groups[group_index]["params"][group_order]
-            state = self.optimizer.state[main_param]
-            missing = [k for k in state if k not in tensors]
-            for k in missing:
-                # load_state_dict gave every parameter the *same* step tensor; torch's
-                # foreach Adam would then add 1 to it once per parameter per step.
-                state[k] = state[k].detach().clone()
-            if missing:
-                tensors = dict(tensors, **{k: state[k] for k in missing})
-        return original(self, model_param, tensors)
 
-    _set_main_param_and_optimizer_states._nm_fixed = True
-    cls._set_main_param_and_optimizer_states = _set_main_param_and_optimizer_states
-    return True
+@contextlib.contextmanager
+def installed() -> Iterator[bool]:
+    """:func:`install` for the length of a block (tests); yields whether it is active."""
+    was_installed = is_installed()
+    try:
+        yield install()
+    finally:
+        if not was_installed:
+            uninstall()

@@ -60,7 +60,7 @@ def split_sizes(cfg: TrainConfig) -> list[int]:
     return [train, evals * s.eval_steps * s.global_batch_size, 0]
 
 
-def build_datasets(cfg: TrainConfig, vocab_size_hint: int | None = None) -> Datasets:
+def build_datasets(cfg: TrainConfig) -> Datasets:
     """Build the train and validation datasets on every rank (rank 0 first, as megatron-core does)."""
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
@@ -69,7 +69,7 @@ def build_datasets(cfg: TrainConfig, vocab_size_hint: int | None = None) -> Data
     if d.sft_dir:
         return build_sft_datasets(cfg)
     if d.mock:
-        tokenizer = DatasetTokenizer(vocab_size_hint or cfg.model.vocab_size or 1024, 0)
+        tokenizer = DatasetTokenizer(cfg.model.vocab_size or 1024, 0)
         blend = None
     else:
         tokenizer = DatasetTokenizer.from_path(d.tokenizer)
@@ -257,11 +257,3 @@ def microbatch_iterator(dataset, consumed: int, micro_batch: int, dp_rank: int, 
                                          pin_memory=torch.cuda.is_available(),
                                          persistent_workers=num_workers > 0)
     return iter(loader)
-
-
-def tokens_per_step(cfg: TrainConfig) -> int:
-    return cfg.schedule.global_batch_size * cfg.data.seq_length
-
-
-def epochs_of_data(num_samples: int, dataset_len: int) -> float:
-    return num_samples / dataset_len if dataset_len else math.inf

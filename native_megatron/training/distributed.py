@@ -12,14 +12,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from native_megatron.training import cpu_compat
+from native_megatron.training import cpu_compat, mcore_patches
 from native_megatron.training.config import TrainConfig, validate_for_world
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Layout:
+class Placement:
+    """Where this process sits: its rank in the world and the parallel sizes it runs under.
+
+    (The planner's ``Layout`` is a candidate parallel layout, not a running process.)"""
+
     world_size: int
     rank: int
     tp: int
@@ -33,7 +37,7 @@ class Layout:
         return self.rank == 0
 
 
-def init_distributed(cfg: TrainConfig, timeout_minutes: int = 30) -> Layout:
+def init_distributed(cfg: TrainConfig, timeout_minutes: int = 30) -> Placement:
     """Start torch.distributed (nccl on GPU, gloo on CPU) and megatron-core's model-parallel groups.
 
     Works under ``torchrun`` and as a plain single process (world size 1).
@@ -45,7 +49,7 @@ def init_distributed(cfg: TrainConfig, timeout_minutes: int = 30) -> Layout:
     if "RANK" not in os.environ:  # plain `python pretrain_arabic.py`: a world of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     if on_gpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     if not dist.is_initialized():
@@ -53,7 +57,7 @@ def init_distributed(cfg: TrainConfig, timeout_minutes: int = 30) -> Layout:
     world, rank = dist.get_world_size(), dist.get_rank()
     dp = validate_for_world(cfg, world)
     cpu_compat.install()
-    cpu_compat.install_torch_adam_checkpoint_fix()
+    mcore_patches.install()
     p = cfg.parallel
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=p.tensor,
@@ -61,7 +65,7 @@ def init_distributed(cfg: TrainConfig, timeout_minutes: int = 30) -> Layout:
         virtual_pipeline_model_parallel_size=p.virtual_pipeline,
     )
     set_seeds(cfg.seed)
-    return Layout(world, rank, p.tensor, p.pipeline, dp, p.virtual_pipeline, on_gpu)
+    return Placement(world, rank, p.tensor, p.pipeline, dp, p.virtual_pipeline, on_gpu)
 
 
 def set_seeds(seed: int) -> None:
@@ -88,7 +92,8 @@ def destroy_distributed() -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for MASTER_PORT, test servers)."""
     import socket
 
     with socket.socket() as s:

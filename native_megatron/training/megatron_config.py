@@ -4,6 +4,10 @@ TransformerConfig (model + parallel layout), DistributedDataParallelConfig,
 OptimizerConfig, and the LR schedule's arguments. Device-dependent choices
 (fusions that need CUDA kernels, bf16, sequence parallel, gloo's lack of
 batched p2p) are made here from ``on_gpu``, not scattered through the trainer.
+
+Every TransformerConfig field is set when it is built; the one exception is
+:func:`wire_model_hooks`, for the callables megatron-core reads from the config
+but that exist only once the DDP-wrapped models do.
 """
 
 from __future__ import annotations
@@ -15,27 +19,30 @@ from native_megatron.training.config import TrainConfig
 
 
 def params_dtype(cfg: TrainConfig, on_gpu: bool) -> torch.dtype:
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if on_gpu else "fp32")
+    precision = cfg.resolved_precision(on_gpu)
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
 
 
-def use_sequence_parallel(cfg: TrainConfig, on_gpu: bool) -> bool:
-    sp = cfg.parallel.sequence_parallel
-    if sp is None:
-        return on_gpu and cfg.parallel.tensor > 1
-    return sp and cfg.parallel.tensor > 1
+def transformer_config(cfg: TrainConfig, on_gpu: bool, spec_name: str = "local", *, training: bool = False,
+                       initialize: bool = True):
+    """megatron-core TransformerConfig for a Llama-style model under this layout.
 
-
-def transformer_config(cfg: TrainConfig, on_gpu: bool, spec_name: str = "local"):
-    """megatron-core TransformerConfig for a Llama-style model under this layout."""
+    ``training``: the trainer's settings (per-token loss, megatron-core's grad finalisation).
+    ``initialize``: False when every weight is overwritten afterwards (conversion).
+    The native spec needs :func:`native_megatron.ops.megatron.install_rope` called first.
+    """
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     native = {}
     if spec_name == "native":
-        from native_megatron.ops.megatron import install_rope, native_config_overrides
+        from native_megatron.ops.megatron import native_config_overrides
 
-        install_rope()
         native = native_config_overrides()
+    hooks = {}
+    if training:
+        from megatron.core.distributed import finalize_model_grads
+
+        hooks = dict(calculate_per_token_loss=True, finalize_model_grads_func=finalize_model_grads)
 
     m, p = cfg.model, cfg.parallel
     dtype = params_dtype(cfg, on_gpu)
@@ -63,7 +70,7 @@ def transformer_config(cfg: TrainConfig, on_gpu: bool, spec_name: str = "local")
         tensor_model_parallel_size=p.tensor,
         pipeline_model_parallel_size=p.pipeline,
         virtual_pipeline_model_parallel_size=p.virtual_pipeline,
-        sequence_parallel=use_sequence_parallel(cfg, on_gpu),
+        sequence_parallel=p.sequence_parallel_on(on_gpu),
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=dtype == torch.bfloat16,
@@ -71,7 +78,7 @@ def transformer_config(cfg: TrainConfig, on_gpu: bool, spec_name: str = "local")
         # On CPU, build the full weight and slice it per tensor-parallel rank: the
         # same initial model for any TP size (and no CUDA RNG needed).
         use_cpu_initialization=not on_gpu,
-        perform_initialization=True,
+        perform_initialization=initialize,
         # Fused kernels need CUDA (and apex or TE for some); the torch paths are exact.
         bias_activation_fusion=on_gpu,
         bias_dropout_fusion=on_gpu,
@@ -85,9 +92,19 @@ def transformer_config(cfg: TrainConfig, on_gpu: bool, spec_name: str = "local")
         batch_p2p_comm=on_gpu,
         deallocate_pipeline_outputs=on_gpu,
         **recompute,
+        **hooks,
     )
     kwargs.update(native)
     return TransformerConfig(**kwargs)
+
+
+def wire_model_hooks(tf_config, models: list) -> None:
+    """Give ``tf_config`` the callables that need the built DDP models (as Megatron-LM's training.py does).
+
+    The pipeline schedules read ``no_sync_func`` from the config; with several model chunks
+    (interleaved 1F1B) it must disable grad sync on each of them. One chunk needs nothing."""
+    if len(models) > 1:
+        tf_config.no_sync_func = [m.no_sync for m in models]
 
 
 def ddp_config(cfg: TrainConfig, on_gpu: bool):

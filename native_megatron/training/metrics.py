@@ -43,6 +43,13 @@ class ModelShape:
     vocab_size: int
     tied_embeddings: bool = False
 
+    @classmethod
+    def from_config(cls, model, vocab_size: int) -> ModelShape:
+        """The shape of ``model`` (a ModelConfig) with a ``vocab_size`` vocabulary (padded or not)."""
+        m = model
+        return cls(m.num_layers, m.hidden_size, m.ffn_hidden_size, m.num_attention_heads, m.num_query_groups,
+                   vocab_size, tied_embeddings=not m.untie_embeddings)
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads

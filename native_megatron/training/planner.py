@@ -176,12 +176,6 @@ class Plan:
         return self.tokens_per_step / self.step_seconds
 
 
-def model_shape(cfg: TrainConfig, vocab_size: int) -> ModelShape:
-    m = cfg.model
-    return ModelShape(m.num_layers, m.hidden_size, m.ffn_hidden_size, m.num_attention_heads, m.num_query_groups,
-                      vocab_size, tied_embeddings=not m.untie_embeddings)
-
-
 def recompute_flops_per_token(shape: ModelShape, seq_length: int, recompute: str) -> float:
     """FLOPs per token that recomputation adds to the backward pass (hardware FLOPs, not model FLOPs)."""
     attention_forward = 4 * shape.num_layers * seq_length * shape.num_attention_heads * shape.head_dim
@@ -275,7 +269,8 @@ def stage_memory(cfg: TrainConfig, layout: Layout, vocab_padded: int, stage: int
 
 
 def resolve_precision(cfg: TrainConfig) -> str:
-    return "bf16" if cfg.precision == "auto" else cfg.precision
+    """The precision the run will have on the GPUs planned for."""
+    return cfg.resolved_precision(on_gpu=True)
 
 
 def attention_is_fused(cfg: TrainConfig) -> bool:
@@ -291,8 +286,9 @@ def plan_layout(cfg: TrainConfig, layout: Layout, vocab_size: int, gpu: GPU, mfu
     precision = resolve_precision(cfg)
     stages = tuple(stage_memory(cfg, layout, vocab_padded, stage, precision, attention_is_fused(cfg), reserve_gib)
                    for stage in range(layout.pp))
-    shape = model_shape(cfg, vocab_padded)
-    return Plan(layout=layout, gpu=gpu, stages=stages, num_params=model_shape(cfg, vocab_size).num_params(),
+    shape = ModelShape.from_config(cfg.model, vocab_padded)
+    return Plan(layout=layout, gpu=gpu, stages=stages,
+                num_params=ModelShape.from_config(cfg.model, vocab_size).num_params(),
                 vocab_padded=vocab_padded, flops_per_token=shape.flops_per_token(cfg.data.seq_length),
                 recompute_flops_per_token=recompute_flops_per_token(shape, cfg.data.seq_length, layout.recompute),
                 seq_length=cfg.data.seq_length, mfu=mfu, margin=margin)
@@ -309,11 +305,6 @@ def check_context_parallel(cfg: TrainConfig, cp: int) -> None:
         raise ConfigError("context parallelism needs transformer-engine's attention: model.spec te (or auto)")
 
 
-def _sequence_parallel(cfg: TrainConfig, tp: int) -> bool:
-    p = cfg.parallel
-    return bool(p.sequence_parallel if p.sequence_parallel is not None else True) and tp > 1
-
-
 def layout_from_config(cfg: TrainConfig, gpus: int, cp: int = 1) -> Layout:
     """The config's own layout on ``gpus`` GPUs, with context parallelism ``cp``; ConfigError if it cannot run there."""
     from native_megatron.training.config import validate_for_world
@@ -324,7 +315,7 @@ def layout_from_config(cfg: TrainConfig, gpus: int, cp: int = 1) -> Layout:
                           f"parallel.pipeline ({p.tensor} x {cp} x {p.pipeline})")
     dp = validate_for_world(cfg, gpus // cp)
     return Layout(tp=p.tensor, pp=p.pipeline, dp=dp, vp=p.virtual_pipeline, micro_batch=s.micro_batch_size,
-                  global_batch=s.global_batch_size, sequence_parallel=_sequence_parallel(cfg, p.tensor),
+                  global_batch=s.global_batch_size, sequence_parallel=p.sequence_parallel_on(on_gpu=True),
                   distributed_optimizer=p.distributed_optimizer, recompute=cfg.model.recompute, cp=cp)
 
 
@@ -353,7 +344,8 @@ def candidate_layouts(cfg: TrainConfig, nodes: int, gpus_per_node: int, cp: int 
                 else [None]
             for v in vps:
                 out.append(Layout(tp=tp, pp=pp, dp=dp, vp=v, micro_batch=s.micro_batch_size,
-                                  global_batch=s.global_batch_size, sequence_parallel=_sequence_parallel(cfg, tp),
+                                  global_batch=s.global_batch_size,
+                                  sequence_parallel=cfg.parallel.sequence_parallel_on(True, tp),
                                   distributed_optimizer=cfg.parallel.distributed_optimizer,
                                   recompute=cfg.model.recompute, cp=cp))
     # Fewest GPUs per model replica first (most data parallelism, least communication);

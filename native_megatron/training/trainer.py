@@ -25,7 +25,7 @@ from native_megatron.training import checkpointing, megatron_config, packing
 from native_megatron.training.config import TrainConfig, adopt_checkpoint_model, with_absolute_paths
 from native_megatron.training.cpu_compat import cuda_to_cpu
 from native_megatron.training.data import build_datasets, microbatch_iterator
-from native_megatron.training.distributed import Layout, init_distributed
+from native_megatron.training.distributed import Placement, init_distributed
 from native_megatron.training.memory import format_bytes, model_state_bytes
 from native_megatron.training.metrics import ModelShape, ScalarWriter, StepMetrics, memory_gib, peak_tflops, throughput
 from native_megatron.training.model import build_model_chunks, padded_vocab_size, resolve_spec_name
@@ -119,7 +119,7 @@ class Trainer:
         """``given_keys``: the config keys the user set (None: all), see :func:`adopt_checkpoint_model`."""
         # First: a Ctrl-C or SIGTERM during set-up (a long resume) then saves after the first step.
         self.preemption = PreemptionHandler()
-        self.layout: Layout = init_distributed(cfg)
+        self.layout: Placement = init_distributed(cfg)
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.layout.on_gpu \
             else torch.device("cpu")
         self.state = TrainState()
@@ -172,7 +172,7 @@ class Trainer:
             atomic_write_text(os.path.join(self.cfg.logging.run_dir, "config.yaml"), self.config_yaml)
 
     def _build(self) -> None:
-        from megatron.core.distributed import DistributedDataParallel, finalize_model_grads
+        from megatron.core.distributed import DistributedDataParallel
         from megatron.core.optimizer import get_megatron_optimizer
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
         from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -187,8 +187,11 @@ class Trainer:
         if self.thd and cfg.schedule.micro_batch_size != 1:
             raise ConfigError("packed SFT on the te spec (THD attention) needs schedule.micro_batch_size=1; "
                               "raise data.seq_length to put more conversations in each microbatch")
-        self.tf_config = megatron_config.transformer_config(cfg, on_gpu, self.spec_name)
-        self.tf_config.calculate_per_token_loss = True
+        if self.spec_name == "native":
+            from native_megatron.ops.megatron import install_rope
+
+            install_rope()  # before TransformerConfig: it checks that a fused RoPE is present
+        self.tf_config = megatron_config.transformer_config(cfg, on_gpu, self.spec_name, training=True)
         with cuda_to_cpu():  # tied embeddings under PP: megatron-core moves the last stage's copy to CUDA
             chunks = build_model_chunks(cfg, self.tf_config, self.vocab_size, self.spec_name)
         if on_gpu:
@@ -201,13 +204,9 @@ class Trainer:
                           for i, c in enumerate(chunks)]
             self.optimizer = get_megatron_optimizer(megatron_config.optimizer_config(cfg, on_gpu), self.model)
         self.scheduler = OptimizerParamScheduler(self.optimizer, **megatron_config.scheduler_kwargs(cfg))
-        self.tf_config.finalize_model_grads_func = finalize_model_grads
-        if len(self.model) > 1:
-            self.tf_config.no_sync_func = [m.no_sync for m in self.model]
+        megatron_config.wire_model_hooks(self.tf_config, self.model)
         self.forward_backward = get_forward_backward_func()
-        self.shape = ModelShape(cfg.model.num_layers, cfg.model.hidden_size, cfg.model.ffn_hidden_size,
-                                cfg.model.num_attention_heads, cfg.model.num_query_groups, self.vocab_size,
-                                tied_embeddings=not cfg.model.untie_embeddings)
+        self.shape = ModelShape.from_config(cfg.model, self.vocab_size)
         self.flops_per_token = self.shape.flops_per_token(cfg.data.seq_length)
         self.peak = peak_tflops(cfg.logging.peak_tflops)
         self.microbatches = cfg.schedule.global_batch_size // (cfg.schedule.micro_batch_size * self.layout.dp)

@@ -157,6 +157,13 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def resolve_precision(precision: str, on_gpu: bool) -> str:
+    """The one meaning of ``precision: auto`` (training, planning, evaluation): bf16 on GPU, fp32 on CPU."""
+    if precision != "auto":
+        return precision
+    return "bf16" if on_gpu else "fp32"
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"optim.lr=3e-4"`` -> (["optim", "lr"], 3e-4); the value is read as YAML."""
     body = text[2:] if text.startswith("--") else text

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from native_megatron.alignment.pipeline import AlignedPreprocessConfig, run_preprocess_aligned
+from native_megatron.training.distributed import free_port
 from native_megatron.utils.config import ConfigError, load_config
-from tests.alignment.servers import ExpertServer, free_port
+from tests.alignment.servers import ExpertServer
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "preprocess_aligned.py"

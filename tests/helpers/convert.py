@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from tests.training.launch import ROOT, env, free_port
+from native_megatron.training.distributed import free_port
+from tests.training.launch import ROOT, env
 
 TOOL = ROOT / "tools" / "convert_checkpoint.py"
 LOGITS = ROOT / "tests" / "convert" / "megatron_logits.py"

@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from native_megatron.ops import extension_available
-from tests.training.launch import MOCK_TINY, ROOT, TINY, env, free_port, losses, train
+from native_megatron.training.distributed import free_port
+from tests.training.launch import MOCK_TINY, ROOT, TINY, env, losses, train
 
 pytestmark = pytest.mark.slow
 STEPS = 4

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from native_megatron.training.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "pretrain_arabic.py"
@@ -18,12 +19,6 @@ MOCK_TINY = ["--data.mock=true", "--data.paths=[]", "--model.vocab_size=256", "-
              "--schedule.micro_batch_size=2", "--schedule.global_batch_size=8", "--schedule.warmup_steps=1",
              "--schedule.eval_interval=0", "--checkpoint.save_interval=0", "--logging.log_interval=1",
              "--logging.tensorboard=false"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun_cmd(nproc: int, args: list[str]) -> list[str]:
