@@ -38,7 +38,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -247,12 +246,6 @@ def stop(proc: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def require(cmd: Command, what: str) -> Command:
@@ -520,7 +513,7 @@ def stage_parallel(c: StageRun, deadline: float, res: dict) -> str:
     shutil.rmtree(root, ignore_errors=True)
 
     def train(name: str, nproc: int, *extra: str) -> dict[int, float]:
-        launcher = ["-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}"] \
+        launcher = ["-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--standalone"] \
             if nproc > 1 else []
         argv = [sys.executable, *launcher, "pretrain_arabic.py", "--config", TINY, *PARALLEL,
                 f"--schedule.train_steps={steps}", f"--logging.run_dir={root / name}", *extra]

@@ -191,11 +191,9 @@ def megatron_to_hf(ckpt: str, out: str, dtype: str = "bf16", tokenizer: str | No
     torch_dtype = DTYPES[dtype]
     started = False
     if not dist.is_initialized():
-        from native_megatron.training.distributed import free_port
+        from native_megatron.training.distributed import init_world_of_one
 
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
-        dist.init_process_group("gloo", rank=0, world_size=1)
+        init_world_of_one("gloo")
         started = True
     try:
         meta = dist_checkpointing.load_tensors_metadata(str(ckpt_dir))

@@ -46,14 +46,16 @@ def init_distributed(cfg: TrainConfig, timeout_minutes: int = 30) -> Placement:
 
     on_gpu = torch.cuda.is_available()
     backend = cfg.parallel.backend if cfg.parallel.backend != "auto" else ("nccl" if on_gpu else "gloo")
-    if "RANK" not in os.environ:  # plain `python pretrain_arabic.py`: a world of one
+    alone = "RANK" not in os.environ  # plain `python pretrain_arabic.py`: a world of one
+    if alone:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
     if on_gpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+        if alone:
+            init_world_of_one(backend, timeout_minutes)
+        else:
+            dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     world, rank = dist.get_world_size(), dist.get_rank()
     dp = validate_for_world(cfg, world)
     cpu_compat.install()
@@ -90,6 +92,13 @@ def destroy_distributed() -> None:
         logger.debug("destroy_model_parallel failed", exc_info=True)
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def init_world_of_one(backend: str = "gloo", timeout_minutes: int = 30) -> None:
+    """A one-rank process group on an in-memory store: no port to pick, so no race for one with
+    other processes starting at the same moment (a free port found and released can be taken)."""
+    dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1,
+                            timeout=datetime.timedelta(minutes=timeout_minutes))
 
 
 def free_port() -> int:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from native_megatron.training.distributed import free_port
 from tests.training.launch import ROOT, env
 
 TOOL = ROOT / "tools" / "convert_checkpoint.py"
@@ -24,7 +23,7 @@ def model_overrides(hf_dir: Path) -> list[str]:
 
 def convert(*args, nproc: int = 1) -> subprocess.CompletedProcess:
     launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
-                                                    f"--nproc-per-node={nproc}", f"--master-port={free_port()}"]
+                                                    f"--nproc-per-node={nproc}", "--standalone"]
     out = subprocess.run([*launcher, str(TOOL), *map(str, args), "--no-progress"], capture_output=True, text=True,
                          timeout=600, env=env(), cwd=ROOT)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]

@@ -13,7 +13,6 @@ import sys
 import pytest
 
 from native_megatron.ops import extension_available
-from native_megatron.training.distributed import free_port
 from tests.training.launch import MOCK_TINY, ROOT, TINY, env, losses, train
 
 pytestmark = pytest.mark.slow
@@ -45,7 +44,7 @@ def test_native_spec_trains_like_the_local_spec(tmp_path, local_run, nproc, layo
 
 @pytest.mark.skipif(not extension_available(), reason="extension not built")
 def test_native_spec_runs_every_fused_op(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone",
            str(ROOT / "tests" / "ops" / "count_native_ops.py"), "--config", str(TINY), *MOCK_TINY,
            "--schedule.train_steps=2", "--model.spec=native", "--parallel.tensor=2",
            f"--logging.run_dir={tmp_path}"]

@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from native_megatron.training.distributed import free_port
-
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "pretrain_arabic.py"
 TINY = ROOT / "examples" / "configs" / "tiny_cpu.yaml"
@@ -23,7 +21,7 @@ MOCK_TINY = ["--data.mock=true", "--data.paths=[]", "--model.vocab_size=256", "-
 
 def torchrun_cmd(nproc: int, args: list[str]) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-            f"--master-port={free_port()}", str(SCRIPT), "--config", str(TINY), *args]
+            "--standalone", str(SCRIPT), "--config", str(TINY), *args]
 
 
 def env() -> dict:
