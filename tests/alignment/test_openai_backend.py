@@ -12,8 +12,8 @@ from native_megatron.alignment.backends import BackendUnavailable
 from native_megatron.alignment.pipeline import AlignedPreprocessConfig, run_preprocess_aligned
 from native_megatron.alignment.tiny_model import make_tiny_chat_model
 from native_megatron.utils.config import load_config
-from tests.alignment.servers import FaultProxy, RecordingServer, ServedModel
-from tests.conftest import same_bytes
+from tests.helpers.paths import same_bytes
+from tests.helpers.servers import FaultProxy, RecordingServer, ServedModel
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ import pytest
 from native_megatron.alignment.pipeline import AlignedPreprocessConfig, run_preprocess_aligned
 from native_megatron.training.distributed import free_port
 from native_megatron.utils.config import ConfigError, load_config
-from tests.alignment.servers import ExpertServer
+from tests.helpers.servers import ExpertServer
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "preprocess_aligned.py"

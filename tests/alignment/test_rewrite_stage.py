@@ -14,8 +14,8 @@ from native_megatron.alignment.rewrite import TooFewRewritten
 from native_megatron.data.indexed import dataset_prefix
 from native_megatron.data.tokenizer import load_tokenizer
 from native_megatron.utils.config import ConfigError, load_config
-from tests.alignment.fakes import PolishingBackend
-from tests.conftest import same_bytes
+from tests.helpers.fakes import PolishingBackend
+from tests.helpers.paths import same_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDELINES = ROOT / "examples" / "guidelines" / "native_alignment_ar.yaml"

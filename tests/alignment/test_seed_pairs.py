@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from native_megatron.alignment.guidelines import load_guidelines
-from tests.alignment.servers import ExpertServer
+from tests.helpers.servers import ExpertServer
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDELINES = ROOT / "examples" / "guidelines" / "native_alignment_ar.yaml"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.helpers.convert import TOOL, convert, megatron_logits, model_overrides
-from tests.training.launch import MOCK_TINY, ROOT, env, losses, train
+from tests.helpers.training import MOCK_TINY, ROOT, env, losses, train
 
 pytestmark = pytest.mark.slow
 VOCAB = 300

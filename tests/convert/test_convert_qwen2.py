@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.helpers.convert import convert, megatron_logits, model_overrides
-from tests.training.launch import MOCK_TINY, ROOT, losses, random_docs, train, write_dataset
+from tests.helpers.training import MOCK_TINY, ROOT, losses, random_docs, train, write_dataset
 
 CORPUS = ROOT / "examples" / "data" / "sample_ar.jsonl"
 GUIDELINES = ROOT / "examples" / "guidelines" / "native_alignment_ar.yaml"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.launch import ROOT, env, random_docs, train, write_dataset
+from tests.helpers.training import ROOT, env, random_docs, train, write_dataset
 
 TOKENIZER = ROOT / "examples" / "tokenizer" / "sample_ar.model"
 CORPUS = ROOT / "examples" / "data" / "sample_ar.jsonl"

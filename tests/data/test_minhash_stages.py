@@ -22,7 +22,7 @@ from native_megatron.data.neardup import (
     merge_buckets,
     write_fingerprints,
 )
-from tests.conftest import ROOT, SAMPLE_CORPUS
+from tests.helpers.paths import ROOT, SAMPLE_CORPUS
 from tests.helpers.planted_corpus import generate, truly_dropped, write_jsonl
 
 CONFIG = DedupConfig()

@@ -12,8 +12,8 @@ from native_megatron.alignment.pipeline import AlignedPreprocessConfig, run_prep
 from native_megatron.data.cleaning import CleanConfig, Cleaner
 from native_megatron.data.pii import PII_KINDS, PLACEHOLDERS, PiiRedactor, iban_ok, luhn_ok
 from native_megatron.utils.config import ConfigError, load_config
-from tests.alignment.servers import ExpertServer
-from tests.conftest import ROOT
+from tests.helpers.paths import ROOT
+from tests.helpers.servers import ExpertServer
 
 # (kind, text with one PII item, the item). Numbers made up; checksums valid where the kind has one.
 FOUND = [

@@ -14,7 +14,7 @@ from native_megatron.data.pipeline import PreprocessConfig, run_preprocess
 from native_megatron.data.readers import InputError, RecordSkip, iter_records, parse_record
 from native_megatron.data.tokenizer import load_tokenizer
 from native_megatron.utils.config import ConfigError, load_config
-from tests.conftest import same_bytes
+from tests.helpers.paths import same_bytes
 
 
 def make_cfg(inputs, prefix, tokenizer, *overrides, workers=1):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SAMPLE_CORPUS
+from tests.helpers.paths import SAMPLE_CORPUS
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from native_megatron.evaluation.tasks import READERS, load_task
-from tests.conftest import ROOT, SAMPLE_CORPUS, SAMPLE_TOKENIZER
-from tests.evaluation.judge_server import JudgeServer
+from tests.helpers.judge_server import JudgeServer
+from tests.helpers.paths import ROOT, SAMPLE_CORPUS, SAMPLE_TOKENIZER
 
 EVAL = ROOT / "tools" / "evaluate.py"
 SAMPLES = ROOT / "examples" / "eval"

@@ -20,7 +20,7 @@ from native_megatron.evaluation.protocols import ProtocolConfig, build_items
 from native_megatron.evaluation.run import EvalConfig, score_task
 from native_megatron.evaluation.scoring import Request, encode_pair, loglikelihoods
 from native_megatron.evaluation.tasks import load_task
-from tests.conftest import ROOT
+from tests.helpers.paths import ROOT
 
 lm_eval = pytest.importorskip("lm_eval")
 

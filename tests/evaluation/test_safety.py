@@ -19,8 +19,8 @@ from native_megatron.evaluation.safety import (
     read_prompts,
 )
 from native_megatron.utils.config import ConfigError
-from tests.conftest import ROOT
-from tests.evaluation.judge_server import JudgeServer
+from tests.helpers.judge_server import JudgeServer
+from tests.helpers.paths import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 
 from native_megatron.evaluation.tasks import READERS, few_shot_prompt, load_task
 from native_megatron.utils.config import ConfigError
-from tests.conftest import ROOT
+from tests.helpers.paths import ROOT
 
 SAMPLES = ROOT / "examples" / "eval"
 

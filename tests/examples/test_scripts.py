@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_tool
+from tests.helpers.paths import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKES = ROOT / "tests" / "launch" / "fake_slurm"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from tests.training.launch import ROOT, env
+from tests.helpers.training import ROOT, env
 
 TOOL = ROOT / "tools" / "convert_checkpoint.py"
 LOGITS = ROOT / "tests" / "convert" / "megatron_logits.py"

@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tests.training.launch import ROOT
+from tests.helpers.training import ROOT
 
 CORPUS = ROOT / "examples" / "data" / "sample_ar.jsonl"
 

@@ -21,8 +21,8 @@ import pytest
 from native_megatron.launch.torchrun import default_port, plan_from_slurm
 from native_megatron.training.distributed import free_port
 from native_megatron.utils.config import ConfigError
-from tests.launch.launch_env import recorded_env
-from tests.training.launch import MOCK_TINY, ROOT, TINY, losses, metrics
+from tests.helpers.launch_env import recorded_env
+from tests.helpers.training import MOCK_TINY, ROOT, TINY, losses, metrics
 
 FAKE_SLURM = Path(__file__).resolve().parent / "fake_slurm"
 SBATCH = ROOT / "examples" / "slurm" / "pretrain.sbatch"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_tool
+from tests.helpers.paths import require_tool
 
 pytestmark = pytest.mark.slow
 CSRC = Path(__file__).resolve().parents[2] / "csrc"

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from native_megatron.ops import extension_available
-from tests.training.launch import MOCK_TINY, ROOT, TINY, env, losses, train
+from tests.helpers.training import MOCK_TINY, ROOT, TINY, env, losses, train
 
 pytestmark = pytest.mark.slow
 STEPS = 4

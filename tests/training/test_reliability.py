@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.launch import (
+from tests.helpers.training import (
     MOCK_TINY,
     ROOT,
     SCRIPT,

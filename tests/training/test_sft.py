@@ -18,10 +18,10 @@ from native_megatron.data.sft import (
     load_chat_tokenizer,
     tokenize_conversation,
 )
-from tests.alignment.servers import ExpertServer
 from tests.helpers.convert import convert, model_overrides
+from tests.helpers.servers import ExpertServer
 from tests.helpers.tiny_qwen2 import corpus_texts, make_tiny_qwen2
-from tests.training.launch import ROOT, env, losses, train, valid_losses
+from tests.helpers.training import ROOT, env, losses, train, valid_losses
 
 GUIDELINES = ROOT / "examples" / "guidelines" / "native_alignment_ar.yaml"
 LOSSES = ROOT / "tests" / "helpers" / "sft_losses.py"

@@ -14,8 +14,8 @@ import subprocess
 import psutil
 import pytest
 
-from tests.training.launch import MOCK_TINY, ROOT, env, losses, torchrun_cmd, train, valid_losses
-from tests.training.test_planner import assert_plan_matches_trainer
+from tests.helpers.planner import assert_plan_matches_trainer
+from tests.helpers.training import MOCK_TINY, ROOT, env, losses, torchrun_cmd, train, valid_losses
 
 pytestmark = pytest.mark.slow
 STEPS = 4
@@ -123,7 +123,7 @@ def test_checkpoint_saved_at_tp2_pp2_evaluates_the_same_at_other_layouts(tmp_pat
 
 
 def test_the_log_says_what_the_run_reads_and_ends_with_a_summary_and_a_last_validation(tmp_path):
-    from tests.training.launch import random_docs, write_dataset
+    from tests.helpers.training import random_docs, write_dataset
 
     prefix = write_dataset(tmp_path / "d_text_document", random_docs(100, 8000))
     run = tmp_path / "run"

@@ -6,7 +6,7 @@ import pytest
 
 from native_megatron.utils.config import ConfigError
 from native_megatron.utils.slurm import expand_hostlist, read_slurm_env, work_share
-from tests.launch.launch_env import recorded_env as recorded
+from tests.helpers.launch_env import recorded_env as recorded
 
 
 @pytest.mark.parametrize("hostlist, hosts", [

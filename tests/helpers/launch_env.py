@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-ENVS = Path(__file__).resolve().parent / "slurm_envs"
+ENVS = Path(__file__).resolve().parents[1] / "launch" / "slurm_envs"
 
 
 def recorded_env(name: str) -> dict[str, str]:

@@ -156,7 +156,7 @@ class ExpertServer(_LocalServer):
     ``fail_after`` of them (a fleet going away) or, after ``close_after``, closes its port."""
 
     def __init__(self, fail_after: int | None = None, model: str = "expert", close_after: int | None = None) -> None:
-        from tests.alignment.fakes import PolishingBackend
+        from tests.helpers.fakes import PolishingBackend
 
         self.backend = PolishingBackend()
         self.fail_after, self.close_after = fail_after, close_after
