@@ -208,6 +208,18 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def merged_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
+                    base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The nested mapping of settings: the YAML file, then ``base``, then the overrides (later wins)."""
+    data: dict[str, Any] = read_yaml(path) if path else {}
+    for key, value in (base or {}).items():
+        merge_override(data, key.split("."), value)
+    for text in overrides:
+        key_path, value = parse_override(text)
+        merge_override(data, key_path, value)
+    return data
+
+
 def load_config(cls: type[T], path: str | Path | None = None,
                 overrides: Iterable[str] = (), base: Mapping[str, Any] | None = None) -> T:
     """YAML file (optional) + mapping ``base`` (optional) + ``--a.b=c`` overrides -> validated ``cls``.
@@ -215,13 +227,7 @@ def load_config(cls: type[T], path: str | Path | None = None,
     Later sources win: file, then ``base``, then overrides. ``validate()`` is called
     on every nested config dataclass that defines it, innermost first.
     """
-    data: dict[str, Any] = read_yaml(path) if path else {}
-    for key, value in (base or {}).items():
-        merge_override(data, key.split("."), value)
-    for text in overrides:
-        key_path, value = parse_override(text)
-        merge_override(data, key_path, value)
-    cfg = config_from_dict(cls, data)
+    cfg = config_from_dict(cls, merged_settings(path, overrides, base))
     validate_config(cfg)
     return cfg
 
@@ -233,12 +239,7 @@ def given_keys(path: str | Path | None = None, overrides: Iterable[str] = (),
     Lets a caller tell a value the user chose from a dataclass default, e.g. to
     take a checkpoint's model settings unless the user asked for others.
     """
-    data: dict[str, Any] = read_yaml(path) if path else {}
-    for key, value in (base or {}).items():
-        merge_override(data, key.split("."), value)
-    for text in overrides:
-        key_path, value = parse_override(text)
-        merge_override(data, key_path, value)
+    data = merged_settings(path, overrides, base)
 
     def walk(node: Mapping[str, Any], prefix: str) -> Iterable[str]:
         for key, value in node.items():
