@@ -20,6 +20,7 @@ import torch
 
 from native_megatron.data.tokenizer import TokenizerError, load_tokenizer
 from native_megatron.training.config import TrainConfig, blend_prefixes, parse_blend
+from native_megatron.training.distributed import decided_on_rank0
 from native_megatron.utils.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,9 @@ def build_datasets(cfg: TrainConfig) -> Datasets:
         mid_level_dataset_surplus=0.005,
     )
     if not d.mock:
-        log_blend(cfg, check_data(cfg, tokenizer.vocab_size, cfg.model.vocab_size or tokenizer.vocab_size))
+        sizes = decided_on_rank0(partial(check_data, cfg, tokenizer.vocab_size,
+                                         cfg.model.vocab_size or tokenizer.vocab_size))
+        log_blend(cfg, sizes)
     sizes = split_sizes(cfg)
     cls = MockGPTDataset if d.mock else GPTDataset
     logger.info("building the sample indices (cached in %s) ...", cache)
@@ -187,7 +190,9 @@ def log_blend(cfg: TrainConfig, sizes: dict[str, tuple[int, int]]) -> None:
     weights, prefixes = parse_blend(cfg.data.paths)
     weights = weights or [1.0] * len(prefixes)
     total = sum(weights)
-    train_share = float(cfg.data.split.split(",")[0]) / sum(float(x) for x in cfg.data.split.split(","))
+    from megatron.core.datasets.blended_megatron_dataset_config import parse_and_normalize_split
+
+    train_share = parse_and_normalize_split(cfg.data.split)[0]
     run_tokens = split_sizes(cfg)[0] * cfg.data.seq_length
     for weight, prefix in zip(weights, prefixes):
         docs, tokens = sizes[prefix]

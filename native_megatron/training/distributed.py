@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from native_megatron.training import cpu_compat, mcore_patches
 from native_megatron.training.config import TrainConfig, validate_for_world
+from native_megatron.utils.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,34 @@ def destroy_distributed() -> None:
         logger.debug("destroy_model_parallel failed", exc_info=True)
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def decided_on_rank0(fn):
+    """``fn()`` run on rank 0 only, its result (or its ConfigError) on every rank.
+
+    For start-up checks that read files: 512 ranks scanning the same .bin or loading
+    the same checkpoint metadata is 511 times wasted I/O on a shared file system,
+    and one answer keeps the ranks agreeing even if a file changes meanwhile.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return fn()
+    box: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = ("ok", fn())
+        except ConfigError as exc:
+            box[0] = ("error", exc)
+        except Exception as exc:
+            box[0] = ("crash", f"{type(exc).__name__}: {exc}")
+            dist.broadcast_object_list(box, src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    if kind == "crash":
+        raise RuntimeError(f"rank 0 failed: {value}")
+    return value
 
 
 def init_world_of_one(backend: str = "gloo", timeout_minutes: int = 30) -> None:

@@ -25,7 +25,7 @@ from native_megatron.training import checkpointing, megatron_config, packing
 from native_megatron.training.config import TrainConfig, adopt_checkpoint_model, with_absolute_paths
 from native_megatron.training.cpu_compat import cuda_to_cpu
 from native_megatron.training.data import build_datasets, microbatch_iterator
-from native_megatron.training.distributed import Placement, init_distributed
+from native_megatron.training.distributed import Placement, decided_on_rank0, init_distributed
 from native_megatron.training.memory import format_bytes, model_state_bytes
 from native_megatron.training.metrics import ModelShape, ScalarWriter, StepMetrics, memory_gib, peak_tflops, throughput
 from native_megatron.training.model import build_model_chunks, padded_vocab_size, resolve_spec_name
@@ -123,7 +123,7 @@ class Trainer:
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.layout.on_gpu \
             else torch.device("cpu")
         self.state = TrainState()
-        self.resume_point = self._find_resume_point(cfg)
+        self.resume_point = decided_on_rank0(partial(self._find_resume_point, cfg))
         self.cfg = cfg = self._adopt_checkpoint_model(with_absolute_paths(cfg), given_keys)
         self.config_dict = config_to_dict(cfg)
         self.config_yaml = yaml.safe_dump(self.config_dict, sort_keys=False, allow_unicode=True)
