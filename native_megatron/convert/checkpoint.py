@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ from native_megatron.convert.llama import (
     megatron_global,
     read_hf_config,
 )
-from native_megatron.data.tokenizer import TOKENIZER_FILES
+from native_megatron.data.tokenizer import TokenizerError, copy_tokenizer
 from native_megatron.utils.config import ConfigError, config_to_dict, load_config
 from native_megatron.utils.io import Progress
 
@@ -103,12 +102,11 @@ def hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, precision: s
 
 
 def _copy_hf_tokenizer(src: Path, dst: Path) -> list[str]:
-    files = [f for f in TOKENIZER_FILES if (src / f).exists()]
-    if files:
-        dst.mkdir(parents=True, exist_ok=True)
-        for f in files:
-            shutil.copy2(src / f, dst / f)
-        _embed_chat_template(src, dst)
+    try:
+        files = copy_tokenizer(src, dst)
+    except TokenizerError:  # a model directory without tokenizer files: the import has none
+        return []
+    _embed_chat_template(src, dst)
     return files
 
 

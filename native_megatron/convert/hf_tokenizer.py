@@ -14,14 +14,13 @@ with ``AutoTokenizer``, so an export without ``tokenizer.json`` and
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from native_megatron.data.tokenizer import (
-    TOKENIZER_FILES,
     SentencePieceTokenizer,
     Tokenizer,
     TokenizerError,
+    copy_tokenizer,
     load_tokenizer,
 )
 from native_megatron.utils.config import ConfigError
@@ -79,9 +78,7 @@ def write_hf_tokenizer(src: str | Path, out: str | Path) -> tuple[int | None, in
         raise ConfigError(f"tokenizer: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
     if src.is_dir() and (src / "tokenizer_config.json").is_file() and (src / "tokenizer.json").is_file():
-        for name in TOKENIZER_FILES:
-            if (src / name).is_file():
-                shutil.copy2(src / name, out / name)
+        copy_tokenizer(src, out)
         return tok.bos_id, tok.eod_id
     if isinstance(tok, SentencePieceTokenizer):
         backend = _sentencepiece_as_tokenizers(tok.path)

@@ -172,11 +172,6 @@ def latest_step(root: str | Path) -> int | None:
     return point.step
 
 
-def complete_steps(root: str | Path) -> list[int]:
-    """Steps of the checkpoints under ``root`` that :func:`checkpoint_problem` finds whole."""
-    return [s for s in checkpoint_steps(root) if checkpoint_problem(iter_dir(root, s)) is None]
-
-
 def _rank0() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
