@@ -15,9 +15,9 @@ import argparse
 import logging
 import sys
 
-from native_megatron.cli import add_config_help, print_config
+from native_megatron.cli import add_config_help, cli_main, print_config
 from native_megatron.training.config import TrainConfig
-from native_megatron.utils.config import ConfigError, given_keys, load_config, split_overrides, top_level_keys
+from native_megatron.utils.config import given_keys, load_config, split_overrides, top_level_keys
 from native_megatron.utils.logging import setup_logging
 
 logger = logging.getLogger("pretrain_arabic")
@@ -34,19 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
-    try:
-        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv, top_level_keys(TrainConfig))
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv, top_level_keys(TrainConfig))
     args = build_parser().parse_args(rest)
     setup_logging(args.log_level)
-    try:
-        cfg = load_config(TrainConfig, args.config, overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(TrainConfig, args.config, overrides)
     if args.print_config:
         return print_config(cfg)
 
@@ -58,13 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(cfg, given_keys(args.config, overrides))
         result = trainer.train()
         logger.info(result.summary())
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:  # before the trainer's handler was installed
         print("interrupted", file=sys.stderr)
         return 130
-    finally:
+    finally:  # runs before cli_main prints a ConfigError: every exit tears the process group down
         if trainer is not None:
             trainer.close()
         destroy_distributed()

@@ -130,12 +130,16 @@ def checkpoint_tokenizer(ckpt: Path, tokenizer: str | None = None) -> str | None
     own = ckpt / "tokenizer"  # an import may hold only generation_config.json there: no tokenizer
     if (own / "tokenizer.json").is_file() or any(own.glob("*.model")):
         return str(own)
-    cfg_path = ckpt / "config.yaml"
-    if cfg_path.is_file():
-        saved = (yaml.safe_load(cfg_path.read_text()) or {}).get("data") or {}
-        if saved.get("tokenizer"):
-            return saved["tokenizer"]
-    return None
+    from native_megatron.training.checkpointing import read_saved_config
+
+    saved = read_saved_config(ckpt)
+    return (saved.config.data.tokenizer or None) if saved is not None else None
+
+
+# The model settings an export needs from a checkpoint's config.yaml; vocab_size,
+# max_position_embeddings and add_qkv_bias may be absent (the tokenizer, data.seq_length, llama).
+_SHAPE_KEYS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+               "rotary_base", "rope_scaling", "norm_epsilon", "untie_embeddings")
 
 
 def _checkpoint_shape(ckpt: Path, vocab_size: int | None, tokenizer: str | None = None) -> LlamaShape:
@@ -144,12 +148,20 @@ def _checkpoint_shape(ckpt: Path, vocab_size: int | None, tokenizer: str | None 
     if record is not None:
         shape = LlamaShape(**json.loads(record.read_text()))
         return shape if vocab_size is None else LlamaShape(**{**shape.__dict__, "vocab": vocab_size})
-    cfg_path = ckpt / "config.yaml"
-    if not cfg_path.exists():
+    from native_megatron.training.checkpointing import read_saved_config
+
+    saved = read_saved_config(ckpt)
+    if saved is None:
         raise ConfigError(f"{ckpt}: no config.yaml; is this a checkpoint written by pretrain_arabic.py?")
-    c = yaml.safe_load(cfg_path.read_text())
-    m = c["model"]
-    vocab = vocab_size or m.get("vocab_size")
+    # An old checkpoint's config may lack a key: a default there would export the wrong shape.
+    missing = saved.missing(f"model.{k}" for k in _SHAPE_KEYS)
+    if saved.config.model.max_position_embeddings is None:
+        missing += saved.missing(["data.seq_length"])
+    if missing:
+        raise ConfigError(f"{ckpt}: its config.yaml does not give {', '.join(missing)}, so the model's shape "
+                          f"is unknown; add them to that file")
+    m = saved.config.model
+    vocab = vocab_size or m.vocab_size
     if vocab is None:
         from native_megatron.data.tokenizer import TokenizerError, load_tokenizer
 
@@ -160,12 +172,12 @@ def _checkpoint_shape(ckpt: Path, vocab_size: int | None, tokenizer: str | None 
             vocab = load_tokenizer(tok).vocab_size
         except TokenizerError as exc:
             raise ConfigError(f"{ckpt}: {exc}; pass --tokenizer") from None
-    return LlamaShape(layers=m["num_layers"], hidden=m["hidden_size"], ffn=m["ffn_hidden_size"],
-                      heads=m["num_attention_heads"], kv_heads=m["num_query_groups"], vocab=int(vocab),
-                      max_positions=m.get("max_position_embeddings") or c["data"]["seq_length"],
-                      rope_theta=float(m["rotary_base"]), rope_scaling=bool(m["rope_scaling"]),
-                      eps=float(m["norm_epsilon"]), tied=not m["untie_embeddings"],
-                      family="qwen2" if m.get("add_qkv_bias") else "llama")  # QKV biases: only Qwen2 has them
+    return LlamaShape(layers=m.num_layers, hidden=m.hidden_size, ffn=m.ffn_hidden_size,
+                      heads=m.num_attention_heads, kv_heads=m.num_query_groups, vocab=int(vocab),
+                      max_positions=m.max_position_embeddings or saved.config.data.seq_length,
+                      rope_theta=m.rotary_base, rope_scaling=m.rope_scaling, eps=m.norm_epsilon,
+                      tied=not m.untie_embeddings,
+                      family="qwen2" if m.add_qkv_bias else "llama")  # QKV biases: only Qwen2 has them
 
 
 def megatron_to_hf(ckpt: str, out: str, dtype: str = "bf16", tokenizer: str | None = None,

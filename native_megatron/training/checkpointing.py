@@ -30,6 +30,7 @@ of a broken one.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -41,7 +42,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from native_megatron.utils.config import ConfigError
+from native_megatron.training.config import SavedConfig
+from native_megatron.utils.config import ConfigError, read_yaml
 from native_megatron.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ logger = logging.getLogger(__name__)
 LATEST = "latest"
 PARTIAL = ".partial"
 TOKENIZER_DIR = "tokenizer"
+CONFIG_FILE = "config.yaml"
 _ITER_RE = re.compile(r"^iter_(\d{7,})$")
 # megatron-core's distributed-optimizer format that reshards across TP, PP and DP.
 SHARDING_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
@@ -264,7 +267,7 @@ def _save_atomically(final: Path, state_dict: dict, config_yaml: str, tokenizer:
     dist_checkpointing.save(state_dict, str(partial), content_metadata=dict(SHARDING_METADATA))
     _barrier()
     if _rank0():
-        atomic_write_text(partial / "config.yaml", config_yaml)
+        atomic_write_text(partial / CONFIG_FILE, config_yaml)
         if tokenizer:
             copy_tokenizer(tokenizer, partial / TOKENIZER_DIR)
         if final.exists():  # re-saving a step (e.g. after a resume): the new one wins
@@ -294,6 +297,36 @@ def save_weights(path: str | Path, state_dict: dict, config_yaml: str, tokenizer
     _save_atomically(Path(path), state_dict, config_yaml, tokenizer)
     _barrier()
     return Path(path)
+
+
+def read_saved_config(path: str | Path) -> SavedConfig | None:
+    """The training settings saved with checkpoint ``path`` (None: it has no config.yaml).
+
+    Keys this version does not know (a checkpoint from another version) are named in one
+    warning and ignored; keys an older checkpoint lacks take the defaults and are not in
+    ``keys``. A file that is not a YAML mapping, or a value of the wrong type, is a CheckpointError.
+    """
+    file = Path(path) / CONFIG_FILE
+    if not file.is_file():
+        return None
+    try:
+        data = read_yaml(file)  # its errors name the file
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    try:
+        saved = SavedConfig.from_dict(data)
+    except ConfigError as exc:
+        raise CheckpointError(f"{file}: {exc}") from None
+    if saved.unknown:
+        _warn_unknown_keys(str(file), saved.unknown)
+    return saved
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_unknown_keys(file: str, keys: tuple[str, ...]) -> None:
+    # Cached: a conversion reads the same checkpoint's config more than once; one warning is enough.
+    logger.warning("%s: ignoring settings this version does not know (written by another version?): %s",
+                   file, ", ".join(keys))
 
 
 def _prune(root: str | Path, keep_last: int, written: list[int]) -> None:

@@ -13,9 +13,16 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Iterable, Literal, Mapping
 
-from native_megatron.utils.config import ConfigError, resolve_precision, validate_config
+from native_megatron.utils.config import (
+    ConfigError,
+    config_from_dict,
+    given_keys,
+    known_settings,
+    resolve_precision,
+    validate_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -354,30 +361,54 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def adopt_checkpoint_model(cfg: TrainConfig, saved: dict, given: set[str] | None, source: str) -> TrainConfig:
+@dataclass(frozen=True)
+class SavedConfig:
+    """The settings saved with a checkpoint, typed, and the dotted keys its file holds.
+
+    A checkpoint from an older version lacks newer keys: those hold TrainConfig's
+    defaults in ``config`` but are not in ``keys``, so nothing takes them as the
+    checkpoint's. ``unknown``: keys this version does not know, left out.
+    """
+
+    config: TrainConfig
+    keys: frozenset[str]
+    unknown: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SavedConfig:
+        known, unknown = known_settings(TrainConfig, data)
+        return cls(config_from_dict(TrainConfig, known), frozenset(given_keys(base=known)), tuple(unknown))
+
+    def missing(self, keys: Iterable[str]) -> list[str]:
+        """Those of ``keys`` (dotted) that the saved file does not hold."""
+        return [k for k in keys if k not in self.keys]
+
+
+def adopt_checkpoint_model(cfg: TrainConfig, saved: SavedConfig, given: set[str] | None,
+                           source: str) -> TrainConfig:
     """``cfg`` with the model settings of the checkpoint whose config is ``saved``.
 
-    A key in ``given`` (set by the user; None: all keys count as set) that
-    differs from the checkpoint is an error listing every such key with both values.
+    Only keys the checkpoint's file holds are taken. A key in ``given`` (set by the
+    user; None: all keys count as set) that differs from the checkpoint is an error
+    listing every such key with both values.
     """
-    saved_model = (saved or {}).get("model") or {}
     conflicts, updates = [], {}
     for key in CHECKPOINT_MODEL_KEYS:
-        if key not in saved_model or _same(getattr(cfg.model, key), saved_model[key]):
+        if f"model.{key}" not in saved.keys:
+            continue
+        theirs, ours = getattr(saved.config.model, key), getattr(cfg.model, key)
+        if _same(ours, theirs):
             continue
         if given is None or f"model.{key}" in given:
-            conflicts.append(f"model.{key} checkpoint={saved_model[key]!r} config={getattr(cfg.model, key)!r}")
+            conflicts.append(f"model.{key} checkpoint={theirs!r} config={ours!r}")
         else:
-            updates[key] = saved_model[key]
+            updates[key] = theirs
     if conflicts:
         raise ConfigError(f"{source} was trained with other model settings: {', '.join(conflicts)}; "
                           f"drop these keys from the config to use the checkpoint's values")
     if not updates:
         return cfg
-    from native_megatron.utils.config import config_from_dict, config_to_dict
-
-    model = config_from_dict(ModelConfig, {**config_to_dict(cfg.model), **updates})
-    cfg = dataclasses.replace(cfg, model=model)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **updates))
     validate_config(cfg)
     logger.info("model settings from %s: %s", source, ", ".join(f"{k}={v!r}" for k, v in updates.items()))
     return cfg

@@ -159,11 +159,10 @@ class Trainer:
         source = self.resume_point.path or (Path(cfg.checkpoint.init_from) if cfg.checkpoint.init_from else None)
         if source is None:
             return cfg
-        saved_yaml = source / "config.yaml"
-        if not saved_yaml.is_file():
-            logger.warning("%s has no config.yaml: its model settings cannot be checked", source)
+        saved = checkpointing.read_saved_config(source)
+        if saved is None:
+            logger.warning("%s has no %s: its model settings cannot be checked", source, checkpointing.CONFIG_FILE)
             return cfg
-        saved = yaml.safe_load(saved_yaml.read_text(encoding="utf-8")) or {}
         return adopt_checkpoint_model(cfg, saved, given_keys, f"checkpoint {source}")
 
     def _prepare_run_dir(self) -> None:

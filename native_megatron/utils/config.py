@@ -152,6 +152,26 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any] | None) -> T:
     return _from_dict(cls, data or {})
 
 
+def known_settings(cls: type, data: Mapping[str, Any], prefix: str = "") -> tuple[dict[str, Any], list[str]]:
+    """``data`` without the keys ``cls`` does not know, and those keys (dotted).
+
+    For settings written by another version (a checkpoint's config), where an unknown
+    key is history, not a typo; user input goes through :func:`config_from_dict`, which refuses it.
+    """
+    hints = _hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    known, unknown = {}, []
+    for name, value in data.items():
+        if name not in fields:
+            unknown.append(prefix + name)
+        elif dataclasses.is_dataclass(hints[name]) and isinstance(value, Mapping):
+            known[name], deeper = known_settings(hints[name], value, f"{prefix}{name}.")
+            unknown += deeper
+        else:
+            known[name] = value
+    return known, unknown
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """The resolved config as plain data (for YAML dumps and checkpoints)."""
     return dataclasses.asdict(cfg)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from native_megatron.convert.llama import read_hf_config
 from native_megatron.utils.config import ConfigError
@@ -67,3 +68,21 @@ def test_an_import_record_from_before_qwen2_exports_as_llama(tmp_path):
     (tmp_path / "hf_llama.json").write_text(json.dumps(record))
     shape = _checkpoint_shape(tmp_path, None)
     assert (shape.family, shape.qkv_bias, shape.vocab) == ("llama", False, 300)
+
+
+def test_an_export_reads_the_shape_from_the_saved_config_and_refuses_one_missing_a_shape_key(tmp_path):
+    from native_megatron.convert.checkpoint import _checkpoint_shape, checkpoint_tokenizer
+    from native_megatron.training.config import TrainConfig
+    from native_megatron.utils.config import config_to_dict
+
+    settings = config_to_dict(TrainConfig())
+    settings["model"].update(num_layers=3, vocab_size=300, old_knob=1)  # old_knob: from another version
+    settings["data"]["tokenizer"] = "/data/tok"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(settings))
+    shape = _checkpoint_shape(tmp_path, None)
+    assert (shape.layers, shape.vocab, shape.max_positions, shape.family) == (3, 300, 128, "llama")
+    assert checkpoint_tokenizer(tmp_path) == "/data/tok"
+    del settings["model"]["ffn_hidden_size"]  # an older config: a default would export the wrong shape
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(settings))
+    with pytest.raises(ConfigError, match="does not give model.ffn_hidden_size"):
+        _checkpoint_shape(tmp_path, None)

@@ -220,21 +220,21 @@ def test_a_second_ctrl_c_exits_at_once_without_saving():
 # ---- model settings from the checkpoint ---------------------------------------------------------------------
 
 def test_model_settings_not_given_come_from_the_checkpoint_and_given_ones_must_agree():
-    from native_megatron.training.config import TrainConfig, adopt_checkpoint_model
+    from native_megatron.training.config import SavedConfig, TrainConfig, adopt_checkpoint_model
     from native_megatron.utils.config import ConfigError, given_keys, load_config
 
     args = ["--data.mock=true", "--data.paths=[]", "--model.num_layers=4"]
     cfg = load_config(TrainConfig, TINY, args)
     saved = {"model": {"num_layers": 4, "rotary_base": 10000.0, "norm_epsilon": 1e-6, "hidden_size": 64}}
     given = given_keys(TINY, args) - {"model.rotary_base"}  # as if the YAML did not set rotary_base
-    adopted = adopt_checkpoint_model(cfg, saved, given, "ckpt")
+    adopted = adopt_checkpoint_model(cfg, SavedConfig.from_dict(saved), given, "ckpt")
     assert adopted.model.rotary_base == 10000.0 and adopted.model.norm_epsilon == 1e-6
-    with pytest.raises(ConfigError) as exc:
-        adopt_checkpoint_model(cfg, saved, given_keys(TINY, args), "ckpt")  # the YAML sets rotary_base: 500000
+    with pytest.raises(ConfigError) as exc:  # the YAML sets rotary_base: 500000
+        adopt_checkpoint_model(cfg, SavedConfig.from_dict(saved), given_keys(TINY, args), "ckpt")
     assert "model.rotary_base checkpoint=10000.0 config=500000.0" in str(exc.value)
     saved["model"]["num_layers"] = 2
     with pytest.raises(ConfigError) as exc:
-        adopt_checkpoint_model(cfg, saved, given_keys(TINY, args), "ckpt")
+        adopt_checkpoint_model(cfg, SavedConfig.from_dict(saved), given_keys(TINY, args), "ckpt")
     assert "model.num_layers checkpoint=2 config=4" in str(exc.value) and "model.rotary_base" in str(exc.value)
 
 
@@ -254,6 +254,19 @@ def test_init_from_with_another_rope_base_is_one_line_listing_it(four_steps, tmp
     (line,) = error_lines(out)
     assert "model.rotary_base checkpoint=500000.0 config=10000.0" in line
     assert "model.rope_scaling checkpoint=False config=True" in line
+
+
+def test_init_from_a_checkpoint_whose_config_yaml_is_broken_is_one_line(tmp_path):
+    ckpt = tmp_path / "initial"
+    ckpt.mkdir()
+    (ckpt / "config.yaml").write_text("model: {num_layers: [4\n")
+    # One process without torchrun, so the exit code and stderr are pretrain_arabic.py's own.
+    args = [str(SCRIPT), "--config", str(TINY), f"--logging.run_dir={tmp_path / 'run'}", *MOCK_TINY,
+            f"--checkpoint.init_from={ckpt}"]
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env(), cwd=ROOT, timeout=300)
+    assert out.returncode == 2, out.stderr[-3000:]
+    (line,) = error_lines(out)
+    assert "config.yaml is not valid YAML" in line and "Traceback" not in out.stderr
 
 
 # ---- data that does not fit -------------------------------------------------------------------------------------
