@@ -23,7 +23,7 @@ from native_megatron.alignment.backends import BackendUnavailable
 from native_megatron.alignment.pipeline import AlignedPreprocessConfig, RewriteStage, run_preprocess_aligned
 from native_megatron.alignment.rewrite import TooFewRewritten, format_rewritten
 from native_megatron.cli import add_config_help, cli_main, print_config
-from native_megatron.data.pipeline import format_summary
+from native_megatron.data.pipeline import STAGES, format_summary
 from native_megatron.data.readers import InputError
 from native_megatron.data.tokenizer import TokenizerError
 from native_megatron.utils.config import load_config, split_overrides
@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-key", help="JSON key / Parquet column with the text (default: text)")
     p.add_argument("--id-key", help="JSON key / Parquet column with the document id (default: id)")
     p.add_argument("--workers", type=int, help="worker processes (default: all cores)")
-    p.add_argument("--stage", choices=["all", "prepare", "rewrite", "tokenize"],
-                   help="run one stage only (default: all)")
+    p.add_argument("--stage", choices=STAGES,
+                   help="run one stage only (default: all); prepare's steps clean, merge, clusters and filter "
+                        "one at a time in a SLURM array (docs/data.md)")
     p.add_argument("--overwrite", action="store_true", help="discard earlier work for this prefix")
     p.add_argument("--config", metavar="YAML", help="settings file; flags and overrides win over it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")

@@ -55,12 +55,21 @@ class DedupConfig:
     threshold: float = 0.7
     verify: bool = True
     seed: int = 1
+    # An earlier run to deduplicate against: its output prefix (or a dedup run directory).
+    # Documents that match its kept documents are dropped, with duplicate_of naming them.
+    against: str = ""
+    # How the duplicate search (merge) is split: hash ranges per LSH band, and for the exact
+    # hashes; each (band, range) is one unit of work. The answer never depends on them.
+    band_ranges: int = 1
+    exact_ranges: int = 1
 
     def validate(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError("dedup.threshold must be in (0, 1]")
         if self.shingle_size < 1 or self.num_perm < 2:
             raise ConfigError("dedup: shingle_size >= 1 and num_perm >= 2 required")
+        if self.band_ranges < 1 or self.exact_ranges < 1:
+            raise ConfigError("dedup.band_ranges and dedup.exact_ranges must be at least 1")
         if (self.bands is None) != (self.rows is None):
             raise ConfigError("dedup: set both dedup.bands and dedup.rows, or neither")
         if self.bands is not None and (self.bands < 1 or self.rows < 1 or self.bands * self.rows > self.num_perm):

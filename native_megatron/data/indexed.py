@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from native_megatron.data.tasks import ShardTask, publish, remove_stale_temp_fil
 from native_megatron.data.tokenizer import Tokenizer, load_tokenizer
 from native_megatron.utils.io import Progress, atomic_open
 from native_megatron.utils.logging import quiet_third_party
-from native_megatron.utils.parallel import ordered_map
+from native_megatron.utils.parallel import batched, ordered_map
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,11 @@ def dataset_prefix(output_prefix: str) -> str:
     return f"{output_prefix}_text_document"
 
 
+def preload_writer() -> None:
+    """Import megatron-core's builder now (about 4 s), e.g. before forking workers that write."""
+    _builder_cls()
+
+
 def _builder_cls():
     quiet_third_party()
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
@@ -89,6 +94,46 @@ def _part_signature(shard: str, settings: TokenizeSettings, tok: Tokenizer) -> d
             "tokenizer": tok.describe(), "append_eod": settings.append_eod, "add_bos": settings.add_bos}
 
 
+class DocumentEncoder:
+    """Texts -> one id array per document, as it goes into the .bin: [BOS] ids [EOD], in the file's dtype."""
+
+    def __init__(self, settings: TokenizeSettings) -> None:
+        self.tok = _tokenizer(settings)
+        self.dtype = self.tok.dtype
+        self.prefix = [self.tok.bos_id] if settings.add_bos and self.tok.bos_id is not None else []
+        self.suffix = [self.tok.eod_id] if settings.append_eod else []
+
+    @staticmethod
+    def dtype_of(settings: TokenizeSettings):
+        return _tokenizer(settings).dtype
+
+    def encode(self, texts: list[str]) -> list[np.ndarray]:
+        if not texts:
+            return []
+        return [_assemble(ids, self.prefix, self.suffix, self.dtype) for ids in self.tok.encode_batch(texts)]
+
+
+def write_partition(documents: Iterable[tuple[dict, np.ndarray]], part_prefix: str, dtype) -> dict:
+    """``(row, ids)`` pairs -> partition ``part_prefix``.bin/.idx (megatron-core's builder, renamed into
+    place) and ``.manifest.jsonl`` (each row with its ``tokens``); returns documents, tokens, max_id."""
+    tmp = temp_prefix(part_prefix)
+    builder = _builder_cls()(tmp + ".bin", dtype=dtype)
+    documents_n = tokens = 0
+    max_id = -1
+    with atomic_open(part_prefix + ".manifest.jsonl", "w") as mf:
+        for row, doc in documents:
+            builder.add_document(doc, [doc.size])
+            mf.write(json.dumps({"id": row["id"], "file": row["file"], "line": row["line"],
+                                 "tokens": int(doc.size)}, ensure_ascii=False) + "\n")
+            documents_n += 1
+            tokens += int(doc.size)
+            if doc.size:
+                max_id = max(max_id, int(doc.max()))
+        builder.finalize(tmp + ".idx")
+    publish(tmp, part_prefix, (".bin", ".idx"))
+    return {"documents": documents_n, "tokens": tokens, "max_id": max_id}
+
+
 def tokenize_shard(task: tuple[str, str, TokenizeSettings]) -> PartResult:
     """Tokenize one shard into partition ``part_prefix`` (.bin/.idx/.manifest.jsonl/.done.json)."""
     shard, part_prefix, settings = task
@@ -98,48 +143,16 @@ def tokenize_shard(task: tuple[str, str, TokenizeSettings]) -> PartResult:
     if done is not None and "max_id" in done:
         return PartResult(part_prefix, done["documents"], done["tokens"], 0.0, reused=True, max_id=done["max_id"])
     start = time.monotonic()
-    dtype = tok.dtype
-    tmp = temp_prefix(part_prefix)
-    builder = _builder_cls()(tmp + ".bin", dtype=dtype)
-    prefix_ids = [tok.bos_id] if settings.add_bos and tok.bos_id is not None else []
-    suffix_ids = [tok.eod_id] if settings.append_eod else []
-    documents = tokens = 0
-    max_id = -1
-    with atomic_open(part_prefix + ".manifest.jsonl", "w") as mf:
-        batch: list[dict] = []
-        for row in _with_flush(read_shard_texts(shard), settings.batch_size):
-            if row is not None:
-                batch.append(row)
-                continue
-            arrays = tok.encode_batch([r["text"] for r in batch])
-            for r, ids in zip(batch, arrays):
-                doc = _assemble(ids, prefix_ids, suffix_ids, dtype)
-                builder.add_document(doc, [doc.size])
-                mf.write(json.dumps({"id": r["id"], "file": r["file"], "line": r["line"],
-                                     "tokens": int(doc.size)}, ensure_ascii=False) + "\n")
-                documents += 1
-                tokens += int(doc.size)
-                if doc.size:
-                    max_id = max(max_id, int(doc.max()))
-            batch = []
-        builder.finalize(tmp + ".idx")
-    publish(tmp, part_prefix, (".bin", ".idx"))
+    encoder = DocumentEncoder(settings)
+
+    def documents():
+        for batch in batched(read_shard_texts(shard), settings.batch_size):
+            yield from zip(batch, encoder.encode([r["text"] for r in batch]))
+
+    result = write_partition(documents(), part_prefix, encoder.dtype)
     seconds = time.monotonic() - start
-    task.mark_done({"documents": documents, "tokens": tokens, "max_id": max_id, "seconds": round(seconds, 3)})
-    return PartResult(part_prefix, documents, tokens, seconds, max_id=max_id)
-
-
-def _with_flush(rows: Iterator[dict], size: int) -> Iterator[dict | None]:
-    """The rows, with ``None`` after every ``size`` rows and at the end: 'encode now'."""
-    n = 0
-    for row in rows:
-        yield row
-        n += 1
-        if n == size:
-            yield None
-            n = 0
-    if n:
-        yield None
+    task.mark_done({**result, "seconds": round(seconds, 3)})
+    return PartResult(part_prefix, result["documents"], result["tokens"], seconds, max_id=result["max_id"])
 
 
 def _assemble(ids: np.ndarray, prefix: list[int], suffix: list[int], dtype) -> np.ndarray:

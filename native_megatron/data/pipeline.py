@@ -17,6 +17,7 @@ A run that keeps no document writes the manifest and stats but no dataset, and f
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import itertools
 import json
@@ -30,14 +31,29 @@ from typing import Any, Literal, Protocol
 
 from native_megatron.data.cleaning import CleanConfig
 from native_megatron.data.dedup import DedupConfig
-from native_megatron.data.indexed import TokenizeSettings, dataset_prefix, partition_manifests, run_tokenize
+from native_megatron.data.indexed import (
+    TokenizeSettings,
+    dataset_prefix,
+    merge_partitions,
+    partition_manifests,
+    run_tokenize,
+)
 from native_megatron.data.manifest import DROPPED, PASSED, ManifestWriter, merge_stage_rows, read_manifest
-from native_megatron.data.prepare import PrepareSettings, run_prepare
+from native_megatron.data.prepare import (
+    PrepareResult,
+    PrepareSettings,
+    collect,
+    load_plan,
+    run_prepare,
+    run_step,
+    settings_digest,
+)
 from native_megatron.data.readers import InputError, check_text_key, expand_inputs
-from native_megatron.data.tasks import ShardTask, StageResult
+from native_megatron.data.tasks import StageResult, remove_stale_temp_files
 from native_megatron.data.tokenizer import load_tokenizer
 from native_megatron.utils.config import ConfigError, dump_yaml
 from native_megatron.utils.io import atomic_open, atomic_write_json, check_writable_dir, read_json
+from native_megatron.utils.slurm import work_share
 
 logger = logging.getLogger(__name__)
 
@@ -80,16 +96,32 @@ class OutputConfig:
             raise ConfigError("output.shard_size must be at least 1")
 
 
+PREPARE_STEPS = ("clean", "merge", "clusters", "filter")
+STAGES = ("all", "prepare", *PREPARE_STEPS, "rewrite", "tokenize")
+
+
 @dataclass
 class RunConfig:
-    # all, or one stage: prepare, rewrite (when rewriting is configured), tokenize.
-    stage: Literal["all", "prepare", "rewrite", "tokenize"] = "all"
+    # all, or one stage: prepare (its steps: clean, merge, clusters, filter), rewrite (when
+    # rewriting is configured), tokenize. A SLURM array runs the steps one job at a time.
+    stage: Literal["all", "prepare", "clean", "merge", "clusters", "filter", "rewrite", "tokenize"] = "all"
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     progress: bool = True
+    # Independent slices of the input for prepare (by file, and by byte range in big plain
+    # JSONL files), each resumable on its own. 0: the job array's size inside a SLURM array,
+    # else one task per 256 MB of input. The output does not depend on it.
+    tasks: int = 0
+    # Run only this prepare task (clean, filter) or merge task; -1: the SLURM array index
+    # inside an array, else every task here.
+    task: int = -1
 
     def validate(self) -> None:
         if self.workers < 1:
             raise ConfigError("run.workers must be at least 1")
+        if self.tasks < 0 or self.task < -1:
+            raise ConfigError("run.tasks must be at least 0 (0: automatic) and run.task at least -1 (-1: all)")
+        if self.task >= 0 and self.tasks and self.task >= self.tasks:
+            raise ConfigError(f"run.task {self.task} is outside 0..{self.tasks - 1} (run.tasks={self.tasks})")
 
 
 @dataclass
@@ -120,40 +152,117 @@ class Paths:
                    prefix + "_manifest.jsonl", prefix + "_stats.json", prefix + "_config.yaml")
 
 
-def _input_fingerprint(files: list[str], cfg: PreprocessConfig) -> str:
+# Input bytes per prepare task when run.tasks is 0 outside a job array.
+AUTO_TASK_BYTES = 256 << 20
+
+
+def _input_fingerprint(files: list[str], settings: PrepareSettings, one_pass: bool) -> str:
     h = hashlib.sha256()
     for f in files:
         st = os.stat(f)
         h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    settings = {"input": asdict(cfg.input), "clean": asdict(cfg.clean), "dedup": asdict(cfg.dedup),
-                "shard_size": cfg.output.shard_size}
-    h.update(json.dumps(settings, sort_keys=True).encode())
+    digest = settings_digest(settings)
+    digest["tokenize"] = asdict(settings.tokenize) if settings.tokenize is not None else None
+    if settings.tokenize is not None:
+        digest["tokenize"].pop("workers")
+        digest["tokenizer"] = load_tokenizer(settings.tokenize.tokenizer, settings.tokenize.eod_token).describe()
+    digest["one_pass"] = one_pass
+    h.update(json.dumps(digest, sort_keys=True).encode())
     return h.hexdigest()
 
 
-def _prepare_stage(cfg: PreprocessConfig, files: list[str], paths: Paths) -> tuple[list[str], dict, bool]:
-    """Run or reuse the prepare stage; returns (shards, stats, reused)."""
-    task = _prepare_task(paths, _input_fingerprint(files, cfg))
-    if task.read() is not None:
-        done = task.load_done()
-        if done is not None:
-            logger.info("prepare: reusing finished work in %s", paths.prepare)
-            return done["shards"], read_json(paths.prepare / "stats.json"), True
-        raise ConfigError(f"{paths.work} was made from other inputs or settings; pass --overwrite "
-                          f"to redo it, or choose another --output-prefix")
-    # An unfinished prepare (killed mid-way) cannot be continued: dedup needs every
-    # earlier document, so it starts over; tokenize partitions depend on it.
-    shutil.rmtree(paths.work, ignore_errors=True)
-    settings = PrepareSettings(files, cfg.input.text_key, cfg.input.id_key, cfg.clean, cfg.dedup,
-                               cfg.output.shard_size, cfg.run.workers, url_key=cfg.input.url_key or None)
-    result = run_prepare(settings, paths.prepare, show_progress=cfg.run.progress)
-    task.mark_done({"shards": result.shards, "files": files})
-    return result.shards, result.stats, False
+def _share(cfg: PreprocessConfig) -> tuple[int | None, int | None]:
+    """(this process's task or None for all, the array's task count or None)."""
+    if cfg.run.task >= 0:
+        return cfg.run.task, None
+    share = work_share()
+    if share is not None and share[1] > 1:
+        return share
+    return None, None
 
 
-def _prepare_task(paths: Paths, fingerprint: str | None = None) -> ShardTask:
-    """The prepare stage as one task: its marker carries the inputs' fingerprint (None: any)."""
-    return ShardTask(paths.prepare / "DONE.json", {} if fingerprint is None else {"fingerprint": fingerprint})
+def _task_count(cfg: PreprocessConfig, files: list[str], array_count: int | None) -> int:
+    if cfg.run.tasks:
+        return cfg.run.tasks
+    if array_count:
+        return array_count
+    total = sum(os.path.getsize(f) for f in files)
+    return max(1, min(len(files) * 64, -(-total // AUTO_TASK_BYTES)))
+
+
+def _settings(cfg: PreprocessConfig, files: list[str], tasks: int, one_pass: bool,
+              fingerprint: str = "") -> PrepareSettings:
+    tokenize = None
+    if one_pass:
+        tokenize = TokenizeSettings(cfg.tokenize.tokenizer, cfg.tokenize.eod_token, cfg.tokenize.append_eod,
+                                    cfg.tokenize.add_bos, cfg.tokenize.batch_size, cfg.run.workers)
+    return PrepareSettings(files, cfg.input.text_key, cfg.input.id_key, cfg.clean, cfg.dedup,
+                           cfg.output.shard_size, cfg.run.workers, url_key=cfg.input.url_key or None,
+                           tasks=tasks, tokenize=tokenize, fingerprint=fingerprint)
+
+
+def _plan_path(paths: Paths) -> Path:
+    return paths.prepare / "plan.json"
+
+
+def _check_work_dir(paths: Paths, settings: PrepareSettings) -> None:
+    """Refuse a work directory made from other inputs, settings or task count (one line)."""
+    plan = _plan_path(paths)
+    if plan.exists():
+        made = read_json(plan)
+        if made.get("fingerprint") == settings.fingerprint and made.get("tasks") == settings.tasks:
+            return
+        what = (f"split into {made.get('tasks')} tasks (this command: {settings.tasks}; pass "
+                f"--run.tasks={made.get('tasks')} to continue it)"
+                if made.get("fingerprint") == settings.fingerprint else "made from other inputs or settings")
+        raise ConfigError(f"{paths.work} was {what}; pass --overwrite to redo it, or choose another "
+                          f"--output-prefix")
+    if paths.prepare.exists() and any(paths.prepare.iterdir()):
+        raise ConfigError(f"{paths.work} was made by an earlier version of this tool; pass --overwrite to "
+                          f"redo it, or choose another --output-prefix")
+
+
+def _prepare_settings(cfg: PreprocessConfig, paths: Paths, one_pass: bool,
+                      array_count: int | None) -> PrepareSettings:
+    """The prepare settings: from the inputs (stages that read them), else from the finished plan."""
+    if cfg.run.stage in ("all", "prepare", "clean"):
+        files = expand_inputs(cfg.input.paths)
+        check_text_key(files, cfg.input.text_key)
+        settings = _settings(cfg, files, _task_count(cfg, files, array_count), one_pass)
+        settings.fingerprint = _input_fingerprint(files, settings, one_pass)
+        _check_work_dir(paths, settings)
+        return settings
+    plan = _plan_path(paths)
+    if not plan.exists():
+        raise ConfigError(f"{paths.prepare} has no prepare plan; run --stage prepare (or clean) first")
+    made = read_json(plan)
+    files = made["files"]
+    settings = _settings(cfg, files, made["tasks"], one_pass, made["fingerprint"])
+    if made.get("one_pass") != one_pass:
+        made_for = "to tokenize in one pass (no rewriting)" if made.get("one_pass") else "for rewriting"
+        raise ConfigError(f"{paths.prepare} was prepared {made_for} and this command "
+                          f"{'does not rewrite' if one_pass else 'rewrites'}: run prepare again with the same "
+                          f"--rewrite setting (--overwrite)")
+    return settings
+
+
+def _prepare_stage(cfg: PreprocessConfig, settings: PrepareSettings, paths: Paths,
+                   share: tuple[int | None, int | None]) -> PrepareResult | None:
+    """Run (or reuse) prepare or one of its steps; the finished stage, or None after a step alone."""
+    stage, (task, count) = cfg.run.stage, share
+    load_plan(settings, paths.prepare)
+    if stage in PREPARE_STEPS:
+        if task is not None and stage == "clusters" and task != 0:
+            raise ConfigError("the clusters step is one task: run it outside an array, or as --array=0")
+        run_step(stage, settings, paths.prepare, task=task, num_tasks=count if stage == "merge" else None,
+                 show_progress=cfg.run.progress)
+        return None
+    if task is not None:
+        then = "tokenize" if settings.tokenize else "rewrite, tokenize"
+        raise ConfigError(f"--stage {stage} runs every prepare step, which one task of {count or '?'} cannot do: "
+                          f"in a job array, run --stage clean, merge, clusters, filter, then {then} "
+                          f"(examples/slurm/preprocess_submit.sh)")
+    return run_prepare(settings, paths.prepare, show_progress=cfg.run.progress)
 
 
 class MiddleStage(Protocol):
@@ -172,25 +281,42 @@ class MiddleStage(Protocol):
         ...
 
 
-def _finish_manifest(paths: Paths, middle_manifests: list[str], parts: int) -> dict[str, Any]:
+def _finish_manifest(paths: Paths, prepare: PrepareResult, middle_manifests: list[str],
+                     token_manifests: list[str]) -> dict[str, Any]:
     """Write the final manifest; returns counts per status and per reason."""
     def chained(files):
         return itertools.chain.from_iterable(read_manifest(m) for m in files)
 
     with atomic_open(paths.manifest, "w") as f:
         writer = ManifestWriter(f)
-        stages = ([chained(middle_manifests)] if middle_manifests else []) + \
-            [chained(partition_manifests(paths.tokenize, parts))]
-        for row in merge_stage_rows(read_manifest(paths.prepare / "manifest.jsonl"), stages):
+        stages = ([chained(middle_manifests)] if middle_manifests else []) + [chained(token_manifests)]
+        for row in merge_stage_rows(chained(prepare.manifests), stages):
             writer.write(row)
     return {"status": dict(sorted(writer.status.items())), "reasons": dict(sorted(writer.reasons.items()))}
 
 
-def _finished_prepare(paths: Paths) -> tuple[list[str], dict, list[str]]:
-    done = _prepare_task(paths).load_done()
-    if done is None:
-        raise ConfigError(f"{paths.prepare} has no finished prepare stage; run --stage prepare (or all) first")
-    return done["shards"], read_json(paths.prepare / "stats.json"), done["files"]
+def _tokenize(cfg: PreprocessConfig, prepare: PrepareResult, shards: list[str], paths: Paths,
+              tok) -> tuple[dict, list[str]]:
+    """The dataset: the prepare tasks' token partitions merged (one pass), or the shards tokenized."""
+    if prepare.stats["one_pass"]:
+        start = time.monotonic()
+        parts = prepare.partitions
+        if Path(paths.dataset).parent.is_dir():
+            remove_stale_temp_files(Path(paths.dataset).parent, glob.escape(Path(paths.dataset).name))
+        for suffix in (".bin", ".idx"):
+            Path(paths.dataset + suffix).unlink(missing_ok=True)
+        if parts:
+            merge_partitions(parts, paths.dataset, tok.dtype)
+        seconds = prepare.stats["tokenize_seconds"]
+        stats = {"tokenizer": tok.describe(), "documents": prepare.stats["documents_kept"],
+                 "tokens": prepare.stats["tokens"], "partitions": len(parts), "partitions_reused": 0,
+                 "seconds": round(time.monotonic() - start, 3), "max_token_id": prepare.stats["max_token_id"],
+                 "tokens_per_worker_second": round(prepare.stats["tokens"] / seconds, 1) if seconds > 0 else None}
+        return stats, [p + ".manifest.jsonl" for p in parts]
+    settings = TokenizeSettings(cfg.tokenize.tokenizer, cfg.tokenize.eod_token, cfg.tokenize.append_eod,
+                                cfg.tokenize.add_bos, cfg.tokenize.batch_size, cfg.run.workers)
+    stats = run_tokenize(shards, paths.tokenize, paths.dataset, settings, show_progress=cfg.run.progress)
+    return stats, partition_manifests(paths.tokenize, len(shards))
 
 
 def run_preprocess(cfg: PreprocessConfig, middle: MiddleStage | None = None) -> dict[str, Any]:
@@ -202,31 +328,34 @@ def run_preprocess(cfg: PreprocessConfig, middle: MiddleStage | None = None) -> 
     stage = cfg.run.stage
     if stage == "rewrite" and middle is None:
         raise ConfigError("--stage rewrite needs a rewriting backend (--rewrite vllm|openai|hf)")
-    files = expand_inputs(cfg.input.paths) if stage in ("all", "prepare") else []
-    check_text_key(files, cfg.input.text_key)
     tok = load_tokenizer(cfg.tokenize.tokenizer, cfg.tokenize.eod_token)
     paths = Paths.of(cfg.output.prefix)
-    check_writable_dir(Path(paths.prefix).parent)
-    if cfg.output.overwrite and stage in ("all", "prepare"):
+    if cfg.output.overwrite and stage in ("all", "prepare", "clean"):
         shutil.rmtree(paths.work, ignore_errors=True)
+    share = _share(cfg)
+    settings = _prepare_settings(cfg, paths, one_pass=middle is None, array_count=share[1])
+    check_writable_dir(Path(paths.prefix).parent)
+    files = settings.files
     dump_yaml(cfg, paths.config)
-    logger.info("tokenizer %s: vocab %d, EOD %d, token dtype %s", tok.path, tok.vocab_size, tok.eod_id,
-                tok.describe()["dtype"])
+    logger.info("tokenizer %s: vocab %d, EOD %d, token dtype %s; %d input file(s), %d prepare task(s)%s",
+                tok.path, tok.vocab_size, tok.eod_id, tok.describe()["dtype"], len(files), settings.tasks,
+                "" if share[0] is None else f", this is task {share[0]}")
 
-    if stage in ("all", "prepare"):
-        shards, prepare_stats, reused = _prepare_stage(cfg, files, paths)
-    else:
-        shards, prepare_stats, files = _finished_prepare(paths)
-        reused = True
+    prepare = None
+    if stage in ("all", "prepare", *PREPARE_STEPS):
+        prepare = _prepare_stage(cfg, settings, paths, share)
+        if prepare is None:
+            return {"prepare_step": {"step": stage, "task": share[0], "tasks": settings.tasks}}
+    if prepare is None:
+        prepare = collect(settings, paths.prepare)
+    prepare_stats = prepare.stats
     if stage == "prepare":
         if not prepare_stats["documents_kept"]:
             raise _nothing_kept(prepare_stats["documents_in"], prepare_stats["dropped_by_reason"],
-                                str(paths.prepare / "manifest.jsonl"))
+                                str(paths.prepare))
         return {"prepare": prepare_stats}
-    if not reused:
-        shutil.rmtree(paths.tokenize, ignore_errors=True)
 
-    middle_stats, middle_manifests = None, []
+    shards, middle_stats, middle_manifests = prepare.shards, None, []
     if middle is not None:
         # --stage tokenize only collects what the ranks of the middle stage finished.
         result = middle.run(shards, paths.work / middle.name, cfg.run.progress, do_work=stage != "tokenize")
@@ -239,10 +368,8 @@ def run_preprocess(cfg: PreprocessConfig, middle: MiddleStage | None = None) -> 
                               f"--stage tokenize")
         shards, middle_manifests = result.shards, result.manifests
 
-    settings = TokenizeSettings(cfg.tokenize.tokenizer, cfg.tokenize.eod_token, cfg.tokenize.append_eod,
-                                cfg.tokenize.add_bos, cfg.tokenize.batch_size, cfg.run.workers)
-    tok_stats = run_tokenize(shards, paths.tokenize, paths.dataset, settings, show_progress=cfg.run.progress)
-    counts = _finish_manifest(paths, middle_manifests, len(shards))
+    tok_stats, token_manifests = _tokenize(cfg, prepare, shards, paths, tok)
+    counts = _finish_manifest(paths, prepare, middle_manifests, token_manifests)
     elapsed = time.monotonic() - start
     input_bytes = sum(os.path.getsize(f) for f in files if os.path.exists(f))
     stats = {
@@ -259,6 +386,8 @@ def run_preprocess(cfg: PreprocessConfig, middle: MiddleStage | None = None) -> 
         "empty_files": prepare_stats["empty_files"],
         "read_errors": prepare_stats["read_errors"],
         "dedup": prepare_stats["dedup"],
+        "prepare_tasks": prepare_stats["tasks"],
+        "one_pass": prepare_stats["one_pass"],
         "tokenizer": tok_stats["tokenizer"],
         "documents_written": tok_stats["documents"],
         "tokens_written": tok_stats["tokens"],
@@ -271,12 +400,14 @@ def run_preprocess(cfg: PreprocessConfig, middle: MiddleStage | None = None) -> 
             "seconds_total": round(elapsed, 3),
             "seconds_prepare": prepare_stats["seconds"],
             "seconds_tokenize": tok_stats["seconds"],
-            "prepare_reused": reused,
             "partitions_reused": tok_stats["partitions_reused"],
+            # Prepare tasks found finished (per step) and not redone; None: prepare ran earlier.
+            "prepare_reused": prepare_stats.get("reused"),
             "workers": cfg.run.workers,
             "input_mb_per_second": round(input_bytes / 1e6 / elapsed, 3) if elapsed > 0 else None,
             "documents_per_second": round(prepare_stats["documents_in"] / elapsed, 1) if elapsed > 0 else None,
             "tokens_per_second": round(tok_stats["tokens"] / elapsed, 1) if elapsed > 0 else None,
+            # One pass: tokenizing happened inside prepare; this counts the workers' tokenizer time.
             "tokens_per_worker_second": tok_stats["tokens_per_worker_second"],
         },
     }

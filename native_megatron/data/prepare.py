@@ -1,40 +1,63 @@
-"""The prepare stage: raw inputs -> parsed, cleaned, deduplicated document shards.
+"""The prepare stage: raw inputs -> cleaned, deduplicated documents, as N independent tasks.
 
-Parsing, cleaning and fingerprinting run in worker processes, a chunk of lines
-at a time; the deduplication decisions run in this process in input order, so
-the output does not depend on the number of workers. Output, in the work
-directory:
+The inputs are split by :func:`~native_megatron.data.plan.plan_tasks` into
+``tasks`` contiguous slices (by file, and by byte range inside big plain JSONL
+files). Each slice goes through four steps, the first and last per task, so
+the same work runs as local processes or as SLURM array tasks:
 
-- ``shard-00000.jsonl`` ...: ``{"id", "file", "line", "text"}`` per kept document;
-- ``manifest.jsonl``: one row per input line, kept or dropped with the reason, and
-  the language found (``language``, ``language_score``) where it was looked for;
-- ``stats.json``: counts per reason and per cleaning step;
-- ``DONE.json``: written last; it carries a fingerprint of the inputs and
-  settings, so a rerun reuses the stage only when nothing changed.
+1. **clean** (per task): parse, clean, filter and fingerprint in worker processes, a
+   chunk of lines at a time; write the candidates (documents that passed cleaning),
+   the task's manifest rows, and its dedup signatures (``neardup`` stage 1). With
+   ``tokenize`` set (no rewriting) the candidates are tokenized here too, where
+   they were cleaned, so the text is parsed once.
+2. **merge** (per merge task): duplicate pairs from every task's signatures (``neardup`` stage 2).
+3. **clusters** (once): union-find over the pairs; each group keeps its first copy in input order.
+4. **filter** (per task): drop the non-kept candidates; write the task's document shards
+   (text) or its token partition (``.bin/.idx``), and its final manifest rows, with
+   ``duplicate_of`` on each dropped duplicate.
+
+The kept set is the first copy in input order, whatever the number of tasks,
+so 1 task and 64 give identical manifests and datasets. Every output is
+written atomically and every step marks itself done with a signature of its
+inputs and settings, so a killed run redoes only the unfinished steps.
+
+In ``{prefix}_work/prepare/``: ``plan.json``; ``dedup/`` (the staged dedup run);
+per task ``task-NNNNN/``: ``clean.manifest.jsonl``, ``candidates.jsonl`` (and
+``candidates.tokens`` + ``candidates.lengths.npy`` in one pass), ``clean.json``;
+then ``shard-NNNNN.jsonl`` (``{"id", "file", "line", "text"}`` per kept document)
+or ``part.bin/.idx`` + ``part.manifest.jsonl``, ``manifest.jsonl`` and ``filter.json``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from native_megatron.data.cleaning import CleanConfig, Cleaner
-from native_megatron.data.dedup import DedupConfig, Deduplicator, Fingerprint, fingerprint
+from native_megatron.data.dedup import DedupConfig, Fingerprint, fingerprint, lsh_bands_rows
+from native_megatron.data.indexed import DocumentEncoder, TokenizeSettings, preload_writer, write_partition
 from native_megatron.data.langid import LanguageGuess
-from native_megatron.data.manifest import DROPPED, PASSED, ManifestWriter
-from native_megatron.data.readers import RawRecord, RecordSkip, iter_records, parse_document
-from native_megatron.data.shards import ShardWriter
-from native_megatron.utils.io import Progress, atomic_open, atomic_write_json
-from native_megatron.utils.parallel import batched, ordered_map
+from native_megatron.data.manifest import DROPPED, PASSED, ManifestWriter, read_manifest
+from native_megatron.data.plan import plan_tasks
+from native_megatron.data.readers import InputPiece, RawRecord, RecordSkip, iter_pieces, parse_document
+from native_megatron.data.shards import ShardWriter, read_shard_texts
+from native_megatron.data.tasks import ShardTask, remove_stale_temp_files
+from native_megatron.utils.config import ConfigError
+from native_megatron.utils.io import Progress, atomic_open, atomic_write_json, read_json
+from native_megatron.utils.parallel import batched, mp_context, ordered_map
 
 logger = logging.getLogger(__name__)
 
 CHUNK_RECORDS = 256
+STEPS = ("clean", "merge", "clusters", "filter")
 
 
 @dataclass
@@ -47,16 +70,62 @@ class PrepareSettings:
     shard_size: int
     workers: int
     url_key: str | None = None
+    # Independent slices of the input; the answer does not depend on it.
+    tasks: int = 1
+    # Tokenize where documents are cleaned (no rewriting follows): tasks write token partitions.
+    tokenize: TokenizeSettings | None = None
+    # What the work was made from (inputs and settings); a task's done marker carries it.
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        if self.tasks < 1:
+            raise ConfigError("run.tasks must be at least 1")
 
 
 @dataclass
 class PrepareResult:
+    """The finished stage: its shards (text) or partitions (token prefixes), and per-task manifests."""
+
     shards: list[str]
-    manifest: str
+    partitions: list[str]
+    manifests: list[str]
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-# ---- worker side -----------------------------------------------------------------
+def dedup_enabled(config: DedupConfig) -> bool:
+    return config.exact or config.near
+
+
+def dedup_dir(work_dir: Path) -> Path:
+    return Path(work_dir) / "dedup"
+
+
+def task_dir(work_dir: Path, task: int) -> Path:
+    return Path(work_dir) / f"task-{task:05d}"
+
+
+# ---- the plan ----------------------------------------------------------------------
+
+
+def load_plan(settings: PrepareSettings, work_dir: Path) -> list[list[InputPiece]]:
+    """The task slices: read from ``plan.json``, or computed and written (identically by any task),
+    with the inputs, their fingerprint and whether tokenizing happens here (``one_pass``)."""
+    path = Path(work_dir) / "plan.json"
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        plan = read_json(path)
+        if plan.get("fingerprint") == settings.fingerprint and plan.get("tasks") == settings.tasks:
+            return [[InputPiece(**p) for p in task] for task in plan["pieces"]]
+        raise ConfigError(f"{path} was written for other inputs, settings or task count; start over with "
+                          f"--overwrite")
+    pieces = plan_tasks(settings.files, settings.tasks)
+    atomic_write_json(path, {"fingerprint": settings.fingerprint, "tasks": settings.tasks, "files": settings.files,
+                             "one_pass": settings.tokenize is not None,
+                             "pieces": [[p.to_json() for p in task] for task in pieces]})
+    return pieces
+
+
+# ---- worker side -------------------------------------------------------------------
 
 _WORKER: dict[str, Any] = {}
 
@@ -65,6 +134,7 @@ def _init_worker(settings: PrepareSettings) -> None:
     _WORKER["settings"] = settings
     _WORKER["cleaner"] = Cleaner(settings.clean)
     _WORKER["names"] = [os.path.basename(f) for f in settings.files]
+    _WORKER["encoder"] = DocumentEncoder(settings.tokenize) if settings.tokenize is not None else None
 
 
 @dataclass
@@ -77,9 +147,10 @@ class Outcome:
     text: str | None = None
     fp: Fingerprint | None = None
     language: LanguageGuess | None = None
+    tokens: np.ndarray | None = None
 
 
-def _process_chunk(chunk: list[RawRecord]) -> tuple[list[Outcome], Counter]:
+def _process_chunk(chunk: list[RawRecord]) -> tuple[list[Outcome], Counter, float]:
     s: PrepareSettings = _WORKER["settings"]
     cleaner: Cleaner = _WORKER["cleaner"]
     before = Counter(cleaner.counts)
@@ -95,12 +166,20 @@ def _process_chunk(chunk: list[RawRecord]) -> tuple[list[Outcome], Counter]:
         if v.reason is not None:
             out.append(Outcome(rec.file, rec.line, doc.doc_id, v.reason, v.detail, language=v.language))
             continue
-        out.append(Outcome(rec.file, rec.line, doc.doc_id, text=v.text, fp=fingerprint(v.text, s.dedup),
-                           language=v.language))
-    return out, cleaner.counts - before
+        fp = fingerprint(v.text, s.dedup) if dedup_enabled(s.dedup) else None
+        out.append(Outcome(rec.file, rec.line, doc.doc_id, text=v.text, fp=fp, language=v.language))
+    encoder: DocumentEncoder | None = _WORKER["encoder"]
+    seconds = 0.0
+    if encoder is not None:
+        start = time.perf_counter()
+        passed = [o for o in out if o.reason is None]
+        for o, ids in zip(passed, encoder.encode([o.text for o in passed])):
+            o.tokens = ids
+        seconds = time.perf_counter() - start
+    return out, cleaner.counts - before, seconds
 
 
-# ---- main side -------------------------------------------------------------------
+# ---- step 1: clean -----------------------------------------------------------------
 
 
 class SkipLog:
@@ -127,31 +206,48 @@ class SkipLog:
             logger.warning("further '%s' skips are not logged; the manifest lists every one", reason)
 
 
-def run_prepare(settings: PrepareSettings, work_dir: Path, show_progress: bool = True) -> PrepareResult:
-    """Run the stage into ``work_dir`` (which the caller has emptied)."""
-    work_dir.mkdir(parents=True, exist_ok=True)
+def _step(work_dir: Path, task: int, step: str, settings: PrepareSettings, **extra) -> ShardTask:
+    signature = {"fingerprint": settings.fingerprint, "task": task, "tasks": settings.tasks, **extra}
+    return ShardTask(task_dir(work_dir, task) / f"{step}.json", signature)
+
+
+def clean_task(settings: PrepareSettings, work_dir: Path, task: int, show_progress: bool = True) -> dict:
+    """Step 1 for one task; a finished task is not redone."""
+    marker = _step(work_dir, task, "clean", settings)
+    done = marker.load_done()
+    if done is not None:
+        return {**done, "reused": True}
+    from native_megatron.data.neardup import make_key, write_fingerprints
+    from native_megatron.data.neardup.store import remove_stale_temporaries
+
+    pieces = load_plan(settings, work_dir)[task]
+    tdir = task_dir(work_dir, task)
+    tdir.mkdir(parents=True, exist_ok=True)
+    # What was made from an earlier attempt's candidates is made again from these.
+    (tdir / "filter.json").unlink(missing_ok=True)
+    remove_stale_temporaries(tdir)
     start = time.monotonic()
     read_stats: dict[str, Any] = {}
-    records = iter_records(settings.files, settings.text_key, settings.id_key, read_stats, settings.url_key)
-    chunks = batched(records, CHUNK_RECORDS)
-    dedup = Deduplicator(settings.dedup)
-    shards = ShardWriter(work_dir, settings.shard_size)
+    records = iter_pieces(pieces, settings.text_key, settings.id_key, read_stats, settings.url_key)
     clean_counts: Counter = Counter()
-    chars_out = 0
-    manifest_path = work_dir / "manifest.jsonl"
     skips = SkipLog()
-    with atomic_open(manifest_path, "w") as mf, Progress(None, "prepare", enabled=show_progress) as bar:
+    fingerprints: list[tuple[int, str, Fingerprint]] = []
+    lengths: list[int] = []
+    one_pass = settings.tokenize is not None
+    with atomic_open(tdir / "clean.manifest.jsonl", "w") as mf, \
+            atomic_open(tdir / "candidates.jsonl", "w") as cf, \
+            atomic_open(tdir / "candidates.tokens", "wb") as tf, \
+            Progress(None, f"clean {task + 1}/{settings.tasks}" if settings.tasks > 1 else "prepare",
+                     enabled=show_progress) as bar:
         manifest = ManifestWriter(mf)
-        results = ordered_map(_process_chunk, chunks, settings.workers,
+        results = ordered_map(_process_chunk, batched(records, CHUNK_RECORDS), settings.workers,
                               initializer=_init_worker, initargs=(settings,))
-        for outcomes, counts in results:
+        tokenize_seconds = 0.0
+        for outcomes, counts, seconds in results:
             clean_counts.update(counts)
+            tokenize_seconds += seconds
             for o in outcomes:
                 row = {"id": o.doc_id, "file": settings.files[o.file], "line": o.line}
-                if o.reason is None:
-                    dup = dedup.check(o.doc_id, o.fp)
-                    if dup is not None:
-                        o.reason, row["duplicate_of"] = dup
                 if o.reason is not None:
                     row.update(status=DROPPED, reason=o.reason)
                     if o.detail:
@@ -159,31 +255,304 @@ def run_prepare(settings: PrepareSettings, work_dir: Path, show_progress: bool =
                     skips.log(row)
                 else:
                     row["status"] = PASSED
-                    shards.write({**{k: row[k] for k in ("id", "file", "line")}, "text": o.text})
-                    chars_out += len(o.text)
+                    key = make_key(o.file, o.line)
+                    candidate = {"key": key, "id": o.doc_id, "file": row["file"], "line": o.line,
+                                 "chars": len(o.text)}
+                    if one_pass:
+                        tf.write(o.tokens.tobytes())
+                        lengths.append(o.tokens.size)
+                    else:
+                        candidate["text"] = o.text
+                    cf.write(json.dumps(candidate, ensure_ascii=False) + "\n")
+                    if o.fp is not None:
+                        fingerprints.append((key, o.doc_id, o.fp))
                 if o.language is not None:
                     row.update(language=o.language.language, language_score=o.language.score)
                 manifest.write(row)
             bar.update(len(outcomes))
+    with atomic_open(tdir / "candidates.lengths.npy", "wb") as f:
+        np.save(f, np.array(lengths, dtype=np.int64), allow_pickle=False)
+    if dedup_enabled(settings.dedup):
+        # A marker left by a killed earlier attempt must not stand for these signatures.
+        (dedup_dir(work_dir) / "signatures" / f"task-{task:05d}" / "DONE.json").unlink(missing_ok=True)
+        write_fingerprints(task, settings.tasks, fingerprints, dedup_dir(work_dir), settings.dedup)
+    result = {"documents_in": sum(manifest.status.values()), "candidates": manifest.status[PASSED],
+              "dropped_by_reason": dict(sorted(manifest.reasons.items())),
+              "cleaning_steps": dict(sorted(clean_counts.items())),
+              "empty_files": read_stats.get("empty_files", []), "read_errors": read_stats.get("read_errors", {}),
+              "tokenize_seconds": round(tokenize_seconds, 3), "seconds": round(time.monotonic() - start, 3)}
+    return {**marker.mark_done(result), "reused": False}
+
+
+# ---- steps 2 and 3: merge and clusters ------------------------------------------------
+
+
+def _stages(settings: PrepareSettings):
+    from native_megatron.data.neardup import StagesConfig
+
+    against = settings.dedup.against
+    if against:
+        candidates = [Path(against + "_work") / "prepare" / "dedup", Path(against)]
+        run = next((c for c in candidates if (c / "clusters" / "DONE.json").exists()), None)
+        if run is None:
+            raise ConfigError(f"dedup.against {against}: no finished dedup there (looked for "
+                              f"{candidates[0]} and {candidates[1]}/clusters); run that preprocessing to the end first")
+        against = str(run)
+    return StagesConfig(band_ranges=settings.dedup.band_ranges, exact_ranges=settings.dedup.exact_ranges,
+                        against=against)
+
+
+def merge_task(settings: PrepareSettings, work_dir: Path, task: int, num_tasks: int) -> list[dict]:
+    """Step 2: the merge units ``p`` with ``p % num_tasks == task``."""
+    if not dedup_enabled(settings.dedup):
+        return []
+    from native_megatron.data.neardup import merge_buckets
+
+    return merge_buckets(task, num_tasks, dedup_dir(work_dir), settings.dedup, _stages(settings))
+
+
+def clusters_step(settings: PrepareSettings, work_dir: Path) -> dict:
+    """Step 3 (one process): the groups and which document each drop is a copy of."""
+    if not dedup_enabled(settings.dedup):
+        return {}
+    from native_megatron.data.neardup import build_clusters
+
+    return build_clusters(dedup_dir(work_dir), settings.dedup, _stages(settings))
+
+
+def _clusters_signature(settings: PrepareSettings, work_dir: Path) -> str | None:
+    if not dedup_enabled(settings.dedup):
+        return None
+    path = dedup_dir(work_dir) / "clusters" / "DONE.json"
+    if not path.exists():
+        raise ConfigError(f"{work_dir}: the dedup clusters step has not run; run --stage clusters "
+                          f"(after every merge task) before --stage filter")
+    return read_json(path)["signature"]
+
+
+# ---- step 4: filter ------------------------------------------------------------------
+
+
+def filter_task(settings: PrepareSettings, work_dir: Path, task: int) -> dict:
+    """Step 4 for one task: its kept documents (shards or a token partition) and final manifest rows."""
+    if not _step(work_dir, task, "clean", settings).done():
+        raise ConfigError(f"prepare task {task}: its clean step has not finished; run --stage clean first")
+    marker = _step(work_dir, task, "filter", settings, clusters=_clusters_signature(settings, work_dir))
+    done = marker.load_done()
+    if done is not None:
+        return {**done, "reused": True}
+    tdir = task_dir(work_dir, task)
+    start = time.monotonic()
+    for old in tdir.glob("shard-*.jsonl"):
+        old.unlink()
+    remove_stale_temp_files(tdir, "part")
+    decisions = None
+    pieces = load_plan(settings, work_dir)[task]
+    if dedup_enabled(settings.dedup) and pieces:
+        from native_megatron.data.neardup import Decisions, make_key
+        from native_megatron.data.neardup.store import MAX_LINE
+
+        key_range = (make_key(pieces[0].file_index, 0), make_key(pieces[-1].file_index, MAX_LINE))
+        decisions = Decisions(dedup_dir(work_dir), key_range)
+    candidates = read_shard_texts(str(tdir / "candidates.jsonl"))
+    # One entry per candidate, in order: None (kept) or (reason, kept id).
+    verdicts: list[tuple[str, str] | None] = []
+    tokens = offsets = None
+    if settings.tokenize is not None:
+        lengths = np.load(tdir / "candidates.lengths.npy")
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        if offsets[-1]:
+            tokens = np.memmap(tdir / "candidates.tokens", dtype=DocumentEncoder.dtype_of(settings.tokenize), mode="r")
+    shards = ShardWriter(tdir, settings.shard_size) if settings.tokenize is None else None
+    chars_out = 0
+
+    def kept_documents():
+        nonlocal chars_out
+        for i, c in enumerate(candidates):
+            dup = decisions.check(c["key"]) if decisions is not None else None
+            verdicts.append(dup)
+            if dup is not None:
+                continue
+            chars_out += c["chars"]
+            row = {"id": c["id"], "file": c["file"], "line": c["line"]}
+            if shards is not None:
+                shards.write({**row, "text": c["text"]})
+            else:
+                yield row, tokens[offsets[i]:offsets[i + 1]]
+
+    part = None
+    if settings.tokenize is not None:
+        part = write_partition(kept_documents(), str(tdir / "part"), DocumentEncoder.dtype_of(settings.tokenize))
+    else:
+        for _ in kept_documents():
+            pass
         shards.close()
-    elapsed = time.monotonic() - start
+    with atomic_open(tdir / "manifest.jsonl", "w") as mf:
+        manifest = ManifestWriter(mf)
+        passed = iter(verdicts)
+        for row in read_manifest(tdir / "clean.manifest.jsonl"):
+            if row["status"] == PASSED:
+                dup = next(passed)
+                if dup is not None:
+                    row = _reorder({**row, "status": DROPPED, "reason": dup[0], "duplicate_of": dup[1]})
+            manifest.write(row)
+    result = {"documents_in": sum(manifest.status.values()), "documents_kept": manifest.status[PASSED],
+              "dropped_by_reason": dict(sorted(manifest.reasons.items())), "characters_out": chars_out,
+              "shards": [str(p) for p in shards.paths] if shards is not None else [],
+              "partition": str(tdir / "part") if part and part["documents"] else None,
+              "tokens": part["tokens"] if part else 0, "max_token_id": part["max_id"] if part else -1,
+              "seconds": round(time.monotonic() - start, 3)}
+    return {**marker.mark_done(result), "reused": False}
+
+
+def _reorder(row: dict) -> dict:
+    """Manifest columns in the usual order: identity, status and reason, then the rest."""
+    head = ("id", "file", "line", "status", "reason", "duplicate_of")
+    return {**{k: row[k] for k in head if k in row}, **{k: v for k, v in row.items() if k not in head}}
+
+
+# ---- the whole stage -----------------------------------------------------------------
+
+
+def _filter_call(args: tuple) -> dict:
+    return filter_task(*args)
+
+
+def _merge_call(args: tuple) -> list[dict]:
+    return merge_task(*args)
+
+
+def run_step(step: str, settings: PrepareSettings, work_dir: Path, task: int | None = None,
+             num_tasks: int | None = None, show_progress: bool = True) -> list[dict]:
+    """One step: for one task (a SLURM array task), or every task here when ``task`` is None.
+    Returns the results of the tasks (units, for merge) it ran or found done."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    load_plan(settings, work_dir)
+    if step == "clusters":
+        summary = clusters_step(settings, work_dir)
+        if summary:
+            logger.info("dedup clusters: %s", _clusters_line(summary))
+        return [summary] if summary else []
+    if step == "merge":
+        count = num_tasks or max(1, settings.workers)
+        todo = range(count) if task is None else [task]
+        args = [(settings, work_dir, t, count) for t in todo]
+        return [unit for units in _map(_merge_call, args, settings.workers if task is None else 1) for unit in units]
+    todo = range(settings.tasks) if task is None else [task]
+    if task is not None and not 0 <= task < settings.tasks:
+        raise ConfigError(f"prepare task {task} is outside 0..{settings.tasks - 1} (run.tasks={settings.tasks})")
+    if step == "clean":
+        results = []
+        for t in todo:
+            r = clean_task(settings, work_dir, t, show_progress)
+            results.append(r)
+            if settings.tasks > 1:
+                logger.info("prepare task %d/%d: %d documents in, %d passed cleaning%s", t + 1, settings.tasks,
+                            r["documents_in"], r["candidates"], " (reused)" if r["reused"] else "")
+        return results
+    if step == "filter":
+        workers = settings.workers if task is None and settings.tasks > 1 else 1
+        if workers > 1 and settings.tokenize is not None:
+            preload_writer()    # import megatron-core once here (seconds), not in every forked worker
+        return _map(_filter_call, [(settings, work_dir, t) for t in todo], workers)
+    raise ConfigError(f"unknown prepare step {step!r}: choose one of {', '.join(STEPS)}")
+
+
+def _map(fn, args: list, workers: int) -> list:
+    if workers <= 1 or len(args) <= 1:
+        return [fn(a) for a in args]
+    with mp_context().Pool(min(workers, len(args))) as pool:
+        return pool.map(fn, args, chunksize=1)
+
+
+def _clusters_line(summary: dict) -> str:
+    pairs = summary["pairs"]
+    line = (f"{pairs['near']:,} near and {pairs['exact']:,} exact pairs; {summary['groups']:,} groups keep their "
+            f"first copy and drop {summary['dropped']:,} documents")
+    if summary.get("against"):
+        line += f", {summary['against_matches']:,} of them copies of documents in {summary['against']}"
+    return line
+
+
+def run_prepare(settings: PrepareSettings, work_dir: Path, show_progress: bool = True) -> PrepareResult:
+    """Every step of every task on this machine (finished steps are reused), then the result."""
+    start = time.monotonic()
+    reused = {}
+    for step in STEPS:
+        results = run_step(step, settings, work_dir, show_progress=show_progress)
+        reused[step] = sum(1 for r in results if r.get("reused"))
+    result = collect(settings, work_dir)
+    result.stats["seconds"] = round(time.monotonic() - start, 3)
+    # Per step, how many tasks (merge: units) were found finished and not redone.
+    result.stats["reused"] = reused
+    return result
+
+
+def collect(settings: PrepareSettings, work_dir: Path) -> PrepareResult:
+    """The finished stage, from every task's markers; a ConfigError names unfinished tasks."""
+    clean, filtered, missing = [], [], []
+    for t in range(settings.tasks):
+        c = _step(work_dir, t, "clean", settings).load_done()
+        f = None
+        if c is not None:
+            try:
+                f = _step(work_dir, t, "filter", settings,
+                          clusters=_clusters_signature(settings, work_dir)).load_done()
+            except ConfigError:
+                f = None
+        if c is None or f is None:
+            missing.append(t)
+        clean.append(c)
+        filtered.append(f)
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise ConfigError(f"prepare: {len(missing)} of {settings.tasks} tasks are unfinished ({shown}); "
+                          f"run the remaining steps (--stage clean, merge, clusters, filter) first")
+    reasons: Counter = Counter()
+    steps: Counter = Counter()
+    read_errors: dict = {}
+    for c, f in zip(clean, filtered):
+        reasons.update(f["dropped_by_reason"])
+        steps.update(c["cleaning_steps"])
+        read_errors.update(c["read_errors"])
+    dedup_stats: dict[str, Any] = {"exact": settings.dedup.exact, "near": settings.dedup.near,
+                                   "bands_rows": list(lsh_bands_rows(settings.dedup)) if settings.dedup.near else None,
+                                   "threshold": settings.dedup.threshold, "against": settings.dedup.against or None}
+    cpath = dedup_dir(work_dir) / "clusters" / "DONE.json"
+    if dedup_enabled(settings.dedup) and cpath.exists():
+        summary = read_json(cpath)
+        dedup_stats.update({k: summary[k] for k in ("pairs", "groups", "dropped", "against_matches")})
     stats = {
         "input_files": len(settings.files),
-        "documents_in": sum(manifest.status.values()),
-        "documents_kept": manifest.status[PASSED],
-        "documents_dropped": manifest.status[DROPPED],
-        "dropped_by_reason": dict(sorted(manifest.reasons.items())),
-        "cleaning_steps": dict(sorted(clean_counts.items())),
-        "characters_out": chars_out,
-        "dedup": {"exact": settings.dedup.exact, "near": settings.dedup.near,
-                  "bands_rows": dedup.bands_rows, "threshold": settings.dedup.threshold},
-        "empty_files": read_stats.get("empty_files", []),
-        "read_errors": read_stats.get("read_errors", {}),
-        "shards": len(shards.paths),
-        "seconds": round(elapsed, 3),
+        "tasks": settings.tasks,
+        "documents_in": sum(f["documents_in"] for f in filtered),
+        "documents_kept": sum(f["documents_kept"] for f in filtered),
+        "documents_dropped": sum(f["documents_in"] - f["documents_kept"] for f in filtered),
+        "dropped_by_reason": dict(sorted(reasons.items())),
+        "cleaning_steps": dict(sorted(steps.items())),
+        "characters_out": sum(f["characters_out"] for f in filtered),
+        "dedup": dedup_stats,
+        "empty_files": [p for c in clean for p in c["empty_files"]],
+        "read_errors": read_errors,
+        "shards": sum(len(f["shards"]) for f in filtered),
+        "seconds": round(sum(c["seconds"] for c in clean) + sum(f["seconds"] for f in filtered), 3),
+        "one_pass": settings.tokenize is not None,
     }
-    atomic_write_json(work_dir / "stats.json", stats)
-    logger.info("prepare: %d documents in, %d kept, %d dropped (%s) in %.1fs",
-                stats["documents_in"], stats["documents_kept"], stats["documents_dropped"],
-                ", ".join(f"{k} {v}" for k, v in stats["dropped_by_reason"].items()) or "none", elapsed)
-    return PrepareResult([str(p) for p in shards.paths], str(manifest_path), stats)
+    if settings.tokenize is not None:
+        stats["tokens"] = sum(f["tokens"] for f in filtered)
+        stats["tokenize_seconds"] = round(sum(c["tokenize_seconds"] for c in clean), 3)
+        stats["max_token_id"] = max((f["max_token_id"] for f in filtered), default=-1)
+    return PrepareResult(
+        shards=[s for f in filtered for s in f["shards"]],
+        partitions=[f["partition"] for f in filtered if f["partition"]],
+        manifests=[str(task_dir(work_dir, t) / "manifest.jsonl") for t in range(settings.tasks)],
+        stats=stats)
+
+
+def settings_digest(settings: PrepareSettings) -> dict:
+    """What the stage's output depends on, for the caller's fingerprint."""
+    out = {"clean": asdict(settings.clean), "dedup": asdict(settings.dedup), "shard_size": settings.shard_size,
+           "text_key": settings.text_key, "id_key": settings.id_key, "url_key": settings.url_key}
+    for k in ("band_ranges", "exact_ranges"):
+        out["dedup"].pop(k, None)   # how the merge is split, never what it finds
+    return out

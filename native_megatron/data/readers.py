@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -60,6 +60,25 @@ class Document:
     doc_id: str
     text: str
     url: str | None = None
+
+
+@dataclass(frozen=True)
+class InputPiece:
+    """Input file ``file_index`` from byte ``start`` to ``end`` (None: to the end of the file)."""
+
+    file_index: int
+    path: str
+    start: int = 0
+    end: int | None = None
+    # Lines of the file before ``start``: the piece's first line is ``first_line + 1``.
+    first_line: int = 0
+
+    @property
+    def whole(self) -> bool:
+        return self.start == 0 and self.end is None
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 def input_format(path: str | Path) -> str:
@@ -135,9 +154,17 @@ def _open_binary(path: str) -> io.BufferedIOBase:
     return open(path, "rb")
 
 
-def iter_jsonl(path: str, file_index: int) -> Iterator[RawRecord]:
+def iter_jsonl(path: str, file_index: int, start: int = 0, end: int | None = None,
+               first_line: int = 0) -> Iterator[RawRecord]:
+    """The lines of ``path`` (bytes ``start`` to ``end`` of a plain file; lines numbered from ``first_line + 1``)."""
     with _open_binary(path) as f:
-        for line_no, line in enumerate(f, start=1):
+        if start:
+            f.seek(start)
+        pos = start
+        for line_no, line in enumerate(f, start=first_line + 1):
+            if end is not None and pos >= end:
+                return
+            pos += len(line)
             yield RawRecord(file_index, line_no, line)
 
 
@@ -169,16 +196,23 @@ def iter_parquet(path: str, file_index: int, text_key: str, id_key: str,
 
 def iter_records(files: list[str], text_key: str, id_key: str,
                  stats: dict[str, Any] | None = None, url_key: str | None = None) -> Iterator[RawRecord]:
-    """All records of all files, in order. A file that breaks mid-read (truncated gzip,
-    corrupt Parquet) yields one record with payload ``None`` and a ``read_error`` marker
-    in ``stats['read_errors']``, and reading goes on with the next file."""
-    for index, path in enumerate(files):
+    """All records of all files, in order (see :func:`iter_pieces`)."""
+    yield from iter_pieces([InputPiece(i, f) for i, f in enumerate(files)], text_key, id_key, stats, url_key)
+
+
+def iter_pieces(pieces: Iterable[InputPiece], text_key: str, id_key: str,
+                stats: dict[str, Any] | None = None, url_key: str | None = None) -> Iterator[RawRecord]:
+    """The records of each :class:`InputPiece`, in order. A file that
+    breaks mid-read (truncated gzip, corrupt Parquet) yields one record with payload ``None``
+    and a ``read_error`` marker in ``stats['read_errors']``, and reading goes on with the next."""
+    for piece in pieces:
+        path, index = piece.path, piece.file_index
         count = 0
         try:
             if input_format(path) == "parquet":
                 it = iter_parquet(path, index, text_key, id_key, url_key=url_key)
             else:
-                it = iter_jsonl(path, index)
+                it = iter_jsonl(path, index, piece.start, piece.end, piece.first_line)
             for record in it:
                 count += 1
                 yield record
@@ -187,9 +221,9 @@ def iter_records(files: list[str], text_key: str, id_key: str,
             logger.error("%s: read error after %d records: %s", path, count, exc)
             if stats is not None:
                 stats.setdefault("read_errors", {})[path] = str(exc)
-            yield RawRecord(index, count + 1, _ReadError(str(exc)))
+            yield RawRecord(index, piece.first_line + count + 1, _ReadError(str(exc)))
             continue
-        if count == 0:
+        if count == 0 and piece.whole:
             logger.warning("%s is empty", path)
             if stats is not None:
                 stats.setdefault("empty_files", []).append(path)

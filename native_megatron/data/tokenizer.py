@@ -33,14 +33,15 @@ class TokenizerError(ValueError):
     """The tokenizer cannot be found or used as asked."""
 
 
+# megatron-core's DType.optimal_dtype: uint16 below this many ids, int32 from it on. Kept
+# here so that loading a tokenizer does not import megatron-core (4 s of start-up);
+# tests/data/test_tokenizer.py checks it against megatron-core.
+UINT16_BELOW = 65500
+
+
 def token_dtype(vocab_size: int) -> type[np.number]:
     """The token file dtype for a vocabulary, decided as megatron-core decides it."""
-    from native_megatron.utils.logging import quiet_third_party
-
-    quiet_third_party()
-    from megatron.core.datasets.indexed_dataset import DType
-
-    return DType.optimal_dtype(vocab_size)
+    return np.uint16 if vocab_size is not None and vocab_size < UINT16_BELOW else np.int32
 
 
 class Tokenizer(ABC):

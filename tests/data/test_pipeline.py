@@ -136,17 +136,22 @@ def test_outputs_do_not_depend_on_workers_or_shards_and_reruns_are_byte_identica
         assert stats[key] == ref_stats[key]
 
 
-def test_rerun_reuses_finished_work_and_redoes_a_lost_partition(tmp_path, sample_corpus, sample_tokenizer):
+def test_rerun_reuses_finished_work_and_redoes_a_lost_task(tmp_path, sample_corpus, sample_tokenizer):
     prefix = tmp_path / "r"
-    cfg = make_cfg([sample_corpus], prefix, sample_tokenizer, "--output.shard_size=50", workers=2)
+    cfg = make_cfg([sample_corpus], prefix, sample_tokenizer, "--run.tasks=3", workers=2)
     first = run_preprocess(cfg)
+    assert first["prepare_tasks"] == 3 and first["partitions"] == 3
     bin_bytes = open(f"{prefix}_text_document.bin", "rb").read()
-    # As if the job had been killed before partition 2 finished.
-    os.unlink(f"{prefix}_work/tokenize/part-00002.done.json")
+    # As if the job had been killed before task 1 finished: its filter step, then its clean step too.
+    os.unlink(f"{prefix}_work/prepare/task-00001/filter.json")
     second = run_preprocess(cfg)
-    assert second["timing"]["prepare_reused"]
-    assert second["timing"]["partitions_reused"] == first["partitions"] - 1
+    assert second["timing"]["prepare_reused"] == {"clean": 3, "merge": 15, "clusters": 1, "filter": 2}
     assert open(f"{prefix}_text_document.bin", "rb").read() == bin_bytes
+    os.unlink(f"{prefix}_work/prepare/task-00001/clean.json")
+    third = run_preprocess(cfg)
+    assert third["timing"]["prepare_reused"]["clean"] == 2
+    assert open(f"{prefix}_text_document.bin", "rb").read() == bin_bytes
+    assert same_bytes(f"{prefix}_manifest.jsonl", f"{prefix}_manifest.jsonl")
 
 
 def test_changed_settings_on_the_same_prefix_are_refused_unless_overwrite(tmp_path, sample_corpus,
@@ -157,13 +162,13 @@ def test_changed_settings_on_the_same_prefix_are_refused_unless_overwrite(tmp_pa
         run_preprocess(make_cfg([sample_corpus], prefix, sample_tokenizer, "--clean.min_chars=300"))
     stats = run_preprocess(make_cfg([sample_corpus], prefix, sample_tokenizer, "--clean.min_chars=300",
                                     "--output.overwrite=true"))
-    assert not stats["timing"]["prepare_reused"]
+    assert stats["timing"]["prepare_reused"]["clean"] == 0
 
 
 def test_stages_run_separately(tmp_path, sample_corpus, sample_tokenizer, sample_run):
     ref, _ = sample_run
     prefix = tmp_path / "s"
-    with pytest.raises(ConfigError, match="no finished prepare stage"):
+    with pytest.raises(ConfigError, match="no prepare plan"):
         run_preprocess(make_cfg([sample_corpus], prefix, sample_tokenizer, "--run.stage=tokenize"))
     out = run_preprocess(make_cfg([sample_corpus], prefix, sample_tokenizer, "--run.stage=prepare"))
     assert out["prepare"]["documents_in"] == count_lines(sample_corpus)
@@ -253,20 +258,21 @@ def test_a_resumed_run_removes_temp_files_of_killed_writers(tmp_path, sample_cor
     import sys
 
     prefix = tmp_path / "t"
-    cfg = make_cfg([sample_corpus], prefix, sample_tokenizer, "--output.shard_size=100")
+    cfg = make_cfg([sample_corpus], prefix, sample_tokenizer, "--run.tasks=3")
     run_preprocess(cfg)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    work = tmp_path / "t_work" / "tokenize"
+    work = tmp_path / "t_work" / "prepare"
     try:
-        stale = [work / f"part-00001.tmp{dead.pid}.bin", work / f"part-00001.tmp{dead.pid}.idx",
+        stale = [work / "task-00001" / f"part.tmp{dead.pid}.bin", work / "task-00001" / f"part.tmp{dead.pid}.idx",
+                 work / "task-00001" / ".candidates.jsonl.abc123.tmp",
                  tmp_path / f"t_text_document.tmp{dead.pid}.bin", tmp_path / f"t_text_document.tmp{dead.pid}.idx"]
-        live = [work / f"part-00002.tmp{alive.pid}.bin"]
+        live = [work / "task-00002" / f"part.tmp{alive.pid}.bin"]
         for p in stale + live:
             p.write_bytes(b"half written")
-        # As if killed while partition 1 was being written.
-        os.unlink(work / "part-00001.done.json")
+        # As if killed while task 1 was being cleaned.
+        os.unlink(work / "task-00001" / "clean.json")
         run_preprocess(cfg)
         assert not [p for p in stale if p.exists()]
         assert all(p.exists() for p in live)
