@@ -100,7 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         return print_config(cfg)
     stats = run_preprocess_aligned(cfg)
-    if "prepare" in stats and len(stats) == 1:
+    if "prepare_step" in stats:
+        step = stats["prepare_step"]
+        which = "every task" if step["task"] is None else f"task {step['task']}"
+        print(f"{step['step']}: {which} finished ({step['tasks']} prepare task(s) in "
+              f"{cfg.output.prefix}_work/prepare)")
+    elif "prepare" in stats and len(stats) == 1:
         p = stats["prepare"]
         print(f"prepare: {p['documents_in']} documents in, {p['documents_kept']} kept, "
               f"{p['shards']} shard(s) in {cfg.output.prefix}_work/prepare")
@@ -115,3 +120,6 @@ def main(argv: list[str] | None = None) -> int:
         print(format_summary(stats, RewriteStage))
     return 0
 
+
+if __name__ == "__main__":
+    sys.exit(main())
