@@ -85,7 +85,7 @@ class TokenizeConfig:
 @dataclass
 class OutputConfig:
     prefix: str = ""
-    # Documents per work shard: the unit of parallel tokenization and of resumption.
+    # Documents per text shard when rewriting follows: the unit of the rewrite stage and of its resumption.
     shard_size: int = 20_000
     overwrite: bool = False
 
