@@ -179,6 +179,17 @@ def test_ranks_share_the_shards_and_tokenize_waits_for_all(tmp_path, sample_toke
         assert same_bytes(f"{ref}{suffix}", f"{prefix}{suffix}"), suffix
 
 
+def test_three_prepare_tasks_give_the_rewritten_dataset_of_one(tmp_path, sample_tokenizer):
+    src = corpus(tmp_path)
+    one, three = tmp_path / "one", tmp_path / "three"
+    run_preprocess_aligned(cfg(src, one, sample_tokenizer, "--run.tasks=1"), backend=PolishingBackend())
+    stats = run_preprocess_aligned(cfg(src, three, sample_tokenizer, "--run.tasks=3"), backend=PolishingBackend())
+    assert stats["prepare_tasks"] == 3 and not stats["one_pass"]
+    assert len(list((tmp_path / "three_work" / "prepare").glob("task-*/shard-*.jsonl"))) >= 6
+    for suffix in ("_text_document.bin", "_text_document.idx", "_manifest.jsonl"):
+        assert same_bytes(f"{one}{suffix}", f"{three}{suffix}"), suffix
+
+
 def test_slurm_array_variables_pick_the_rank(monkeypatch):
     from native_megatron.alignment.config import RewriteConfig
 
