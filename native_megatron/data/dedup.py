@@ -1,16 +1,17 @@
-"""Exact and near-duplicate detection (MinHash LSH), reproducible with a seed.
+"""Exact and near-duplicate detection (MinHash LSH), reproducible with a seed: settings and fingerprints.
 
-Fingerprints are computed per document in worker processes
-(:func:`fingerprint`); the keep/drop decisions are made in input order by one
-:class:`Deduplicator`, so the first copy of a document is the one kept and a
-rerun keeps exactly the same documents.
+Fingerprints are computed per document in worker processes (:func:`fingerprint`).
+The prepare stage decides on disk, in four steps (:mod:`native_megatron.data.neardup`),
+so memory per task is bounded by its slice. :class:`Deduplicator` is the one-process,
+in-memory way to the same decisions (a document is compared with the documents kept
+before it): the reference that ``benchmarks/bench_dedup.py`` and the tests measure
+the staged path against.
 
 Exact duplicates are found on a normalised form (diacritics, tatweel, letter
 variants, case, punctuation and spacing ignored). Near duplicates: MinHash over
 word (or character) shingles, banded LSH to find candidates, and, with
 ``verify``, the candidate's estimated Jaccard similarity checked against
-``threshold`` before a document is dropped. Memory: the LSH tables plus, with
-``verify``, ``num_perm * 4`` bytes per kept document.
+``threshold`` before a document is dropped.
 """
 
 from __future__ import annotations
