@@ -238,12 +238,29 @@ def _prepare_settings(cfg: PreprocessConfig, paths: Paths, one_pass: bool,
     made = read_json(plan)
     files = made["files"]
     settings = _settings(cfg, files, made["tasks"], one_pass, made["fingerprint"])
+    changed = _changed_keys(made.get("settings", {}), settings_digest(settings))
+    if changed:
+        shown = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
+        raise ConfigError(f"{paths.prepare} was prepared with other settings ({shown}); give every step the "
+                          f"same settings, or run prepare again (--overwrite)")
     if made.get("one_pass") != one_pass:
         made_for = "to tokenize in one pass (no rewriting)" if made.get("one_pass") else "for rewriting"
         raise ConfigError(f"{paths.prepare} was prepared {made_for} and this command "
                           f"{'does not rewrite' if one_pass else 'rewrites'}: run prepare again with the same "
                           f"--rewrite setting (--overwrite)")
     return settings
+
+
+def _changed_keys(made: dict, now: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two settings digests."""
+    out = []
+    for key in sorted(set(made) | set(now)):
+        a, b = made.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
 
 
 def _prepare_stage(cfg: PreprocessConfig, settings: PrepareSettings, paths: Paths,

@@ -120,7 +120,7 @@ def load_plan(settings: PrepareSettings, work_dir: Path) -> list[list[InputPiece
                           f"--overwrite")
     pieces = plan_tasks(settings.files, settings.tasks)
     atomic_write_json(path, {"fingerprint": settings.fingerprint, "tasks": settings.tasks, "files": settings.files,
-                             "one_pass": settings.tokenize is not None,
+                             "one_pass": settings.tokenize is not None, "settings": settings_digest(settings),
                              "pieces": [[p.to_json() for p in task] for task in pieces]})
     return pieces
 
@@ -550,9 +550,10 @@ def collect(settings: PrepareSettings, work_dir: Path) -> PrepareResult:
 
 
 def settings_digest(settings: PrepareSettings) -> dict:
-    """What the stage's output depends on, for the caller's fingerprint."""
+    """What the stage's output depends on (JSON), for the caller's fingerprint and the plan."""
     out = {"clean": asdict(settings.clean), "dedup": asdict(settings.dedup), "shard_size": settings.shard_size,
            "text_key": settings.text_key, "id_key": settings.id_key, "url_key": settings.url_key}
+    out = json.loads(json.dumps(out))
     for k in ("band_ranges", "exact_ranges"):
         out["dedup"].pop(k, None)   # how the merge is split, never what it finds
     return out
