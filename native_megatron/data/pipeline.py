@@ -186,8 +186,12 @@ def _task_count(cfg: PreprocessConfig, files: list[str], array_count: int | None
         return cfg.run.tasks
     if array_count:
         return array_count
-    total = sum(os.path.getsize(f) for f in files)
-    return max(1, min(len(files) * 64, -(-total // AUTO_TASK_BYTES)))
+    from native_megatron.data.plan import splittable
+
+    sizes = [os.path.getsize(f) for f in files]
+    # A compressed or Parquet file is one task's at most: more tasks than such pieces would idle.
+    pieces = sum(-(-size // AUTO_TASK_BYTES) if splittable(f) else 1 for f, size in zip(files, sizes))
+    return max(1, min(pieces, -(-sum(sizes) // AUTO_TASK_BYTES)))
 
 
 def _settings(cfg: PreprocessConfig, files: list[str], tasks: int, one_pass: bool,

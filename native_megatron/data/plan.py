@@ -20,7 +20,8 @@ from native_megatron.utils.config import ConfigError
 _BLOCK = 1 << 24
 
 
-def _splittable(path: str) -> bool:
+def splittable(path: str) -> bool:
+    """Whether a task can start reading ``path`` in the middle (a plain JSONL file)."""
     return input_format(path) == "jsonl" and not path.lower().endswith(COMPRESSED_SUFFIXES)
 
 
@@ -74,7 +75,7 @@ def plan_tasks(files: list[str], tasks: int) -> list[list[InputPiece]]:
         while cut_i < len(cuts) and cuts[cut_i] < offset + size:
             inside.append(cuts[cut_i] - offset)
             cut_i += 1
-        if inside and _splittable(path):
+        if inside and splittable(path):
             pieces = _split_file(index, path, size, inside)
         else:
             pieces = [InputPiece(index, path)]
