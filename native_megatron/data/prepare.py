@@ -30,6 +30,7 @@ or ``part.bin/.idx`` + ``part.manifest.jsonl``, ``manifest.jsonl`` and ``filter.
 
 from __future__ import annotations
 
+import array
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -231,51 +232,59 @@ def clean_task(settings: PrepareSettings, work_dir: Path, task: int, show_progre
     records = iter_pieces(pieces, settings.text_key, settings.id_key, read_stats, settings.url_key)
     clean_counts: Counter = Counter()
     skips = SkipLog()
-    fingerprints: list[tuple[int, str, Fingerprint]] = []
-    lengths: list[int] = []
+    lengths = array.array("q")
     one_pass = settings.tokenize is not None
+    tokenize_seconds = 0.0
     with atomic_open(tdir / "clean.manifest.jsonl", "w") as mf, \
             atomic_open(tdir / "candidates.jsonl", "w") as cf, \
             atomic_open(tdir / "candidates.tokens", "wb") as tf, \
             Progress(None, f"clean {task + 1}/{settings.tasks}" if settings.tasks > 1 else "prepare",
                      enabled=show_progress) as bar:
         manifest = ManifestWriter(mf)
-        results = ordered_map(_process_chunk, batched(records, CHUNK_RECORDS), settings.workers,
-                              initializer=_init_worker, initargs=(settings,))
-        tokenize_seconds = 0.0
-        for outcomes, counts, seconds in results:
-            clean_counts.update(counts)
-            tokenize_seconds += seconds
-            for o in outcomes:
-                row = {"id": o.doc_id, "file": settings.files[o.file], "line": o.line}
-                if o.reason is not None:
-                    row.update(status=DROPPED, reason=o.reason)
-                    if o.detail:
-                        row["detail"] = o.detail
-                    skips.log(row)
-                else:
-                    row["status"] = PASSED
-                    key = make_key(o.file, o.line)
-                    candidate = {"key": key, "id": o.doc_id, "file": row["file"], "line": o.line,
-                                 "chars": len(o.text)}
-                    if one_pass:
-                        tf.write(o.tokens.tobytes())
-                        lengths.append(o.tokens.size)
+
+        def fingerprints() -> Iterator[tuple[int, str, Fingerprint]]:
+            """Clean the slice, writing the manifest and candidates; yields the candidates' fingerprints,
+            so that the signatures are built as documents arrive and no list of them is held."""
+            nonlocal tokenize_seconds
+            results = ordered_map(_process_chunk, batched(records, CHUNK_RECORDS), settings.workers,
+                                  initializer=_init_worker, initargs=(settings,))
+            for outcomes, counts, seconds in results:
+                clean_counts.update(counts)
+                tokenize_seconds += seconds
+                for o in outcomes:
+                    row = {"id": o.doc_id, "file": settings.files[o.file], "line": o.line}
+                    if o.reason is not None:
+                        row.update(status=DROPPED, reason=o.reason)
+                        if o.detail:
+                            row["detail"] = o.detail
+                        skips.log(row)
                     else:
-                        candidate["text"] = o.text
-                    cf.write(json.dumps(candidate, ensure_ascii=False) + "\n")
-                    if o.fp is not None:
-                        fingerprints.append((key, o.doc_id, o.fp))
-                if o.language is not None:
-                    row.update(language=o.language.language, language_score=o.language.score)
-                manifest.write(row)
-            bar.update(len(outcomes))
+                        row["status"] = PASSED
+                        key = make_key(o.file, o.line)
+                        candidate = {"key": key, "id": o.doc_id, "file": row["file"], "line": o.line,
+                                     "chars": len(o.text)}
+                        if one_pass:
+                            tf.write(o.tokens.tobytes())
+                            lengths.append(o.tokens.size)
+                        else:
+                            candidate["text"] = o.text
+                        cf.write(json.dumps(candidate, ensure_ascii=False) + "\n")
+                        if o.fp is not None:
+                            yield key, o.doc_id, o.fp
+                    if o.language is not None:
+                        row.update(language=o.language.language, language_score=o.language.score)
+                    manifest.write(row)
+                bar.update(len(outcomes))
+
+        if dedup_enabled(settings.dedup):
+            # A marker left by a killed earlier attempt must not stand for these signatures.
+            (dedup_dir(work_dir) / "signatures" / f"task-{task:05d}" / "DONE.json").unlink(missing_ok=True)
+            write_fingerprints(task, settings.tasks, fingerprints(), dedup_dir(work_dir), settings.dedup)
+        else:
+            for _ in fingerprints():
+                pass
     with atomic_open(tdir / "candidates.lengths.npy", "wb") as f:
-        np.save(f, np.array(lengths, dtype=np.int64), allow_pickle=False)
-    if dedup_enabled(settings.dedup):
-        # A marker left by a killed earlier attempt must not stand for these signatures.
-        (dedup_dir(work_dir) / "signatures" / f"task-{task:05d}" / "DONE.json").unlink(missing_ok=True)
-        write_fingerprints(task, settings.tasks, fingerprints, dedup_dir(work_dir), settings.dedup)
+        np.save(f, np.frombuffer(lengths, dtype=np.int64), allow_pickle=False)
     result = {"documents_in": sum(manifest.status.values()), "candidates": manifest.status[PASSED],
               "dropped_by_reason": dict(sorted(manifest.reasons.items())),
               "cleaning_steps": dict(sorted(clean_counts.items())),
