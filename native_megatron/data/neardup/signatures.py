@@ -9,6 +9,7 @@ task's own signatures, ``num_perm * 4 + 16 * (bands + 2)`` bytes per document.
 
 from __future__ import annotations
 
+import array
 import logging
 import time
 from pathlib import Path
@@ -24,10 +25,12 @@ from native_megatron.data.neardup.store import (
     config_signature,
     digest,
     is_done,
+    load_npy,
     make_key,
     read_json,
     remove_stale_temporaries,
     save_npy,
+    save_npy_rows,
     save_strings,
     task_dir,
     write_done,
@@ -36,6 +39,8 @@ from native_megatron.utils.config import ConfigError
 from native_megatron.utils.parallel import batched, ordered_map
 
 logger = logging.getLogger(__name__)
+
+_BLOCK_ROWS = 65536
 
 
 def _as_key(key) -> int:
@@ -51,12 +56,12 @@ def _mix64(z: np.ndarray) -> np.ndarray:
 
 def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """uint64[bands, n]: one bucket hash per band of each signature (datasketch's band layout)."""
-    sig = signatures.astype(np.uint64)
-    out = np.empty((bands, len(sig)), dtype=np.uint64)
+    # One column at a time as uint64: a whole uint64 copy would cost num_perm * 8 bytes a document.
+    out = np.empty((bands, len(signatures)), dtype=np.uint64)
     for b in range(bands):
-        h = np.full(len(sig), 0x9E3779B97F4A7C15 ^ b, dtype=np.uint64)
+        h = np.full(len(signatures), 0x9E3779B97F4A7C15 ^ b, dtype=np.uint64)
         for j in range(b * rows, (b + 1) * rows):
-            h = _mix64(h ^ sig[:, j])
+            h = _mix64(h ^ signatures[:, j].astype(np.uint64))
         out[b] = h
     return out
 
@@ -83,30 +88,42 @@ def write_fingerprints(task: int, num_tasks: int, items: Iterable[tuple], run_di
     tdir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(tdir)
     done.unlink(missing_ok=True)
-    keys, ids, sigs, exact = [], [], [], []
+    # Signatures go into fixed-size blocks as they arrive (not a list of arrays), so a task
+    # holds about num_perm * 4 bytes a document, and twice that only while joining the blocks.
+    keys, ids, blocks, exact = array.array("Q"), [], [], bytearray()
+    block, filled = None, 0
     for key, doc_id, fp in items:
         keys.append(_as_key(key))
         ids.append(str(doc_id))
         if config.near:
-            sigs.append(fp.minhash)
+            if block is None or filled == len(block):
+                if block is not None:
+                    blocks.append(block)
+                block, filled = np.empty((_BLOCK_ROWS, len(fp.minhash)), dtype=np.uint32), 0
+            block[filled] = fp.minhash
+            filled += 1
         if config.exact:
-            exact.append(fp.exact)
-    key_arr = np.array(keys, dtype=np.uint64)
+            exact += fp.exact
+    if block is not None:
+        blocks.append(block[:filled])
+    key_arr = np.frombuffer(keys, dtype=np.uint64) if keys else np.zeros(0, dtype=np.uint64)
     if len(key_arr) > 1 and not (key_arr[1:] > key_arr[:-1]).all():
         raise ConfigError(f"dedup task {task}: document keys must increase (input order, no repeats)")
     save_npy(tdir / "keys.npy", key_arr)
     save_strings(tdir / "ids", ids)
     sig = config_signature(config)
     if config.near:
-        sig_arr = np.stack(sigs) if sigs else np.zeros((0, config.num_perm), dtype=np.uint32)
-        save_npy(tdir / "sigs.npy", sig_arr)
+        width = blocks[0].shape[1] if blocks else config.num_perm
+        save_npy_rows(tdir / "sigs.npy", blocks, width, np.uint32)
+        del blocks, block
+        sig_arr = load_npy(tdir / "sigs.npy")   # memory-mapped: the bands are hashed from the page cache
         for b, h in enumerate(band_hashes(sig_arr, sig["bands"], sig["rows"])):
             rec = np.empty(len(h), dtype=BAND_DTYPE)
             rec["h"], rec["k"] = h, key_arr
             rec = rec[np.lexsort((rec["k"], rec["h"]))]
             save_npy(band_path(tdir, b), rec)
     if config.exact:
-        halves = np.frombuffer(b"".join(exact), dtype=">u8").reshape(-1, 2).astype(np.uint64)
+        halves = np.frombuffer(bytes(exact), dtype=">u8").reshape(-1, 2).astype(np.uint64)
         rec = np.empty(len(key_arr), dtype=EXACT_DTYPE)
         rec["h"], rec["l"], rec["k"] = halves[:, 0], halves[:, 1], key_arr
         save_npy(tdir / "exact.npy", rec[np.lexsort((rec["k"], rec["l"], rec["h"]))])

@@ -91,6 +91,17 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array, allow_pickle=False)
 
 
+def save_npy_rows(path: Path, blocks: list[np.ndarray], width: int, dtype) -> None:
+    """Row blocks of one 2-D array written as one ``.npy`` (as :func:`save_npy` would), never joined in memory."""
+    dtype = np.dtype(dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+              "shape": (sum(len(b) for b in blocks), width)}
+    with atomic_open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for block in blocks:
+            f.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
+
+
 def load_npy(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
