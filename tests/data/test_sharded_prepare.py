@@ -188,6 +188,9 @@ def test_kill_9_at_any_step_then_rerun_repeats_nothing_and_loses_nothing(uninter
     assert proc.returncode == -signal.SIGKILL, "the run finished before the kill: make the corpus larger"
     before = _markers(killed)
     assert when in before
+    # A task's signatures are finished work only once its clean step is (else they are redone).
+    before = {k: v for k, v in before.items() if "/signatures/" not in k
+              or f"prepare/{k.split('/')[3]}/clean.json" in before}
 
     rerun = subprocess.run(_command(files, killed), capture_output=True, text=True, env=env, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
