@@ -2,8 +2,10 @@
 
 The configuration (:class:`PreprocessConfig`) is checked, the inputs found, the
 tokenizer loaded and the output directory proven writable before any work
-starts; a text key that the inputs do not have is refused then too. Stages
-write into ``{prefix}_work/`` and mark themselves done, so a rerun of the same
+starts; a text key that the inputs do not have is refused then too. Prepare
+runs as ``run.tasks`` independent tasks (:mod:`native_megatron.data.prepare`),
+here or as SLURM array tasks, one step at a time (``run.stage``). Stages write
+into ``{prefix}_work/`` and mark themselves done, so a rerun of the same
 command reuses finished work and a changed command is refused
 (``output.overwrite`` starts over). Outputs beside the prefix:
 
@@ -164,7 +166,8 @@ def _input_fingerprint(files: list[str], settings: PrepareSettings, one_pass: bo
     digest = settings_digest(settings)
     digest["tokenize"] = asdict(settings.tokenize) if settings.tokenize is not None else None
     if settings.tokenize is not None:
-        digest["tokenize"].pop("workers")
+        for key in ("workers", "batch_size"):   # how fast, not what
+            digest["tokenize"].pop(key)
         digest["tokenizer"] = load_tokenizer(settings.tokenize.tokenizer, settings.tokenize.eod_token).describe()
     digest["one_pass"] = one_pass
     h.update(json.dumps(digest, sort_keys=True).encode())
