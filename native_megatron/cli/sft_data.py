@@ -24,7 +24,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from native_megatron.cli import add_config_help, print_config
+from native_megatron.alignment.backends import BackendUnavailable
+from native_megatron.cli import add_config_help, cli_main, print_config
+from native_megatron.data.sft import SFTDataError
 from native_megatron.utils.config import ConfigError, load_config, split_overrides
 from native_megatron.utils.logging import setup_logging
 
@@ -129,22 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The exit status of each failure the user can act on; a ConfigError is 2.
+EXIT_CODES = {(SFTDataError, OSError): 2, BackendUnavailable: 3}
+
+
+@cli_main(exit_codes=EXIT_CODES)
 def main(argv: list[str] | None = None) -> int:
-    try:
-        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(rest)
     setup_logging("INFO")
-    from native_megatron.alignment.backends import BackendUnavailable
-    from native_megatron.data.sft import SFTDataError
-
-    try:
-        return cmd_build(args) if args.command == "build" else cmd_check(args, overrides)
-    except (ConfigError, SFTDataError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except BackendUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
+    return cmd_build(args) if args.command == "build" else cmd_check(args, overrides)
