@@ -137,6 +137,8 @@ class Decisions:
                 np.searchsorted(removed["k"], np.uint64(key_range[1]), side="right")
             removed = removed[lo:hi]
         self.removed = np.array(removed)
+        # A contiguous copy: searching a field of the structured array copies it on every call.
+        self._keys = np.ascontiguousarray(self.removed["k"])
         self._roots = load_npy(out / "roots.npy")
         self._root_ids = Strings(out / "root_ids")
 
@@ -145,7 +147,7 @@ class Decisions:
 
     def check(self, key: int) -> tuple[str, str] | None:
         """``(reason, id of the kept original)`` for a dropped document, None for a kept one."""
-        k = self.removed["k"]
+        k = self._keys
         pos = int(np.searchsorted(k, np.uint64(key)))
         if pos == len(k) or int(k[pos]) != key:
             return None

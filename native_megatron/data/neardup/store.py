@@ -122,14 +122,17 @@ class Strings:
     def __init__(self, prefix: Path) -> None:
         self.offsets = load_npy(prefix.with_suffix(".npy"))
         self.path = prefix.with_suffix(".bin")
+        self._blob = None
 
     def get(self, rows: Iterable[int]) -> list[str]:
+        if self._blob is None:
+            # Memory-mapped once: a filter asks for one id per dropped document.
+            size = self.path.stat().st_size
+            self._blob = np.memmap(self.path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
         out = []
-        with open(self.path, "rb") as f:
-            for r in rows:
-                start, end = int(self.offsets[r]), int(self.offsets[r + 1])
-                f.seek(start)
-                out.append(f.read(end - start).decode("utf-8"))
+        for r in rows:
+            start, end = int(self.offsets[r]), int(self.offsets[r + 1])
+            out.append(self._blob[start:end].tobytes().decode("utf-8"))
         return out
 
 
