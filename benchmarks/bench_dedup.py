@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from native_megatron.data.dedup import DedupConfig, lsh_bands_rows, normalize_for_match  # noqa: E402
 
 PY = sys.executable
-CLI = [PY, "-m", "native_megatron.data.neardup.cli"]
+CLI = [PY, "-m", "native_megatron.cli.dedup"]
 
 
 def spawn_all(commands: list[list[str]], parallel: int) -> dict:

@@ -4,8 +4,8 @@
 #   INPUT='/data/arabic/raw/*.jsonl.zst' RUN_DIR=/data/arabic/dedup TASKS=64 MERGE_TASKS=56 \
 #       examples/slurm/dedup_submit.sh [--dedup.threshold=0.8 ...]
 #
-# MERGE_TASKS: stage-2 array size; its units are bands x stages.band_ranges plus stages.exact_ranges
-# (pass --stages.band_ranges=4 and friends here: every stage gets the same settings).
+# MERGE_TASKS: stage-2 array size; its units are bands x dedup.band_ranges plus dedup.exact_ranges
+# (pass --dedup.band_ranges=4 and friends here: every stage gets the same settings).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -31,6 +31,7 @@ or ``part.bin/.idx`` + ``part.manifest.jsonl``, ``manifest.jsonl`` and ``filter.
 from __future__ import annotations
 
 import array
+import dataclasses
 import json
 import logging
 import os
@@ -296,9 +297,8 @@ def clean_task(settings: PrepareSettings, work_dir: Path, task: int, show_progre
 # ---- steps 2 and 3: merge and clusters ------------------------------------------------
 
 
-def _stages(settings: PrepareSettings):
-    from native_megatron.data.neardup import StagesConfig
-
+def _dedup_config(settings: PrepareSettings) -> DedupConfig:
+    """The dedup settings with ``against`` resolved from an output prefix to its dedup run directory."""
     against = settings.dedup.against
     if against:
         candidates = [Path(against + "_work") / "prepare" / "dedup", Path(against)]
@@ -307,26 +307,25 @@ def _stages(settings: PrepareSettings):
             raise ConfigError(f"dedup.against {against}: no finished dedup there (looked for "
                               f"{candidates[0]} and {candidates[1]}/clusters); run that preprocessing to the end first")
         against = str(run)
-    return StagesConfig(band_ranges=settings.dedup.band_ranges, exact_ranges=settings.dedup.exact_ranges,
-                        against=against)
+    return dataclasses.replace(settings.dedup, against=against)
 
 
 def merge_task(settings: PrepareSettings, work_dir: Path, task: int, num_tasks: int) -> list[dict]:
     """Step 2: the merge units ``p`` with ``p % num_tasks == task``."""
     if not dedup_enabled(settings.dedup):
         return []
-    from native_megatron.data.neardup import merge_buckets
+    from native_megatron.data.neardup import StagesConfig, merge_buckets
 
-    return merge_buckets(task, num_tasks, dedup_dir(work_dir), settings.dedup, _stages(settings))
+    return merge_buckets(task, num_tasks, dedup_dir(work_dir), _dedup_config(settings), StagesConfig())
 
 
 def clusters_step(settings: PrepareSettings, work_dir: Path) -> dict:
     """Step 3 (one process): the groups and which document each drop is a copy of."""
     if not dedup_enabled(settings.dedup):
         return {}
-    from native_megatron.data.neardup import build_clusters
+    from native_megatron.data.neardup import StagesConfig, build_clusters
 
-    return build_clusters(dedup_dir(work_dir), settings.dedup, _stages(settings))
+    return build_clusters(dedup_dir(work_dir), _dedup_config(settings), StagesConfig())
 
 
 def _clusters_signature(settings: PrepareSettings, work_dir: Path) -> str | None:

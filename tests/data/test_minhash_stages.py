@@ -58,7 +58,7 @@ def test_same_decisions_as_the_in_memory_deduplicator_on_the_sample(tmp_path):
         if found is not None:
             expected[make_key(0, line)] = found
     fps = list(fingerprints(((make_key(0, line), r["id"], r["text"]) for line, r in enumerate(rows, 1)), CONFIG))
-    got = staged(fps, tmp_path, 3, StagesConfig(band_ranges=2))
+    got = staged(fps, tmp_path, 3, StagesConfig(), DedupConfig(band_ranges=2))
     assert len(expected) == 8
     assert got == expected
 
@@ -66,8 +66,8 @@ def test_same_decisions_as_the_in_memory_deduplicator_on_the_sample(tmp_path):
 def test_one_task_and_four_tasks_give_the_same_answer(planted, tmp_path):
     corpus, fps = planted
     one = staged(fps, tmp_path / "one", 1, StagesConfig())
-    four = staged(fps, tmp_path / "four", 4, StagesConfig(band_ranges=3, exact_ranges=2, window_records=700),
-                  merge_tasks=5)
+    four = staged(fps, tmp_path / "four", 4, StagesConfig(window_records=700),
+                  DedupConfig(band_ranges=3, exact_ranges=2), merge_tasks=5)
     assert one == four
     keys = [k for k, _, _ in fps]
     dropped = {keys.index(k) for k in one}
@@ -84,7 +84,7 @@ def test_incremental_run_against_an_earlier_one(planted, tmp_path):
     half = len(fps) // 2
     both = staged(fps, tmp_path / "both", 2, StagesConfig())
     staged(fps[:half], tmp_path / "old", 2, StagesConfig())
-    new = staged(fps[half:], tmp_path / "new", 2, StagesConfig(against=str(tmp_path / "old")))
+    new = staged(fps[half:], tmp_path / "new", 2, StagesConfig(), DedupConfig(against=str(tmp_path / "old")))
     expected = {k: d for k, d in both.items() if k >= fps[half][0]}
     # The earlier run's own duplicates are not in its index, so the few groups joined only through
     # one of them are not seen (fewer drops), or are kept by a later first member.
@@ -101,11 +101,11 @@ def test_changed_settings_refuse_an_earlier_run(planted, tmp_path):
     from native_megatron.utils.config import ConfigError
 
     with pytest.raises(ConfigError, match="other settings"):
-        merge_buckets(0, 1, tmp_path / "new", DedupConfig(num_perm=64), StagesConfig(against=str(tmp_path / "old")))
+        merge_buckets(0, 1, tmp_path / "new", DedupConfig(num_perm=64, against=str(tmp_path / "old")), StagesConfig())
 
 
 def _cli(run_dir: Path, files: list[str], **popen) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "native_megatron.data.neardup.cli", "all", "--input", *files,
+    cmd = [sys.executable, "-m", "native_megatron.cli.dedup", "all", "--input", *files,
            "--run-dir", str(run_dir), "--tasks", "4", "--workers", "1"]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
 

@@ -111,7 +111,7 @@ def build_clusters(run_dir: str | Path, config: DedupConfig, stages: StagesConfi
     ids = np.empty(len(root_keys), dtype=object)
     ids[mine] = Run.open(run_dir).ids(root_keys[mine] & ~THIS_RUN) if mine.any() else []
     if (~mine).any():
-        ids[~mine] = Against(stages.against, config).run.ids(root_keys[~mine])
+        ids[~mine] = Against(config.against, config).run.ids(root_keys[~mine])
     save_npy(out / "roots.npy", root_keys)
     save_strings(out / "root_ids", [str(s) for s in ids])
     info = {"signature": signature, "pairs": {"near": len(near), "exact": len(exact)},
@@ -119,7 +119,7 @@ def build_clusters(run_dir: str | Path, config: DedupConfig, stages: StagesConfi
             "dropped": int(len(keys)), "exact_duplicate": int(is_exact.sum()),
             "near_duplicate": int(len(keys) - is_exact.sum()),
             "against_matches": int(((kept & THIS_RUN) == 0).sum()),
-            "against": stages.against or None, "seconds": round(time.monotonic() - start, 3)}
+            "against": config.against or None, "seconds": round(time.monotonic() - start, 3)}
     write_done(done, info)
     return {**info, "reused": False}
 

@@ -67,9 +67,9 @@ class Part:
 def plan_parts(config: DedupConfig, stages: StagesConfig) -> list[Part]:
     """Every stage-2 unit; unit ``p`` belongs to stage-2 task ``p % num_tasks``."""
     sig = config_signature(config)
-    parts = [Part("band", b, r, stages.band_ranges) for b in range(sig["bands"]) for r in range(stages.band_ranges)]
+    parts = [Part("band", b, r, config.band_ranges) for b in range(sig["bands"]) for r in range(config.band_ranges)]
     if config.exact:
-        parts += [Part("exact", 0, e, stages.exact_ranges) for e in range(stages.exact_ranges)]
+        parts += [Part("exact", 0, e, config.exact_ranges) for e in range(config.exact_ranges)]
     return parts
 
 
@@ -247,8 +247,8 @@ def merge_part(part: Part, run_dir: str | Path, config: DedupConfig, stages: Sta
                run: Run | None = None, against: Against | None = None) -> dict:
     """Stage 2 for one unit: writes ``pairs/NAME.npy`` (uint64 [n, 2]: kept-side key, member key)."""
     run = run or Run.open(run_dir)
-    if against is None and stages.against:
-        against = Against(stages.against, config)
+    if against is None and config.against:
+        against = Against(config.against, config)
     out = pairs_dir(Path(run_dir))
     done = out / f"{part.name}.done.json"
     signature = _part_signature(part, config, stages, run, against)
@@ -277,6 +277,6 @@ def merge_buckets(task: int, num_tasks: int, run_dir: str | Path, config: DedupC
     run = Run.open(run_dir)
     if run.signature != config_signature(config):
         raise ConfigError(f"{run_dir}: its signatures were made with other dedup settings ({run.signature})")
-    against = Against(stages.against, config) if stages.against else None
+    against = Against(config.against, config) if config.against else None
     return [merge_part(p, run_dir, config, stages, run, against)
             for i, p in enumerate(plan_parts(config, stages)) if i % num_tasks == task]

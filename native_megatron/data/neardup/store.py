@@ -54,24 +54,19 @@ def split_key(key: int) -> tuple[int, int]:
 
 @dataclass
 class StagesConfig:
-    """How the staged dedup splits its work (the answer never depends on these)."""
+    """How stage 2 works through a unit (the answer never depends on these). How the work is split
+    into units (``band_ranges``, ``exact_ranges``) and the run to dedup against (``against``) are
+    :class:`~native_megatron.data.dedup.DedupConfig` settings, as in preprocessing."""
 
-    # Stage 2: hash ranges per band, and for the exact hashes; each (band, range) is one unit.
-    band_ranges: int = 1
-    exact_ranges: int = 1
     # Stage 2 reads at most this many band records into memory at once (16 bytes each).
     window_records: int = 4_000_000
     # With verify: a document is compared with at most this many earlier members of
     # its LSH bucket (buckets of thousands of near-identical pages are common on the web).
     max_candidates: int = 100
-    # An earlier run's directory: this run's documents that match its kept documents are
-    # dropped, with duplicate_of naming them.
-    against: str = ""
 
     def validate(self) -> None:
-        if self.band_ranges < 1 or self.exact_ranges < 1 or self.window_records < 1 or self.max_candidates < 1:
-            raise ConfigError("dedup stages: band_ranges, exact_ranges, window_records and max_candidates "
-                              "must be at least 1")
+        if self.window_records < 1 or self.max_candidates < 1:
+            raise ConfigError("stages.window_records and stages.max_candidates must be at least 1")
 
 
 def config_signature(config: DedupConfig) -> dict[str, Any]:

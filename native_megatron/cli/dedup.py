@@ -1,11 +1,12 @@
 """Staged dedup from the command line: one stage task (a SLURM array task), or every stage locally.
 
-    python -m native_megatron.data.neardup.cli all --input data/*.jsonl --run-dir out/dedup --tasks 8 --workers 8
-    python -m native_megatron.data.neardup.cli signatures --input ... --run-dir ... --tasks 64   # task from SLURM
+    python -m native_megatron.cli.dedup all --input data/*.jsonl --run-dir out/dedup --tasks 8 --workers 8
+    python -m native_megatron.cli.dedup signatures --input ... --run-dir ... --tasks 64   # task from SLURM
 
-Settings: ``--dedup.key=value`` (as in preprocessing) and ``--stages.key=value``
-(band_ranges, exact_ranges, window_records, max_candidates); ``--against
-PREV_RUN_DIR`` deduplicates against an earlier run's kept documents.
+Settings: ``--dedup.key=value`` as in preprocessing (``dedup.band_ranges`` and
+``dedup.exact_ranges`` split stage 2 into more units) and ``--stages.key=value``
+(window_records, max_candidates); ``--against PREV_RUN_DIR`` (``dedup.against``)
+deduplicates against an earlier run's kept documents.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import json
 import sys
 
+from native_megatron.cli import cli_main
 from native_megatron.utils.config import ConfigError, load_config, split_overrides
 
 EXIT_STATUS = """exit status:
@@ -22,7 +24,7 @@ EXIT_STATUS = """exit status:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m native_megatron.data.neardup.cli",
+    p = argparse.ArgumentParser(prog="python -m native_megatron.cli.dedup",
                                 description=__doc__.split("\n\n")[0], epilog=EXIT_STATUS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=["signatures", "merge", "clusters", "filter", "all"])
@@ -38,30 +40,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main(exit_codes={(OSError, ValueError): 2})
 def main(argv: list[str] | None = None) -> int:
     from native_megatron.utils.logging import setup_logging
 
-    try:
-        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
-        args = build_parser().parse_args(rest)
-        setup_logging("INFO")
-        from native_megatron.data.neardup.run import DedupRunConfig, InputSpec, run_local, run_task, task_share
-        from native_megatron.data.readers import expand_inputs
+    rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(rest)
+    setup_logging("INFO")
+    from native_megatron.data.neardup.run import DedupRunConfig, InputSpec, run_local, run_task, task_share
+    from native_megatron.data.readers import expand_inputs
 
-        cfg = load_config(DedupRunConfig, overrides=overrides,
-                          base={"stages.against": args.against} if args.against else None)
-        files = expand_inputs(args.input) if args.input else []
-        if args.stage in ("signatures", "filter", "all") and not files:
-            raise ConfigError(f"the {args.stage} stage reads the corpus: pass --input FILES")
-        spec = InputSpec(files, args.text_key, args.id_key)
-        if args.stage == "all":
-            result = run_local(spec, cfg, args.run_dir, args.tasks or 1, args.workers)
-        else:
-            task, num_tasks = task_share(args.task, args.tasks)
-            result = run_task(args.stage, spec, cfg, args.run_dir, task, num_tasks, args.workers)
-    except (ConfigError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(DedupRunConfig, overrides=overrides,
+                      base={"dedup.against": args.against} if args.against else None)
+    files = expand_inputs(args.input) if args.input else []
+    if args.stage in ("signatures", "filter", "all") and not files:
+        raise ConfigError(f"the {args.stage} stage reads the corpus: pass --input FILES")
+    spec = InputSpec(files, args.text_key, args.id_key)
+    if args.stage == "all":
+        result = run_local(spec, cfg, args.run_dir, args.tasks or 1, args.workers)
+    else:
+        task, num_tasks = task_share(args.task, args.tasks)
+        result = run_task(args.stage, spec, cfg, args.run_dir, task, num_tasks, args.workers)
     print(json.dumps(result, ensure_ascii=False, default=str))
     return 0
 
