@@ -224,7 +224,9 @@ def _check_work_dir(paths: Paths, settings: PrepareSettings) -> None:
                 if made.get("fingerprint") == settings.fingerprint else "made from other inputs or settings")
         raise ConfigError(f"{paths.work} was {what}; pass --overwrite to redo it, or choose another "
                           f"--output-prefix")
-    if paths.prepare.exists() and any(paths.prepare.iterdir()):
+    # The release before tasks wrote these straight into prepare/. Anything else there may be
+    # another array task that has started and is still writing plan.json.
+    if (paths.prepare / "DONE.json").exists() or any(paths.prepare.glob("shard-*.jsonl")):
         raise ConfigError(f"{paths.work} was made by an earlier version of this tool; pass --overwrite to "
                           f"redo it, or choose another --output-prefix")
 
@@ -354,9 +356,12 @@ def run_preprocess(cfg: PreprocessConfig, middle: MiddleStage | None = None) -> 
         raise ConfigError("--stage rewrite needs a rewriting backend (--rewrite vllm|openai|hf)")
     tok = load_tokenizer(cfg.tokenize.tokenizer, cfg.tokenize.eod_token)
     paths = Paths.of(cfg.output.prefix)
+    share = _share(cfg)
+    if cfg.output.overwrite and share[0] is not None:
+        raise ConfigError(f"--overwrite in a job array would let each task delete the others' work: remove "
+                          f"{paths.work} once before submitting, and submit without it")
     if cfg.output.overwrite and stage in ("all", "prepare", "clean"):
         shutil.rmtree(paths.work, ignore_errors=True)
-    share = _share(cfg)
     settings = _prepare_settings(cfg, paths, one_pass=middle is None, array_count=share[1])
     check_writable_dir(Path(paths.prefix).parent)
     files = settings.files

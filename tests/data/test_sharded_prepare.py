@@ -104,6 +104,10 @@ def test_a_slurm_array_runs_the_steps_one_job_at_a_time(corpus, one_task, tmp_pa
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
     with pytest.raises(ConfigError, match="run --stage clean, merge, clusters, filter, then tokenize"):
         run_preprocess(cfg(files, tmp_path / "b"))
+    # Nor may a task delete what the others share; the finished work is still there.
+    with pytest.raises(ConfigError, match="--overwrite in a job array"):
+        run_preprocess(cfg(files, prefix, "--run.stage=clean", "--output.overwrite=true"))
+    assert (tmp_path / "a_work" / "prepare" / "task-00002" / "filter.json").exists()
 
 
 def test_dedup_against_an_earlier_run_drops_copies_of_its_documents(corpus, one_task, tmp_path):
@@ -134,6 +138,24 @@ def test_a_changed_task_count_over_finished_work_is_refused(corpus, tmp_path):
     run_preprocess(cfg(files[:1], tmp_path / "c", "--run.tasks=2", "--run.stage=clean"))
     with pytest.raises(ConfigError, match="split into 2 tasks.*--run.tasks=2"):
         run_preprocess(cfg(files[:1], tmp_path / "c", "--run.tasks=3"))
+
+
+def test_array_tasks_starting_together_do_not_refuse_each_others_plan_in_progress(corpus, tmp_path):
+    """Task 0 has made the prepare directory and is still writing plan.json when task 1 looks."""
+    _, files = corpus
+    prefix = tmp_path / "race"
+    prepare = tmp_path / "race_work" / "prepare"
+    prepare.mkdir(parents=True)
+    (prepare / ".plan.json.x1y2z3.tmp").write_text("{")            # atomic_open's file, half written
+    (prepare / "dedup" / "signatures" / "task-00000").mkdir(parents=True)
+    out = run_preprocess(cfg(files[:2], prefix, "--run.tasks=2", "--run.stage=clean", "--run.task=1"))
+    assert out["prepare_step"] == {"step": "clean", "task": 1, "tasks": 2}
+    # A work directory of the release before tasks is still refused.
+    old = tmp_path / "old_work" / "prepare"
+    old.mkdir(parents=True)
+    (old / "DONE.json").write_text("{}")
+    with pytest.raises(ConfigError, match="earlier version"):
+        run_preprocess(cfg(files[:2], tmp_path / "old", "--run.stage=clean"))
 
 
 # ---- kill -9 at any step ---------------------------------------------------------------
