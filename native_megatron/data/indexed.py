@@ -186,14 +186,24 @@ def merge_partitions(parts: list[str], out_prefix: str, dtype) -> None:
     publish(tmp, out_prefix, (".bin", ".idx"))
 
 
+def publish_dataset(parts: list[str], out_prefix: str, dtype) -> None:
+    """The dataset from ``parts`` in order (none: no dataset rather than an empty one, and none left
+    from an earlier run on this prefix), after removing temp files its killed writers left."""
+    out_dir = Path(out_prefix).parent
+    if out_dir.is_dir():
+        remove_stale_temp_files(out_dir, glob.escape(Path(out_prefix).name))
+    if parts:
+        merge_partitions(parts, out_prefix, dtype)
+    else:
+        for suffix in (".bin", ".idx"):
+            Path(out_prefix + suffix).unlink(missing_ok=True)
+
+
 def run_tokenize(shards: list[str], work_dir: Path, out_prefix: str, settings: TokenizeSettings,
                  show_progress: bool = True) -> dict[str, Any]:
     """Tokenize ``shards`` into partitions under ``work_dir`` and merge them into ``out_prefix``."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    out_dir = Path(out_prefix).parent
     remove_stale_temp_files(work_dir, "part-*")
-    if out_dir.is_dir():
-        remove_stale_temp_files(out_dir, glob.escape(Path(out_prefix).name))
     tok = _tokenizer(settings)
     start = time.monotonic()
     tasks = [(s, str(work_dir / f"part-{i:05d}"), settings) for i, s in enumerate(shards)]
@@ -204,12 +214,8 @@ def run_tokenize(shards: list[str], work_dir: Path, out_prefix: str, settings: T
             results.append(result)
             bar.update()
     merge_start = time.monotonic()
-    if sum(r.documents for r in results):
-        merge_partitions([r.prefix for r in results], out_prefix, tok.dtype)
-    else:
-        # No dataset rather than an empty one, and none left from an earlier run on this prefix.
-        for suffix in (".bin", ".idx"):
-            Path(out_prefix + suffix).unlink(missing_ok=True)
+    publish_dataset([r.prefix for r in results] if sum(r.documents for r in results) else [], out_prefix,
+                    tok.dtype)
     merge_seconds = time.monotonic() - merge_start
     elapsed = time.monotonic() - start
     worker_seconds = sum(r.seconds for r in results)

@@ -19,7 +19,6 @@ A run that keeps no document writes the manifest and stats but no dataset, and f
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import itertools
 import json
@@ -36,22 +35,23 @@ from native_megatron.data.dedup import DedupConfig
 from native_megatron.data.indexed import (
     TokenizeSettings,
     dataset_prefix,
-    merge_partitions,
     partition_manifests,
+    publish_dataset,
     run_tokenize,
 )
 from native_megatron.data.manifest import DROPPED, PASSED, ManifestWriter, merge_stage_rows, read_manifest
+from native_megatron.data.plan import splittable
 from native_megatron.data.prepare import (
     PrepareResult,
     PrepareSettings,
     collect,
-    load_plan,
+    plan_path,
     run_prepare,
     run_step,
     settings_digest,
 )
 from native_megatron.data.readers import InputError, check_text_key, expand_inputs
-from native_megatron.data.tasks import StageResult, remove_stale_temp_files
+from native_megatron.data.tasks import StageResult
 from native_megatron.data.tokenizer import load_tokenizer
 from native_megatron.utils.config import ConfigError, dump_yaml
 from native_megatron.utils.io import atomic_open, atomic_write_json, check_writable_dir, read_json
@@ -158,7 +158,7 @@ class Paths:
 AUTO_TASK_BYTES = 256 << 20
 
 
-def _input_fingerprint(files: list[str], settings: PrepareSettings, one_pass: bool) -> str:
+def _input_fingerprint(files: list[str], settings: PrepareSettings, one_pass: bool, tokenizer: dict) -> str:
     h = hashlib.sha256()
     for f in files:
         st = os.stat(f)
@@ -168,7 +168,7 @@ def _input_fingerprint(files: list[str], settings: PrepareSettings, one_pass: bo
     if settings.tokenize is not None:
         for key in ("workers", "batch_size"):   # how fast, not what
             digest["tokenize"].pop(key)
-        digest["tokenizer"] = load_tokenizer(settings.tokenize.tokenizer, settings.tokenize.eod_token).describe()
+        digest["tokenizer"] = tokenizer
     digest["one_pass"] = one_pass
     h.update(json.dumps(digest, sort_keys=True).encode())
     return h.hexdigest()
@@ -189,32 +189,28 @@ def _task_count(cfg: PreprocessConfig, files: list[str], array_count: int | None
         return cfg.run.tasks
     if array_count:
         return array_count
-    from native_megatron.data.plan import splittable
-
     sizes = [os.path.getsize(f) for f in files]
     # A compressed or Parquet file is one task's at most: more tasks than such pieces would idle.
     pieces = sum(-(-size // AUTO_TASK_BYTES) if splittable(f) else 1 for f, size in zip(files, sizes))
     return max(1, min(pieces, -(-sum(sizes) // AUTO_TASK_BYTES)))
 
 
+def _tokenize_settings(cfg: PreprocessConfig) -> TokenizeSettings:
+    return TokenizeSettings(cfg.tokenize.tokenizer, cfg.tokenize.eod_token, cfg.tokenize.append_eod,
+                            cfg.tokenize.add_bos, cfg.tokenize.batch_size, cfg.run.workers)
+
+
 def _settings(cfg: PreprocessConfig, files: list[str], tasks: int, one_pass: bool,
               fingerprint: str = "") -> PrepareSettings:
-    tokenize = None
-    if one_pass:
-        tokenize = TokenizeSettings(cfg.tokenize.tokenizer, cfg.tokenize.eod_token, cfg.tokenize.append_eod,
-                                    cfg.tokenize.add_bos, cfg.tokenize.batch_size, cfg.run.workers)
     return PrepareSettings(files, cfg.input.text_key, cfg.input.id_key, cfg.clean, cfg.dedup,
                            cfg.output.shard_size, cfg.run.workers, url_key=cfg.input.url_key or None,
-                           tasks=tasks, tokenize=tokenize, fingerprint=fingerprint)
-
-
-def _plan_path(paths: Paths) -> Path:
-    return paths.prepare / "plan.json"
+                           tasks=tasks, tokenize=_tokenize_settings(cfg) if one_pass else None,
+                           fingerprint=fingerprint)
 
 
 def _check_work_dir(paths: Paths, settings: PrepareSettings) -> None:
     """Refuse a work directory made from other inputs, settings or task count (one line)."""
-    plan = _plan_path(paths)
+    plan = plan_path(paths.prepare)
     if plan.exists():
         made = read_json(plan)
         if made.get("fingerprint") == settings.fingerprint and made.get("tasks") == settings.tasks:
@@ -231,17 +227,17 @@ def _check_work_dir(paths: Paths, settings: PrepareSettings) -> None:
                           f"redo it, or choose another --output-prefix")
 
 
-def _prepare_settings(cfg: PreprocessConfig, paths: Paths, one_pass: bool,
-                      array_count: int | None) -> PrepareSettings:
+def _prepare_settings(cfg: PreprocessConfig, paths: Paths, one_pass: bool, array_count: int | None,
+                      tokenizer: dict) -> PrepareSettings:
     """The prepare settings: from the inputs (stages that read them), else from the finished plan."""
     if cfg.run.stage in ("all", "prepare", "clean"):
         files = expand_inputs(cfg.input.paths)
         check_text_key(files, cfg.input.text_key)
         settings = _settings(cfg, files, _task_count(cfg, files, array_count), one_pass)
-        settings.fingerprint = _input_fingerprint(files, settings, one_pass)
+        settings.fingerprint = _input_fingerprint(files, settings, one_pass, tokenizer)
         _check_work_dir(paths, settings)
         return settings
-    plan = _plan_path(paths)
+    plan = plan_path(paths.prepare)
     if not plan.exists():
         raise ConfigError(f"{paths.prepare} has no prepare plan; run --stage prepare (or clean) first")
     made = read_json(plan)
@@ -276,7 +272,6 @@ def _prepare_stage(cfg: PreprocessConfig, settings: PrepareSettings, paths: Path
                    share: tuple[int | None, int | None]) -> PrepareResult | None:
     """Run (or reuse) prepare or one of its steps; the finished stage, or None after a step alone."""
     stage, (task, count) = cfg.run.stage, share
-    load_plan(settings, paths.prepare)
     if stage in PREPARE_STEPS:
         if task is not None and stage == "clusters" and task != 0:
             raise ConfigError("the clusters step is one task: run it outside an array, or as --array=0")
@@ -327,21 +322,15 @@ def _tokenize(cfg: PreprocessConfig, prepare: PrepareResult, shards: list[str], 
     if prepare.stats["one_pass"]:
         start = time.monotonic()
         parts = prepare.partitions
-        if Path(paths.dataset).parent.is_dir():
-            remove_stale_temp_files(Path(paths.dataset).parent, glob.escape(Path(paths.dataset).name))
-        for suffix in (".bin", ".idx"):
-            Path(paths.dataset + suffix).unlink(missing_ok=True)
-        if parts:
-            merge_partitions(parts, paths.dataset, tok.dtype)
+        publish_dataset(parts, paths.dataset, tok.dtype)
         seconds = prepare.stats["tokenize_seconds"]
         stats = {"tokenizer": tok.describe(), "documents": prepare.stats["documents_kept"],
                  "tokens": prepare.stats["tokens"], "partitions": len(parts), "partitions_reused": 0,
                  "seconds": round(time.monotonic() - start, 3), "max_token_id": prepare.stats["max_token_id"],
                  "tokens_per_worker_second": round(prepare.stats["tokens"] / seconds, 1) if seconds > 0 else None}
         return stats, [p + ".manifest.jsonl" for p in parts]
-    settings = TokenizeSettings(cfg.tokenize.tokenizer, cfg.tokenize.eod_token, cfg.tokenize.append_eod,
-                                cfg.tokenize.add_bos, cfg.tokenize.batch_size, cfg.run.workers)
-    stats = run_tokenize(shards, paths.tokenize, paths.dataset, settings, show_progress=cfg.run.progress)
+    stats = run_tokenize(shards, paths.tokenize, paths.dataset, _tokenize_settings(cfg),
+                         show_progress=cfg.run.progress)
     return stats, partition_manifests(paths.tokenize, len(shards))
 
 
@@ -362,7 +351,8 @@ def run_preprocess(cfg: PreprocessConfig, middle: MiddleStage | None = None) -> 
                           f"{paths.work} once before submitting, and submit without it")
     if cfg.output.overwrite and stage in ("all", "prepare", "clean"):
         shutil.rmtree(paths.work, ignore_errors=True)
-    settings = _prepare_settings(cfg, paths, one_pass=middle is None, array_count=share[1])
+    settings = _prepare_settings(cfg, paths, one_pass=middle is None, array_count=share[1],
+                                 tokenizer=tok.describe())
     check_writable_dir(Path(paths.prefix).parent)
     files = settings.files
     dump_yaml(cfg, paths.config)

@@ -54,7 +54,7 @@ from native_megatron.data.shards import ShardWriter, read_shard_texts
 from native_megatron.data.tasks import ShardTask, remove_stale_temp_files
 from native_megatron.utils.config import ConfigError
 from native_megatron.utils.io import Progress, atomic_open, atomic_write_json, read_json
-from native_megatron.utils.parallel import batched, mp_context, ordered_map
+from native_megatron.utils.parallel import batched, ordered_map
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +109,14 @@ def task_dir(work_dir: Path, task: int) -> Path:
 # ---- the plan ----------------------------------------------------------------------
 
 
+def plan_path(work_dir: Path) -> Path:
+    return Path(work_dir) / "plan.json"
+
+
 def load_plan(settings: PrepareSettings, work_dir: Path) -> list[list[InputPiece]]:
     """The task slices: read from ``plan.json``, or computed and written (identically by any task),
     with the inputs, their fingerprint and whether tokenizing happens here (``one_pass``)."""
-    path = Path(work_dir) / "plan.json"
+    path = plan_path(work_dir)
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     if path.exists():
         plan = read_json(path)
@@ -221,6 +225,7 @@ def clean_task(settings: PrepareSettings, work_dir: Path, task: int, show_progre
         return {**done, "reused": True}
     from native_megatron.data.neardup import make_key, write_fingerprints
     from native_megatron.data.neardup.store import remove_stale_temporaries
+    from native_megatron.data.neardup.store import task_dir as signatures_dir
 
     pieces = load_plan(settings, work_dir)[task]
     tdir = task_dir(work_dir, task)
@@ -279,7 +284,7 @@ def clean_task(settings: PrepareSettings, work_dir: Path, task: int, show_progre
 
         if dedup_enabled(settings.dedup):
             # A marker left by a killed earlier attempt must not stand for these signatures.
-            (dedup_dir(work_dir) / "signatures" / f"task-{task:05d}" / "DONE.json").unlink(missing_ok=True)
+            (signatures_dir(dedup_dir(work_dir), task) / "DONE.json").unlink(missing_ok=True)
             write_fingerprints(task, settings.tasks, fingerprints(), dedup_dir(work_dir), settings.dedup)
         else:
             for _ in fingerprints():
@@ -365,35 +370,29 @@ def filter_task(settings: PrepareSettings, work_dir: Path, task: int) -> dict:
     candidates = read_shard_texts(str(tdir / "candidates.jsonl"))
     # One entry per candidate, in order: None (kept) or (reason, kept id).
     verdicts: list[tuple[str, str] | None] = []
-    tokens = offsets = None
-    if settings.tokenize is not None:
-        lengths = np.load(tdir / "candidates.lengths.npy")
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        if offsets[-1]:
-            tokens = np.memmap(tdir / "candidates.tokens", dtype=DocumentEncoder.dtype_of(settings.tokenize), mode="r")
-    shards = ShardWriter(tdir, settings.shard_size) if settings.tokenize is None else None
     chars_out = 0
 
-    def kept_documents():
+    def kept() -> Iterator[tuple[int, dict, dict]]:
+        """(position among the candidates, candidate, its dataset row) of each kept candidate."""
         nonlocal chars_out
         for i, c in enumerate(candidates):
             dup = decisions.check(c["key"]) if decisions is not None else None
             verdicts.append(dup)
-            if dup is not None:
-                continue
-            chars_out += c["chars"]
-            row = {"id": c["id"], "file": c["file"], "line": c["line"]}
-            if shards is not None:
-                shards.write({**row, "text": c["text"]})
-            else:
-                yield row, tokens[offsets[i]:offsets[i + 1]]
+            if dup is None:
+                chars_out += c["chars"]
+                yield i, c, {"id": c["id"], "file": c["file"], "line": c["line"]}
 
-    part = None
+    part, shards = None, None
     if settings.tokenize is not None:
-        part = write_partition(kept_documents(), str(tdir / "part"), DocumentEncoder.dtype_of(settings.tokenize))
+        dtype = DocumentEncoder.dtype_of(settings.tokenize)
+        offsets = np.concatenate([[0], np.cumsum(np.load(tdir / "candidates.lengths.npy"))])
+        tokens = np.memmap(tdir / "candidates.tokens", dtype=dtype, mode="r") if offsets[-1] else None
+        part = write_partition(((row, tokens[offsets[i]:offsets[i + 1]]) for i, _, row in kept()),
+                               str(tdir / "part"), dtype)
     else:
-        for _ in kept_documents():
-            pass
+        shards = ShardWriter(tdir, settings.shard_size)
+        for _, c, row in kept():
+            shards.write({**row, "text": c["text"]})
         shards.close()
     with atomic_open(tdir / "manifest.jsonl", "w") as mf:
         manifest = ManifestWriter(mf)
@@ -434,7 +433,6 @@ def run_step(step: str, settings: PrepareSettings, work_dir: Path, task: int | N
              num_tasks: int | None = None, show_progress: bool = True) -> list[dict]:
     """One step: for one task (a SLURM array task), or every task here when ``task`` is None.
     Returns the results of the tasks (units, for merge) it ran or found done."""
-    work_dir.mkdir(parents=True, exist_ok=True)
     load_plan(settings, work_dir)
     if step == "clusters":
         summary = clusters_step(settings, work_dir)
@@ -445,7 +443,8 @@ def run_step(step: str, settings: PrepareSettings, work_dir: Path, task: int | N
         count = num_tasks or max(1, settings.workers)
         todo = range(count) if task is None else [task]
         args = [(settings, work_dir, t, count) for t in todo]
-        return [unit for units in _map(_merge_call, args, settings.workers if task is None else 1) for unit in units]
+        units = ordered_map(_merge_call, args, settings.workers if task is None else 1)
+        return [unit for batch in units for unit in batch]
     todo = range(settings.tasks) if task is None else [task]
     if task is not None and not 0 <= task < settings.tasks:
         raise ConfigError(f"prepare task {task} is outside 0..{settings.tasks - 1} (run.tasks={settings.tasks})")
@@ -462,15 +461,8 @@ def run_step(step: str, settings: PrepareSettings, work_dir: Path, task: int | N
         workers = settings.workers if task is None and settings.tasks > 1 else 1
         if workers > 1 and settings.tokenize is not None:
             preload_writer()    # import megatron-core once here (seconds), not in every forked worker
-        return _map(_filter_call, [(settings, work_dir, t) for t in todo], workers)
+        return list(ordered_map(_filter_call, [(settings, work_dir, t) for t in todo], workers))
     raise ConfigError(f"unknown prepare step {step!r}: choose one of {', '.join(STEPS)}")
-
-
-def _map(fn, args: list, workers: int) -> list:
-    if workers <= 1 or len(args) <= 1:
-        return [fn(a) for a in args]
-    with mp_context().Pool(min(workers, len(args))) as pool:
-        return pool.map(fn, args, chunksize=1)
 
 
 def _clusters_line(summary: dict) -> str:
@@ -499,15 +491,14 @@ def run_prepare(settings: PrepareSettings, work_dir: Path, show_progress: bool =
 def collect(settings: PrepareSettings, work_dir: Path) -> PrepareResult:
     """The finished stage, from every task's markers; a ConfigError names unfinished tasks."""
     clean, filtered, missing = [], [], []
+    try:
+        clusters = _clusters_signature(settings, work_dir)
+        clustered = True
+    except ConfigError:     # no clusters step yet: no task can have filtered
+        clusters, clustered = None, False
     for t in range(settings.tasks):
         c = _step(work_dir, t, "clean", settings).load_done()
-        f = None
-        if c is not None:
-            try:
-                f = _step(work_dir, t, "filter", settings,
-                          clusters=_clusters_signature(settings, work_dir)).load_done()
-            except ConfigError:
-                f = None
+        f = _step(work_dir, t, "filter", settings, clusters=clusters).load_done() if c and clustered else None
         if c is None or f is None:
             missing.append(t)
         clean.append(c)
