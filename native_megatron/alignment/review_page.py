@@ -41,7 +41,7 @@ figure{display:inline-block;margin:.5em;vertical-align:top}img{max-width:100%}
 .pair{display:grid;grid-template-columns:1fr 1fr;gap:1em}
 .text{white-space:pre-wrap;font-size:1.05em;line-height:1.6;background:#fafafa;padding:.4em;max-height:30em;overflow:auto}
 ins{background:#c8f0c8;text-decoration:none}del{background:#f6c6c6}
-.failed{background:#fde8e8}.meta{color:#555;font-size:.9em}
+.failed{background:#f6c6c6}.tables{display:flex;gap:2em;align-items:flex-start}.meta{color:#555;font-size:.9em}
 """
 
 SCRIPT = """
@@ -127,10 +127,13 @@ def _fmt(value) -> str:
 def _attempt_html(doc: Document, a: dict) -> str:
     e = html.escape
     failed = a.get("failed_checks") or []
-    rows = "".join(
-        f"<tr class=\"{'failed' if not c.get('passed') else ''}\"><td>{e(name)}</td><td>{e(_fmt(c.get('value')))}"
-        f"</td><td>{e(_fmt(c.get('threshold')))}</td><td>{'pass' if c.get('passed') else 'FAIL'}</td></tr>"
-        for name, c in (a.get("checks") or {}).items())
+    checks = a.get("checks") or {}
+    # One column per check, failed ones marked: the row reads across like the validator's verdict.
+    cls = {name: " class=\"failed\"" if not c.get("passed") else "" for name, c in checks.items()}
+    head = "".join(f"<th{cls[n]}>{e(n)}</th>" for n in checks)
+    values = "".join(f"<td{cls[n]}>{e(_fmt(c.get('value')))}</td>" for n, c in checks.items())
+    limits = "".join(f"<td{cls[n]}>{e(_fmt(c.get('threshold')))}</td>" for n, c in checks.items())
+    rows = f"<tr><th>check</th>{head}</tr><tr><th>value</th>{values}</tr><tr><th>threshold</th>{limits}</tr>"
     left, right = word_diff(doc.source, a.get("text") or "")
     finish = ", ".join(str(r) for r in a.get("finish_reasons") or [])
     return (f"<div class=\"attempt\"><h3>attempt {e(str(a.get('attempt', 1)))}: "
@@ -138,7 +141,7 @@ def _attempt_html(doc: Document, a: dict) -> str:
             f"{' (failed: ' + e(', '.join(failed)) + ')' if failed else ''}</h3>"
             f"<p class=\"meta\">{e(str(a.get('chunks', '?')))} chunk(s), finish: {e(finish)}, "
             f"tokens {e(str(a.get('prompt_tokens', '?')))} in / {e(str(a.get('completion_tokens', '?')))} out</p>"
-            f"<table class=\"checks\"><tr><th>check</th><th>value</th><th>threshold</th><th></th></tr>{rows}</table>"
+            f"<table class=\"checks\">{rows}</table>"
             f"<div class=\"pair\"><div><b>raw</b><div class=\"text raw\" dir=\"rtl\" lang=\"ar\">{left}</div></div>"
             f"<div><b>rewrite</b><div class=\"text rewrite\" dir=\"rtl\" lang=\"ar\">{right}</div></div></div></div>")
 
@@ -184,20 +187,21 @@ def figures(review: Review) -> dict[str, tuple[str, str]]:
     out = {}
     rates = pass_rates(review)
     names = list(rates)
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
+    fig, ax = plt.subplots(figsize=(5.5, 0.3 * len(names) + 1.2))
     for k, attempt in enumerate((1, 2)):
         ys = [i + (k - 0.5) * 0.4 for i in range(len(names))]
         xs = [100 * rates[n][attempt][0] / rates[n][attempt][1] if attempt in rates[n] else 0 for n in names]
         ax.barh(ys, xs, 0.4, label="first attempt" if attempt == 1 else "retry")
     ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()  # the validator's order, top down
     ax.set_xlim(0, 100)
     ax.set_xlabel("% of attempts that pass")
-    ax.legend(loc="lower left", fontsize="small")
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize="small")  # above, off the bars
     fig.tight_layout()
     out["fig-pass-rates"] = ("Pass rate per check, first attempts and retries", _png(fig))
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, axes = plt.subplots(1, 2, figsize=(7.5, 2.8))
     for ax, name, label in zip(axes, ("length_ratio", "knowledge"),
                                ("rewrite / source length", "share of source content words kept")):
         values, threshold = check_values(review, name)
@@ -214,7 +218,7 @@ def figures(review: Review) -> dict[str, tuple[str, str]]:
     out["fig-histograms"] = ("Length ratio and kept knowledge over all attempts", _png(fig))
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, axes = plt.subplots(1, 2, figsize=(7.5, 2.8))
     for ax, counts, title in ((axes[0], review.statuses or _decisions(review), "documents by final status"),
                               (axes[1], review.drop_reasons, "drop reasons")):
         labels = list(counts)
@@ -228,7 +232,7 @@ def figures(review: Review) -> dict[str, tuple[str, str]]:
     plt.close(fig)
 
     ba = before_after(review)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(7.5, 2.8))
     for ax, keys, unit in ((axes[0], [k for k in ba if k.endswith("%")], "% of characters"),
                            (axes[1], [k for k in ba if k.endswith("words")], "per 1,000 words")):
         for k, which in enumerate(("source", "rewrite")):
@@ -265,9 +269,10 @@ def _summary_html(review: Review, sample: list[Document]) -> str:
         rows.append(("rows cut mid-write (in-flight shards), skipped", review.skipped_cut_lines))
     ba = before_after(review)
     indicator_rows = "".join(f"<tr><td>{e(k)}</td><td>{v[0]:.2f}</td><td>{v[1]:.2f}</td></tr>" for k, v in ba.items())
-    return ("<table id=\"counts\">" + "".join(f"<tr><td>{e(k)}</td><td>{v}</td></tr>" for k, v in rows) + "</table>"
+    count_rows = "".join(f"<tr><td>{e(k)}</td><td>{v}</td></tr>" for k, v in rows)
+    return (f"<div class=\"tables\"><table id=\"counts\">{count_rows}</table>"
             "<table id=\"indicators\"><tr><th>indicator</th><th>sources</th><th>rewrites</th></tr>"
-            + indicator_rows + "</table>")
+            + indicator_rows + "</table></div>")
 
 
 def render(review: Review, sample: list[Document]) -> str:
