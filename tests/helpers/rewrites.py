@@ -111,7 +111,7 @@ def sample_documents(n: int, xss: bool = True) -> list[dict]:
         for line, raw in zip(range(n), f):
             rec = json.loads(raw)
             text = XSS + "\n" + rec["text"] if xss else rec["text"]
-            docs.append({"id": rec["id"], "file": str(SAMPLE_CORPUS), "line": line, "text": text})
+            docs.append({"id": rec["id"], "file": str(SAMPLE_CORPUS.relative_to(ROOT)), "line": line, "text": text})
     return docs
 
 
