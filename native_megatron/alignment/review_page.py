@@ -30,6 +30,7 @@ from native_megatron.data.readers import InputError
 from native_megatron.utils.io import atomic_write_text
 
 _TOKEN = re.compile(r"\S+\s*|\s+")
+MAX_DIFF_WORDS = 5000  # about 0.2 s a document; web pages of 100,000 words would take minutes
 
 STYLE = """
 body{font-family:sans-serif;margin:1.5em;color:#222}
@@ -41,7 +42,7 @@ figure{display:inline-block;margin:.5em;vertical-align:top}img{max-width:100%}
 .pair{display:grid;grid-template-columns:1fr 1fr;gap:1em}
 .text{white-space:pre-wrap;font-size:1.05em;line-height:1.6;background:#fafafa;padding:.4em;max-height:30em;overflow:auto}
 ins{background:#c8f0c8;text-decoration:none}del{background:#f6c6c6}
-.failed{background:#f6c6c6}.tables{display:flex;gap:2em;align-items:flex-start}.meta{color:#555;font-size:.9em}
+.failed{background:#f6c6c6}.nodiff{color:#888}.tables{display:flex;gap:2em;align-items:flex-start}.meta{color:#555;font-size:.9em}
 """
 
 SCRIPT = """
@@ -102,15 +103,22 @@ def _failed_any(doc: Document) -> list[str]:
     return list(dict.fromkeys(n for a in doc.attempts for n in a.get("failed_checks") or []))
 
 
-def word_diff(source: str, rewrite: str) -> tuple[str, str]:
-    """Escaped HTML of both texts, words the rewrite removed in <del> and words it added in <ins>."""
+def word_diff(source: str, rewrite: str, max_words: int = MAX_DIFF_WORDS) -> tuple[str, str]:
+    """Escaped HTML of both texts, words the rewrite removed in <del> and words it added in <ins>.
+    Only the first ``max_words`` words of each are compared (the diff's cost grows with their product);
+    the rest follows unmarked."""
     a, b = _TOKEN.findall(source), _TOKEN.findall(rewrite)
-    matcher = difflib.SequenceMatcher(None, [t.strip() for t in a], [t.strip() for t in b], autojunk=False)
+    matcher = difflib.SequenceMatcher(None, [t.strip() for t in a[:max_words]], [t.strip() for t in b[:max_words]],
+                                      autojunk=False)
     left, right = [], []
     for op, i1, i2, j1, j2 in matcher.get_opcodes():
         old, new = html.escape("".join(a[i1:i2])), html.escape("".join(b[j1:j2]))
         left.append(old if op == "equal" else f"<del>{old}</del>" if old else "")
         right.append(new if op == "equal" else f"<ins>{new}</ins>" if new else "")
+    for side, rest in ((left, a[max_words:]), (right, b[max_words:])):
+        if rest:
+            side.append(f"<span class=\"nodiff\">[not compared past {max_words:,} words] </span>"
+                        + html.escape("".join(rest)))
     return "".join(left), "".join(right)
 
 

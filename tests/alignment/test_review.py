@@ -54,6 +54,8 @@ def test_word_diff_marks_changes_and_escapes():
     left, right = word_diff("هذا <b>نص</b> مش جميل", "هذا <b>نص</b> ليس جميل")
     assert left == "هذا &lt;b&gt;نص&lt;/b&gt; <del>مش </del>جميل"
     assert right == "هذا &lt;b&gt;نص&lt;/b&gt; <ins>ليس </ins>جميل"
+    left, right = word_diff("a b c <d>", "a x c <d>", max_words=2)   # long texts: the tail is not compared
+    assert left.endswith("past 2 words] </span>c &lt;d&gt;") and "<ins>x </ins>" in right
 
 
 def test_mistakes_and_damage_give_one_line(tmp_path, capsys):
