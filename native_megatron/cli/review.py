@@ -12,6 +12,7 @@ open it in any browser. docs/alignment.md shows how to use it to tune guidelines
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from native_megatron.cli import cli_main
 from native_megatron.data.readers import InputError
@@ -28,14 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@cli_main(exit_codes={InputError: 2})
+@cli_main(exit_codes={InputError: 2, PermissionError: 2})
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.sample < 1:
         raise InputError("--sample must be at least 1")
     from native_megatron.alignment.review import load_review
     from native_megatron.alignment.review_page import write_page
+    from native_megatron.utils.io import check_writable_dir
 
+    check_writable_dir(Path(args.out).resolve().parent)  # before the figures are drawn
     review = load_review(args.prefix)
     s = write_page(review, args.out, args.sample, args.seed)
     state = "running job" if s["running"] else "finished job"

@@ -61,6 +61,13 @@ def test_word_diff_marks_changes_and_escapes():
 def test_mistakes_and_damage_give_one_line(tmp_path, capsys):
     assert main(["--prefix", str(tmp_path / "none"), "--out", str(tmp_path / "r.html")]) == 2
     assert "no rewrite attempts at" in capsys.readouterr().err
+    unwritable = tmp_path / "ro"
+    unwritable.mkdir(mode=0o500)
+    if os.access(unwritable, os.W_OK):   # root writes anywhere: a path under a file cannot be written by anyone
+        unwritable = tmp_path / "a-file"
+        unwritable.write_text("x")
+    assert main(["--prefix", str(tmp_path / "none"), "--out", str(unwritable / "r.html")]) == 2
+    assert "is not writable" in capsys.readouterr().err
     prefix = str(tmp_path / "job")
     write_finished_job(prefix, sample_documents(4))
     path = Path(prefix + "_rewrites.jsonl")
