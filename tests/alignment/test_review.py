@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -126,7 +127,10 @@ def test_the_page_in_a_real_browser(tmp_path):
     attempts = {rows[0]["id"]: len(rows) for rows in per_doc}
     assert page.rtl == 2 * sum(attempts[a["data-id"]] for a in page.articles)
     assert not page.injected and "pwned" not in dom.split("</title>")[0]
-    assert html.escape(XSS) in out.read_text(encoding="utf-8")
+    text = out.read_text(encoding="utf-8")
+    assert html.escape(XSS) in text
+    # self-contained: nothing is fetched from anywhere
+    assert all(link.startswith("data:") for link in re.findall(r'\b(?:src|href)="([^"]*)"', text))
 
     shot = tmp_path / "review.png"
     run_chromium(chromium, out.as_uri() + "#filter=passed", tmp_path, f"--screenshot={shot}",
