@@ -13,19 +13,10 @@ import hashlib
 import html
 import io
 import os
-import random
 import re
 from pathlib import Path
 
-from native_megatron.alignment.review import (
-    PASSED,
-    Document,
-    Review,
-    before_after,
-    check_names,
-    check_values,
-    pass_rates,
-)
+from native_megatron.alignment.review import HISTOGRAMS, PASSED, Document, Review
 from native_megatron.data.readers import InputError
 from native_megatron.utils.io import atomic_write_text
 
@@ -74,33 +65,6 @@ def _csp() -> str:
     digest = lambda text: base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()  # noqa: E731
     return (f"default-src 'none'; img-src data:; style-src 'sha256-{digest(STYLE)}'; "
             f"script-src 'sha256-{digest(SCRIPT)}'")
-
-
-def choose_sample(review: Review, size: int, seed: int) -> list[Document]:
-    """``size`` documents at random (``seed``), with at least one per filter when there is one:
-    each check's rejections, and the passed ones, so every filter of the page shows something."""
-    docs = review.documents
-    if size >= len(docs):
-        return list(docs)
-    rng = random.Random(seed)
-    index = {id(d): i for i, d in enumerate(docs)}
-    chosen: dict[int, Document] = {}
-    groups = [[d for d in docs if not d.failed_checks]]
-    groups += [[d for d in docs if name in _failed_any(d)] for name in check_names(review)]
-    for group in groups:
-        free = [d for d in group if index[id(d)] not in chosen]
-        if free and len(chosen) < size:
-            d = rng.choice(free)
-            chosen[index[id(d)]] = d
-    rest = [d for d in docs if index[id(d)] not in chosen]
-    for d in rng.sample(rest, size - len(chosen)):
-        chosen[index[id(d)]] = d
-    return [chosen[i] for i in sorted(chosen)]
-
-
-def _failed_any(doc: Document) -> list[str]:
-    """Checks failed by any attempt: the "rejected by X" filter shows a document rescued by its retry too."""
-    return list(dict.fromkeys(n for a in doc.attempts for n in a.get("failed_checks") or []))
 
 
 def word_diff(source: str, rewrite: str, max_words: int = MAX_DIFF_WORDS) -> tuple[str, str]:
@@ -159,7 +123,7 @@ def _doc_html(n: int, doc: Document) -> str:
     first = doc.attempts[0]
     meta = f"{first.get('backend', '?')} {first.get('model', '?')} ({first.get('guidelines', '?')})"
     return (f"<article class=\"doc\" id=\"doc-{n}\" data-id=\"{e(doc.id)}\" "
-            f"data-failed=\"{e(' '.join(_failed_any(doc)))}\" data-passed=\"{int(not doc.failed_checks)}\" "
+            f"data-failed=\"{e(' '.join(doc.failed_any))}\" data-passed=\"{int(not doc.failed_checks)}\" "
             f"data-status=\"{e(doc.status)}\">"
             f"<header>{e(doc.id)} <span class=\"meta\">{e(doc.file)}:{doc.line}, {e(meta)}</span>: "
             f"<span class=\"{'accepted' if not doc.failed_checks else 'rejected'}\">{e(doc.status)}</span></header>"
@@ -193,7 +157,7 @@ def figures(review: Review) -> dict[str, tuple[str, str]]:
     import matplotlib.pyplot as plt
 
     out = {}
-    rates = pass_rates(review)
+    rates = review.pass_counts
     names = list(rates)
     fig, ax = plt.subplots(figsize=(5.5, 0.3 * len(names) + 1.2))
     for k, attempt in enumerate((1, 2)):
@@ -210,10 +174,9 @@ def figures(review: Review) -> dict[str, tuple[str, str]]:
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(7.5, 2.8))
-    for ax, name, label in zip(axes, ("length_ratio", "knowledge"),
-                               ("rewrite / source length", "share of source content words kept")):
-        values, threshold = check_values(review, name)
-        if values:
+    for ax, name, label in zip(axes, HISTOGRAMS, ("rewrite / source length", "share of source content words kept")):
+        values, threshold = review.values.get(name, []), review.thresholds.get(name)
+        if len(values):
             ax.hist(values, bins=30, color="#4c72b0")
         else:
             ax.text(0.5, 0.5, "no values", ha="center", transform=ax.transAxes)
@@ -227,7 +190,7 @@ def figures(review: Review) -> dict[str, tuple[str, str]]:
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(7.5, 2.8))
-    for ax, counts, title in ((axes[0], review.statuses or _decisions(review), "documents by final status"),
+    for ax, counts, title in ((axes[0], review.statuses or review.decisions, "documents by final status"),
                               (axes[1], review.drop_reasons, "drop reasons")):
         labels = list(counts)
         ax.barh(range(len(labels)), [counts[k] for k in labels], color="#dd8452")
@@ -239,7 +202,7 @@ def figures(review: Review) -> dict[str, tuple[str, str]]:
     out["fig-outcomes"] = ("Final status and drop reasons (from the manifest)", _png(fig))
     plt.close(fig)
 
-    ba = before_after(review)
+    ba = review.before_after()
     fig, axes = plt.subplots(1, 2, figsize=(7.5, 2.8))
     for ax, keys, unit in ((axes[0], [k for k in ba if k.endswith("%")], "% of characters"),
                            (axes[1], [k for k in ba if k.endswith("words")], "per 1,000 words")):
@@ -254,28 +217,20 @@ def figures(review: Review) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _decisions(review: Review) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for d in review.documents:
-        counts[d.status] = counts.get(d.status, 0) + 1
-    return counts
-
-
-def _summary_html(review: Review, sample: list[Document]) -> str:
+def _summary_html(review: Review) -> str:
     e = html.escape
-    docs = review.documents
-    attempts = sum(len(d.attempts) for d in docs)
-    first_pass = sum(1 for d in docs if not d.attempts[0].get("failed_checks"))
-    retry_pass = sum(1 for d in docs if len(d.attempts) > 1 and not d.failed_checks)
-    rows = [("documents with attempts", len(docs)), ("attempts", attempts),
-            ("accepted on the first attempt", first_pass), ("accepted on the retry", retry_pass),
-            ("rejected in the end", len(docs) - first_pass - retry_pass), ("shown below", len(sample))]
-    rows += [(f"manifest: {k}", v) for k, v in review.statuses.items()]
-    if review.without_attempts:
-        rows.append(("manifest rows of rewritten documents without attempt rows", review.without_attempts))
-    if review.skipped_cut_lines:
-        rows.append(("rows cut mid-write (in-flight shards), skipped", review.skipped_cut_lines))
-    ba = before_after(review)
+    r = review
+    rows = [("documents with attempts", r.documents), ("attempts", r.attempts),
+            ("accepted on the first attempt", r.first_pass), ("accepted on the retry", r.retry_pass),
+            ("rejected in the end", r.documents - r.first_pass - r.retry_pass), ("shown below", len(r.sample))]
+    rows += [(f"manifest: {k}", v) for k, v in r.statuses.items()]
+    if r.statuses and r.rewrite_rows != r.documents:
+        # every document the rewriter saw has attempt rows; a gap is a job older than them, or damage
+        rows.append(("manifest rows of the rewrite stage (differs from the documents with attempts!)",
+                     r.rewrite_rows))
+    if r.skipped_cut_lines:
+        rows.append(("rows cut mid-write (in-flight shards), skipped", r.skipped_cut_lines))
+    ba = review.before_after()
     indicator_rows = "".join(f"<tr><td>{e(k)}</td><td>{v[0]:.2f}</td><td>{v[1]:.2f}</td></tr>" for k, v in ba.items())
     count_rows = "".join(f"<tr><td>{e(k)}</td><td>{v}</td></tr>" for k, v in rows)
     return (f"<div class=\"tables\"><table id=\"counts\">{count_rows}</table>"
@@ -283,12 +238,12 @@ def _summary_html(review: Review, sample: list[Document]) -> str:
             + indicator_rows + "</table></div>")
 
 
-def render(review: Review, sample: list[Document]) -> str:
+def render(review: Review) -> str:
     """The page's HTML."""
-    e = html.escape
+    e, sample = html.escape, review.sample
     figs = "".join(f"<figure><img id=\"{fid}\" alt=\"{e(cap)}\" src=\"{uri}\"><figcaption>{e(cap)}</figcaption>"
                    f"</figure>" for fid, (cap, uri) in figures(review).items())
-    counts = {name: sum(1 for d in sample if name in _failed_any(d)) for name in check_names(review)}
+    counts = {name: sum(1 for d in sample if name in d.failed_any) for name in review.check_names()}
     options = [("all", f"all ({len(sample)})"), (PASSED, f"passed ({sum(not d.failed_checks for d in sample)})")]
     options += [(f"rejected:{n}", f"rejected by {n} ({c})") for n, c in counts.items() if c]
     select = "".join(f"<option value=\"{e(v)}\">{e(label)}</option>" for v, label in options)
@@ -297,7 +252,7 @@ def render(review: Review, sample: list[Document]) -> str:
             f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_csp()}\">"
             f"<title>Rewrite review: {e(review.prefix)}</title><style>{STYLE}</style></head><body>"
             f"<h1>Rewrite review: {e(review.prefix)}</h1><p class=\"meta\">Read from {state}: "
-            f"{e(', '.join(review.sources))}</p><h2>Summary</h2>{_summary_html(review, sample)}"
+            f"{e(', '.join(review.sources))}</p><h2>Summary</h2>{_summary_html(review)}"
             f"<div id=\"figures\">{figs}</div><h2>Documents</h2>"
             f"<p><label>Show <select id=\"filter\">{select}</select></label> <span id=\"shown\"></span></p>"
             f"<p class=\"meta\">Left the raw text, words the rewrite removed struck out; right the rewrite, words "
@@ -306,13 +261,9 @@ def render(review: Review, sample: list[Document]) -> str:
             + f"<script>{SCRIPT}</script></body></html>")
 
 
-def write_page(review: Review, out: str | Path, sample_size: int, seed: int) -> dict:
-    """Write the page for ``review`` to ``out``; returns what the command line reports."""
-    sample = choose_sample(review, sample_size, seed)
-    atomic_write_text(out, render(review, sample))
+def write_page(review: Review, out: str | Path) -> None:
+    """Write the page for ``review`` to ``out``, readable as the umask allows (a page to share)."""
+    atomic_write_text(out, render(review))
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(out, 0o666 & ~umask)  # a page to share, not a private temporary file
-    passed = sum(not d.failed_checks for d in review.documents)
-    return {"documents": len(review.documents), "attempts": sum(len(d.attempts) for d in review.documents),
-            "shown": len(sample), "passed": passed, "running": review.running}
+    os.chmod(out, 0o666 & ~umask)

@@ -34,14 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.sample < 1:
         raise InputError("--sample must be at least 1")
-    from native_megatron.alignment.review import load_review
+    from native_megatron.alignment.review import input_bytes, load_review
     from native_megatron.alignment.review_page import write_page
-    from native_megatron.utils.io import check_writable_dir
+    from native_megatron.utils.io import Progress, check_writable_dir
+    from native_megatron.utils.logging import setup_logging
 
-    check_writable_dir(Path(args.out).resolve().parent)  # before the figures are drawn
-    review = load_review(args.prefix)
-    s = write_page(review, args.out, args.sample, args.seed)
-    state = "running job" if s["running"] else "finished job"
-    print(f"{args.out}: {s['shown']} of {s['documents']} documents shown ({s['attempts']} attempts, "
-          f"{s['passed']} passed in the end) from the {state} at {args.prefix}")
+    setup_logging("INFO")
+    check_writable_dir(Path(args.out).resolve().parent)  # before the job's files are read
+    # A real job's files are many GB and read at some MB/s: show how far it has got.
+    with Progress(round(input_bytes(args.prefix) / 1e6, 1), "review: reading", unit="MB") as bar:
+        r = load_review(args.prefix, args.sample, args.seed, progress=lambda n: bar.update(n / 1e6))
+    write_page(r, args.out)
+    state = "running job" if r.running else "finished job"
+    print(f"{args.out}: {len(r.sample)} of {r.documents} documents shown ({r.attempts} attempts, "
+          f"{r.first_pass + r.retry_pass} passed in the end) from the {state} at {args.prefix}")
     return 0

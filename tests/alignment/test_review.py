@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from native_megatron.alignment.review import load_review
-from native_megatron.alignment.review_page import choose_sample, word_diff
+from native_megatron.alignment.review_page import word_diff
 from native_megatron.cli.review import main
 from tests.helpers.browser import require_chromium, run_chromium
 from tests.helpers.paths import ROOT
@@ -25,30 +25,32 @@ def test_a_running_job_is_read_from_its_work_files(tmp_path):
     prefix = str(tmp_path / "job")
     per_doc = write_running_job(prefix, sample_documents(12))
     work = tmp_path / "job_work" / "rewrite"
-    # shard 0 finishing while it is read: its temporary file is still there beside the final one
+    # shard 0 finished while being listed: its temporary file is still there beside the final one;
+    # a killed try at shard 1 left a temporary file whose rows the new try writes again
     (work / ".shard-00000.rewrites.jsonl.tmp-99").write_bytes((work / "shard-00000.rewrites.jsonl").read_bytes())
-    review = load_review(prefix)
+    flying = (work / ".shard-00001.rewrites.jsonl.tmp-1234").read_bytes().split(b"\n")
+    (work / ".shard-00001.rewrites.jsonl.tmp-0001").write_bytes(b"\n".join(flying[:3]) + b"\n")
+    review = load_review(prefix, sample_size=100)
     assert review.running and review.skipped_cut_lines == 1
     # every attempt once, in input order; the cut row is the last attempt of the last document
     want = [[(r["id"], r["attempt"]) for r in rows] for rows in per_doc]
     want[-1] = want[-1][:-1]
-    got = [[(d.id, a["attempt"]) for a in d.attempts] for d in review.documents]
-    assert got == [w for w in want if w]
+    assert [[(d.id, a["attempt"]) for a in d.attempts] for d in review.sample] == [w for w in want if w]
+    assert review.attempts == sum(map(len, want)) and review.documents == len([w for w in want if w])
     assert review.statuses["rewritten"] + review.statuses["kept_raw"] + review.statuses["dropped"] == 6
-    assert review.documents[0].manifest["status"] == "rewritten"
-    assert review.documents[-1].manifest is None      # shard 1 has no manifest yet
+    assert review.sample[0].manifest["status"] == "rewritten"
+    assert review.sample[-1].manifest is None      # shard 1 has no manifest yet
 
 
 def test_the_sample_has_every_filter_and_follows_the_seed(tmp_path):
     prefix = str(tmp_path / "job")
     write_finished_job(prefix, sample_documents(30))
-    review = load_review(prefix)
-    pick = [d.id for d in choose_sample(review, 6, seed=1)]
-    assert pick == [d.id for d in choose_sample(review, 6, seed=1)] != [d.id for d in choose_sample(review, 6, 2)]
-    sample = choose_sample(review, 6, seed=1)
-    assert any(not d.failed_checks for d in sample)
-    failing = {c for d in review.documents for a in d.attempts for c in a["failed_checks"]}
-    assert failing <= {c for d in sample for a in d.attempts for c in a["failed_checks"]}
+    sample = load_review(prefix, 8, seed=1).sample
+    assert [d.id for d in sample] == [d.id for d in load_review(prefix, 8, seed=1).sample]
+    assert [d.id for d in sample] != [d.id for d in load_review(prefix, 8, seed=2).sample]
+    assert len(sample) == 8 and any(not d.failed_checks for d in sample)
+    everything = load_review(prefix, 100)
+    assert {c for d in everything.sample for c in d.failed_any} == {c for d in sample for c in d.failed_any}
 
 
 def test_word_diff_marks_changes_and_escapes():
