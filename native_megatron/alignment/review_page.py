@@ -146,8 +146,8 @@ def _thresholds(t) -> list[float]:
     return [float(v) for v in t if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
-def figures(review: Review) -> dict[str, tuple[str, str]]:
-    """id -> (caption, PNG data URI) for the summary figures."""
+def pyplot():
+    """matplotlib's pyplot, drawing to files; a missing matplotlib is one line, asked before any work."""
     try:
         import matplotlib
     except ImportError:
@@ -156,10 +156,12 @@ def figures(review: Review) -> dict[str, tuple[str, str]]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = {}
+    return plt
+
+
+def _pass_rates(ax, review: Review) -> None:
     rates = review.pass_counts
     names = list(rates)
-    fig, ax = plt.subplots(figsize=(5.5, 0.3 * len(names) + 1.2))
     for k, attempt in enumerate((1, 2)):
         ys = [i + (k - 0.5) * 0.4 for i in range(len(names))]
         xs = [100 * rates[n][attempt][0] / rates[n][attempt][1] if attempt in rates[n] else 0 for n in names]
@@ -169,27 +171,23 @@ def figures(review: Review) -> dict[str, tuple[str, str]]:
     ax.set_xlim(0, 100)
     ax.set_xlabel("% of attempts that pass")
     ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize="small")  # above, off the bars
-    fig.tight_layout()
-    out["fig-pass-rates"] = ("Pass rate per check, first attempts and retries", _png(fig))
-    plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(7.5, 2.8))
+
+def _histograms(axes, review: Review) -> None:
     for ax, name, label in zip(axes, HISTOGRAMS, ("rewrite / source length", "share of source content words kept")):
-        values, threshold = review.values.get(name, []), review.thresholds.get(name)
+        values = review.values.get(name, [])
         if len(values):
             ax.hist(values, bins=30, color="#4c72b0")
         else:
             ax.text(0.5, 0.5, "no values", ha="center", transform=ax.transAxes)
-        for t in _thresholds(threshold):
+        for t in _thresholds(review.thresholds.get(name)):
             ax.axvline(t, color="red", linestyle="--", linewidth=1)
         ax.set_title(f"{name} (red: threshold)", fontsize="medium")
         ax.set_xlabel(label)
         ax.set_ylabel("attempts")
-    fig.tight_layout()
-    out["fig-histograms"] = ("Length ratio and kept knowledge over all attempts", _png(fig))
-    plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(7.5, 2.8))
+
+def _outcomes(axes, review: Review) -> None:
     for ax, counts, title in ((axes[0], review.statuses or review.decisions, "documents by final status"),
                               (axes[1], review.drop_reasons, "drop reasons")):
         labels = list(counts)
@@ -198,12 +196,10 @@ def figures(review: Review) -> dict[str, tuple[str, str]]:
         ax.set_title(title, fontsize="medium")
         if not labels:
             ax.text(0.5, 0.5, "none", ha="center", transform=ax.transAxes)
-    fig.tight_layout()
-    out["fig-outcomes"] = ("Final status and drop reasons (from the manifest)", _png(fig))
-    plt.close(fig)
 
+
+def _indicators(axes, review: Review) -> None:
     ba = review.before_after()
-    fig, axes = plt.subplots(1, 2, figsize=(7.5, 2.8))
     for ax, keys, unit in ((axes[0], [k for k in ba if k.endswith("%")], "% of characters"),
                            (axes[1], [k for k in ba if k.endswith("words")], "per 1,000 words")):
         for k, which in enumerate(("source", "rewrite")):
@@ -211,9 +207,27 @@ def figures(review: Review) -> dict[str, tuple[str, str]]:
         ax.set_yticks(range(len(keys)), [key.rsplit(" ", 1 if unit.startswith("%") else 2)[0] for key in keys])
         ax.set_xlabel(unit)
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    out["fig-indicators"] = ("Script and dialect indicators, sources vs rewrites", _png(fig))
-    plt.close(fig)
+
+
+# id -> (caption, draw(axes, review), number of panels, figure size in inches)
+FIGURES = {
+    "fig-pass-rates": ("Pass rate per check, first attempts and retries", _pass_rates, 1, (5.5, 4.0)),
+    "fig-histograms": ("Length ratio and kept knowledge over all attempts", _histograms, 2, (7.5, 2.8)),
+    "fig-outcomes": ("Final status and drop reasons (from the manifest)", _outcomes, 2, (7.5, 2.8)),
+    "fig-indicators": ("Script and dialect indicators, sources vs rewrites", _indicators, 2, (7.5, 2.8)),
+}
+
+
+def figures(review: Review) -> dict[str, tuple[str, str]]:
+    """id -> (caption, PNG data URI) for the summary figures."""
+    plt = pyplot()
+    out = {}
+    for fid, (caption, draw, panels, size) in FIGURES.items():
+        fig, axes = plt.subplots(1, panels, figsize=size)
+        draw(axes, review)
+        fig.tight_layout()
+        out[fid] = (caption, _png(fig))
+        plt.close(fig)
     return out
 
 

@@ -35,12 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.sample < 1:
         raise InputError("--sample must be at least 1")
     from native_megatron.alignment.review import input_bytes, load_review
-    from native_megatron.alignment.review_page import write_page
+    from native_megatron.alignment.review_page import pyplot, write_page
     from native_megatron.utils.io import Progress, check_writable_dir
     from native_megatron.utils.logging import setup_logging
 
     setup_logging("INFO")
-    check_writable_dir(Path(args.out).resolve().parent)  # before the job's files are read
+    # before the job's files are read, which can take long
+    check_writable_dir(Path(args.out).resolve().parent)
+    pyplot()
     # A real job's files are many GB and read at some MB/s: show how far it has got.
     with Progress(round(input_bytes(args.prefix) / 1e6, 1), "review: reading", unit="MB") as bar:
         r = load_review(args.prefix, args.sample, args.seed, progress=lambda n: bar.update(n / 1e6))
