@@ -1,7 +1,7 @@
 """Write a rewrite job's attempt files (PREFIX_rewrites.jsonl and the manifest, or the work files of a
 running job) as the rewrite stage does, with every pass/fail decided by the real Validator.
 
-The row format is the rewrite stage's contract (docs/alignment.md, "Reviewing the rewrites"); the
+The row format is the rewrite stage's contract (issue 27: one row per document and attempt); the
 check values are measured with validation.py's own functions, so a threshold change moves them as
 it would in a real run.
 """
