@@ -64,6 +64,7 @@ setup(
         "nm-sft-data=native_megatron.cli.sft_data:main",
         "nm-train-tokenizer=native_megatron.cli.train_tokenizer:main",
         "nm-tiny-model=native_megatron.cli.tiny_model:main",
+        "nm-review=native_megatron.cli.review:main",
     ]},
     install_requires=[
         "torch>=2.4",
@@ -93,6 +94,8 @@ setup(
         # The openai backend (vllm serve fleets, hosted APIs) needs nothing extra (httpx is a base dependency).
         "rewrite": ["vllm", "transformers>=4.56"],
         "hf": ["transformers>=4.56"],
+        # tools/review_rewrites.py: matplotlib draws the review page's figures (docs/alignment.md).
+        "review": ["matplotlib>=3.7"],
         # tools/evaluate.py: transformers runs the models, matplotlib draws the report, lm-evaluation-harness
         # runs --lm-eval-tasks and English MMLU (0.4.13 is the version our parity test was measured against).
         "eval": ["transformers>=4.56", "matplotlib>=3.7", "lm-eval>=0.4.13"],

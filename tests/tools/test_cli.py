@@ -27,13 +27,15 @@ TOOLS = {
     "tools/train_tokenizer.py": ("train_tokenizer", ["--help"], "--vocab-size"),
     "tools/make_tiny_model.py": ("tiny_model", ["--help"], "--vocab-size"),
     "tools/build_sft_data.py": ("sft_data", ["build", "--help"], "--tokenizer"),
+    "tools/review_rewrites.py": ("review", ["--help"], "--sample"),
 }
 
 # nm-* command -> the script it stands for
 COMMANDS = {"nm-pretrain": "pretrain_arabic.py", "nm-preprocess": "tools/preprocess_aligned.py",
             "nm-plan": "tools/plan.py", "nm-evaluate": "tools/evaluate.py", "nm-seed-pairs": "tools/make_seed_pairs.py",
             "nm-convert": "tools/convert_checkpoint.py", "nm-train-tokenizer": "tools/train_tokenizer.py",
-            "nm-tiny-model": "tools/make_tiny_model.py", "nm-sft-data": "tools/build_sft_data.py"}
+            "nm-tiny-model": "tools/make_tiny_model.py", "nm-sft-data": "tools/build_sft_data.py",
+            "nm-review": "tools/review_rewrites.py"}
 
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess:
