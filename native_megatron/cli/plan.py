@@ -19,13 +19,20 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from native_megatron.cli import add_config_help, cli_main, print_config
 from native_megatron.training import planner
 from native_megatron.training.config import TrainConfig
 from native_megatron.training.metrics import ModelShape
-from native_megatron.utils.config import ConfigError, load_config, split_overrides, top_level_keys
+from native_megatron.utils.config import (
+    ConfigError,
+    config_from_dict,
+    merged_settings,
+    split_overrides,
+    top_level_keys,
+    validate_config,
+)
 
 # The config sections set by --section.key=value: (dataclass, key prefix).
 SETTINGS = [(TrainConfig, "")]
@@ -67,6 +74,20 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if args.context_parallel < 1:
         p.error("--context-parallel must be at least 1")
     return args, overrides
+
+
+def planning_config(path: str, overrides: list[str]) -> TrainConfig:
+    """The config as the trainer reads it, checked as the trainer checks it except for the data and init_from.
+
+    The planner reads the model, layout, batch and sequence length, never the data or a checkpoint, which
+    need not exist on the machine that plans. Mock tokens stand in for any kind of data (pre-training
+    paths or an SFT directory alike); the data's tokenizer is kept for the vocabulary.
+    """
+    cfg = config_from_dict(TrainConfig, merged_settings(path, overrides))
+    stand_in = replace(cfg, data=replace(cfg.data, mock=True, paths=[], sft_dir=None),
+                       checkpoint=replace(cfg.checkpoint, init_from=None))
+    validate_config(stand_in)
+    return replace(stand_in, data=replace(stand_in.data, tokenizer=cfg.data.tokenizer_path()))
 
 
 def vocab_size(cfg: TrainConfig) -> int:
@@ -186,10 +207,9 @@ def plan_json(plan: planner.Plan | None, best: planner.Plan | None, tokens: int,
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    # The data need not exist on the machine that plans.
-    cfg = load_config(TrainConfig, args.config, overrides, base={"data.mock": True, "checkpoint.init_from": None})
-    if args.print_config:
-        return print_config(cfg)
+    cfg = planning_config(args.config, overrides)
+    if args.print_config:   # the config as the user gave it, not its stand-in data
+        return print_config(config_from_dict(TrainConfig, merged_settings(args.config, overrides)))
     vocab = vocab_size(cfg)
     gpu = planner.GPUS[args.gpu]
     world = args.nodes * args.gpus_per_node

@@ -183,3 +183,21 @@ def test_plan_for_the_tiny_cpu_config_uses_the_tokenizer_vocabulary():
     vocab = 8000  # examples/tokenizer/sample_ar.model
     plan = planner.plan_layout(replace(cfg, precision="fp32"), planner.layout_from_config(cfg, 1), vocab, H100)
     assert plan.vocab_padded == 8000 and plan.fits
+
+
+# The node counts the configs' own comments and docs/alignment.md's recipe plan them on.
+EXAMPLE_LAYOUTS = {"tiny_cpu.yaml": (1, 1), "llama3_8b.yaml": (4, 8), "llama3_70b.yaml": (8, 8),
+                   "rewriter_sft_qwen2.5_3b.yaml": (1, 8), "rewriter_sft_qwen2.5_7b.yaml": (1, 8),
+                   "rewriter_sft_llama3_8b.yaml": (1, 8)}
+
+
+def test_every_shipped_training_config_plans_without_its_data_here():
+    import yaml
+
+    training = {p.name for p in CONFIGS.glob("*.yaml") if "model" in yaml.safe_load(p.read_text())}
+    assert training == set(EXAMPLE_LAYOUTS), "a new example config: add the layout it is planned on"
+    for name, (nodes, gpus) in EXAMPLE_LAYOUTS.items():
+        # SFT configs name data.sft_dir and checkpoint.init_from, pre-training ones data.paths: none exist here.
+        out = plan_cli("--config", CONFIGS / name, "--nodes", nodes, "--gpus-per-node", gpus)
+        assert out.returncode == 0, (name, out.stdout[-300:], out.stderr)
+        assert "fits," in out.stdout, name
