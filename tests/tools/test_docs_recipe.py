@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Liang et al., "Alignment at Pre-training! Towards Native Alignment for Arabic LLMs", NeurIPS 2024.
 AUTHORS = ("Juhao Liang, Zhenyang Cai, Jianqing Zhu, Huang Huang, Kewei Zong, Bang An, Mosen Alharthi, Juncai He, "
            "Lian Zhang, Haizhou Li, Benyou Wang and Jinchao Xu")
+WRONG = ", ".join(["An", "Wang", "Li"])      # the old citation, spelt so that this file does not hold it
 
 
 def tracked_text_files() -> list[Path]:
@@ -29,10 +30,10 @@ def test_the_seed_paper_is_cited_by_its_authors():
     for path in tracked_text_files():
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
         for i, line in enumerate(lines):
-            assert "An, Wang, Li" not in line, f"{path.relative_to(ROOT)}:{i + 1}: the first author is Juhao Liang"
+            assert WRONG not in line, f"{path.relative_to(ROOT)}:{i + 1}: the first author is Juhao Liang"
             if "2412.03253" in line:
                 cited += 1
-                # "Surname et al." on the lines around the arXiv number names the first author.
+                # An "et al." on the lines around the arXiv number follows the first author's name.
                 near = " ".join(lines[max(0, i - 2):i + 3])
                 for first in re.findall(r"([A-Z][a-z]+)(?:,? [A-Z][a-z]+)*,? et al\.", near):
                     assert first == "Liang", f"{path.relative_to(ROOT)}:{i + 1}: cites {first} et al."
