@@ -11,6 +11,11 @@ time to train at a stated utilisation, and the smallest layout that fits, with
 the settings that give it. --context-parallel plans a layout the trainer cannot
 run yet (what it would take). Nothing runs on a GPU. The estimates are
 explained in docs/multinode.md.
+
+    python tools/plan.py rewrite --documents 59M --tokens 10B --rewriter 8B
+
+plans a rewrite instead: GPU-hours, wall time per array size and the client
+cores each task needs (docs/alignment.md, "Planning the rewrite").
 """
 
 from __future__ import annotations
