@@ -11,6 +11,11 @@ time to train at a stated utilisation, and the smallest layout that fits, with
 the settings that give it. --context-parallel plans a layout the trainer cannot
 run yet (what it would take). Nothing runs on a GPU. The estimates are
 explained in docs/multinode.md.
+
+    python tools/plan.py rewrite --documents 59M --tokens 10B --rewriter 8B
+
+plans a rewrite instead: GPU-hours, wall time per array size and the client
+cores each task needs (docs/alignment.md, "Planning the rewrite").
 """
 
 from __future__ import annotations
@@ -19,13 +24,21 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
+from native_megatron.alignment import budget
 from native_megatron.cli import add_config_help, cli_main, print_config
 from native_megatron.training import planner
 from native_megatron.training.config import TrainConfig
 from native_megatron.training.metrics import ModelShape
-from native_megatron.utils.config import ConfigError, load_config, split_overrides, top_level_keys
+from native_megatron.utils.config import (
+    ConfigError,
+    config_from_dict,
+    merged_settings,
+    split_overrides,
+    top_level_keys,
+    validate_config,
+)
 
 # The config sections set by --section.key=value: (dataclass, key prefix).
 SETTINGS = [(TrainConfig, "")]
@@ -35,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Any training setting can be changed as --section.key=value, e.g. "
                                        "--parallel.tensor=4 --model.recompute=full.")
-    p.add_argument("--config", required=True, metavar="YAML", help="the training config (as for pretrain_arabic.py)")
+    p.add_argument("--config", metavar="YAML", help="the training config (as for pretrain_arabic.py); required "
+                                                    "unless the command is rewrite")
     p.add_argument("--nodes", type=int, default=1, metavar="N", help="nodes (default 1)")
     p.add_argument("--gpus-per-node", type=int, default=8, metavar="G", help="GPUs per node (default 8)")
     p.add_argument("--gpu", choices=sorted(planner.GPUS), default="h100", help="GPU model (default h100)")
@@ -53,13 +67,55 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CUDA context, NCCL buffers and fragmentation, GiB per GPU (default 4)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     add_config_help(p, SETTINGS, note="as for pretrain_arabic.py, explained in docs/training.md")
+    commands = p.add_subparsers(dest="command", metavar="[rewrite]",
+                                help="plan rewriting a corpus instead (GPU-hours, wall time, client cores): "
+                                     "tools/plan.py rewrite --help")
+    add_rewrite_parser(commands)
     return p
+
+
+def add_rewrite_parser(commands) -> None:
+    r = commands.add_parser("rewrite", description=budget.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                            help="plan rewriting a corpus: GPU-hours, wall time per array size, client cores")
+    r.add_argument("--documents", metavar="N", help="documents to rewrite, e.g. 96K or 59M")
+    r.add_argument("--tokens", metavar="N", help="their tokens, e.g. 10B (give one or both of --documents, --tokens)")
+    r.add_argument("--tokens-per-document", type=float, default=1000, metavar="T",
+                   help="input tokens per document, when only one of --documents and --tokens is given (default "
+                        "1000: about a page)")
+    r.add_argument("--output-ratio", type=float, default=1.0, metavar="R",
+                   help="output tokens per input token (default 1.0: a rewrite is about as long as its source; "
+                        "the stats of a first run give yours: completion over document tokens)")
+    r.add_argument("--guideline-tokens", type=int, default=500, metavar="T",
+                   help="the guidelines' prompt, prefilled with each request (default 500, the shipped Arabic "
+                        "guidelines)")
+    r.add_argument("--rewriter", default="8B", metavar="SIZE", help="the rewriter's parameters (default 8B)")
+    r.add_argument("--tokens-per-second", type=float, metavar="TPS",
+                   help="output tokens/s per GPU, measured (the rewrite stage prints `generated tokens/s`). "
+                        f"Default: the published {budget.PUBLISHED_TOKENS_PER_SECOND:,} for an 8B model on an H100 "
+                        f"({budget.PUBLISHED_SOURCE}), scaled by parameters for other sizes")
+    r.add_argument("--gpu", choices=sorted(planner.GPUS), default="h100",
+                   help="GPU model, for the GPUs an engine needs (default h100)")
+    r.add_argument("--gpus-per-task", type=int, metavar="G",
+                   help="GPUs per engine, one engine per array task (default: the fewest whose memory holds the "
+                        "bf16 weights in half, the rest for the KV cache)")
+    r.add_argument("--array-sizes", default="1,8,16,32,64,128", metavar="LIST",
+                   help="array sizes to show the wall time for (default 1,8,16,32,64,128)")
+    r.add_argument("--shard-size", type=int, default=budget.SHARD_SIZE, metavar="N",
+                   help=f"documents per shard, the unit a task takes: the prepare stage's output.shard_size "
+                        f"(default {budget.SHARD_SIZE:,})")
+    r.add_argument("--client-ms-per-document", type=float, default=1000 * budget.CLIENT_SECONDS_PER_DOCUMENT,
+                   metavar="MS",
+                   help=f"client CPU per document (default {1000 * budget.CLIENT_SECONDS_PER_DOCUMENT:.0f}: today's "
+                        "client against a simulated engine; measure yours with benchmarks/bench_rewrite.py)")
+    r.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     rest, overrides = split_overrides(argv, top_level_keys(TrainConfig))
     p = build_parser()
     args = p.parse_args(rest)
+    if args.command is None and not args.config:
+        p.error("--config is required: the training config to plan (or plan a rewrite: tools/plan.py rewrite)")
     if args.nodes < 1 or args.gpus_per_node < 1:
         p.error("--nodes and --gpus-per-node must be at least 1")
     if not 0 < args.mfu <= 1:
@@ -67,6 +123,20 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if args.context_parallel < 1:
         p.error("--context-parallel must be at least 1")
     return args, overrides
+
+
+def planning_config(path: str, overrides: list[str]) -> TrainConfig:
+    """The config as the trainer reads it, checked as the trainer checks it except for the data and init_from.
+
+    The planner reads the model, layout, batch and sequence length, never the data or a checkpoint, which
+    need not exist on the machine that plans. Mock tokens stand in for any kind of data (pre-training
+    paths or an SFT directory alike); the data's tokenizer is kept for the vocabulary.
+    """
+    cfg = config_from_dict(TrainConfig, merged_settings(path, overrides))
+    stand_in = replace(cfg, data=replace(cfg.data, mock=True, paths=[], sft_dir=None),
+                       checkpoint=replace(cfg.checkpoint, init_from=None))
+    validate_config(stand_in)
+    return replace(stand_in, data=replace(stand_in.data, tokenizer=cfg.data.tokenizer_path()))
 
 
 def vocab_size(cfg: TrainConfig) -> int:
@@ -183,13 +253,100 @@ def plan_json(plan: planner.Plan | None, best: planner.Plan | None, tokens: int,
     return {"plan": one(plan), "error": error, "suggestion": one(best), "tokens": tokens}
 
 
+def count(text: str, flag: str) -> int:
+    try:
+        n = planner.parse_tokens(text)
+    except ConfigError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"{flag} {text!r}: give a positive count like 96K, 59M or 10B")
+    return n
+
+
+def rewrite_budget(args: argparse.Namespace) -> budget.RewriteBudget:
+    if not args.documents and not args.tokens:
+        raise ConfigError("plan rewrite: give --documents N, --tokens N or both (e.g. --documents 96K)")
+    if args.tokens_per_document <= 0 or args.output_ratio <= 0 or args.client_ms_per_document < 0:
+        raise ConfigError("--tokens-per-document and --output-ratio must be positive, --client-ms-per-document "
+                          "not negative")
+    documents = count(args.documents, "--documents") if args.documents else None
+    tokens = count(args.tokens, "--tokens") if args.tokens else None
+    documents = documents or max(1, round(tokens / args.tokens_per_document))
+    tokens = tokens or round(documents * args.tokens_per_document)
+    work = budget.RewriteWork(documents, tokens, args.output_ratio, args.guideline_tokens)
+    params = count(args.rewriter, "--rewriter")
+    gpus = args.gpus_per_task or budget.gpus_per_engine(params, planner.GPUS[args.gpu].memory_gib)
+    if args.tokens_per_second:
+        engine = budget.Engine(params, gpus, args.tokens_per_second, "measured (--tokens-per-second)")
+    elif args.gpu != "h100":
+        raise ConfigError(f"the published throughput is for an H100: give --tokens-per-second for {args.gpu}")
+    else:
+        engine = budget.published_engine(params, gpus)
+    try:
+        sizes = [int(x) for x in args.array_sizes.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1 or gpus < 1 or args.shard_size < 1:
+        raise ConfigError("--array-sizes is a list of positive counts like 1,8,64; --gpus-per-task and "
+                          "--shard-size must be at least 1")
+    return budget.plan_rewrite(work, engine, sizes, args.client_ms_per_document / 1000, args.shard_size)
+
+
+def render_rewrite(b: budget.RewriteBudget) -> str:
+    w, e = b.work, b.engine
+    lines = [
+        f"rewrite   {w.documents:,} documents, {w.input_tokens:,} tokens in ({w.input_tokens / w.documents:,.0f} "
+        f"per document)",
+        f"          {w.output_tokens:,} tokens out: {w.output_ratio:.2f} per token in (--output-ratio; a rewrite is "
+        f"about as long as its source)",
+        f"          {w.prompt_tokens:,} prompt tokens prefilled, the guidelines' {w.guideline_tokens} with each "
+        f"request (vLLM's prefix cache serves most of them)",
+        f"engine    {budget.format_count(e.params)} rewriter on {e.gpus} GPU(s) per task, "
+        f"{e.tokens_per_second_per_gpu:,.0f} output tokens/s per GPU",
+        f"          {e.source}",
+        f"compute   {b.gpu_hours:,.1f} GPU-hours",
+        f"shards    {b.shards:,} of up to {b.shard_size:,} documents (--shard-size); task i takes shards i, "
+        f"i + tasks, ...",
+        "",
+        f"  {'tasks':>6} {'GPUs':>6} {'wall time':>11} {'shards/task':>12} {'client cores/task':>18} "
+        f"{'client cores, all':>18}",
+    ]
+    for r in b.rows:
+        idle = f"   {r.tasks - r.busy_tasks:,} idle: fewer shards than tasks" if r.busy_tasks < r.tasks else ""
+        lines.append(f"  {r.tasks:>6,} {r.gpus:>6,} {planner.format_duration(r.wall_seconds):>11} "
+                     f"{r.shards_per_task:>12,} {r.client_cores_per_task:>18.2f} "
+                     f"{r.client_cores_per_task * r.busy_tasks:>18.1f}{idle}")
+    verdict = "within" if b.client_share <= budget.CLIENT_SHARE_TARGET else "above"
+    per_doc = 1000 * b.engine_seconds_per_document
+    lines += ["",
+              "wall time is generation alone, at the stated throughput; add minutes per task to load the model",
+              f"client    {1000 * b.client_seconds_per_document:g} ms CPU per document (--client-ms-per-document; "
+              "measure with benchmarks/bench_rewrite.py)",
+              f"          = {100 * b.client_share:.0f}% of the engine's {per_doc:,.0f} ms per document per GPU, "
+              f"{verdict} the {100 * budget.CLIENT_SHARE_TARGET:.0f}% target: give each task the client cores above"]
+    return "\n".join(lines)
+
+
+def rewrite_json(b: budget.RewriteBudget) -> dict:
+    return {"work": dict(asdict(b.work), output_tokens=b.work.output_tokens, prompt_tokens=b.work.prompt_tokens),
+            "engine": asdict(b.engine), "gpu_hours": b.gpu_hours, "shards": b.shards,
+            "client_seconds_per_document": b.client_seconds_per_document,
+            "engine_seconds_per_document": b.engine_seconds_per_document, "client_share": b.client_share,
+            "arrays": [asdict(r) for r in b.rows]}
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    # The data need not exist on the machine that plans.
-    cfg = load_config(TrainConfig, args.config, overrides, base={"data.mock": True, "checkpoint.init_from": None})
-    if args.print_config:
-        return print_config(cfg)
+    if args.command == "rewrite":
+        if overrides:
+            raise ConfigError(f"plan rewrite takes no training settings ({overrides[0]})")
+        b = rewrite_budget(args)
+        print(json.dumps(rewrite_json(b), indent=1) if args.json else render_rewrite(b))
+        return 0
+    cfg = planning_config(args.config, overrides)
+    if args.print_config:   # the config as the user gave it, not its stand-in data
+        return print_config(config_from_dict(TrainConfig, merged_settings(args.config, overrides)))
     vocab = vocab_size(cfg)
     gpu = planner.GPUS[args.gpu]
     world = args.nodes * args.gpus_per_node

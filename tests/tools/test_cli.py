@@ -39,9 +39,19 @@ COMMANDS = {"nm-pretrain": "pretrain_arabic.py", "nm-preprocess": "tools/preproc
 
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=120)
+    # Run as the docs write it (`tools/plan.py ...`): the file's mode and shebang are part of what is tested,
+    # with this interpreter's directory first on PATH so that the shebang's python3 is this one.
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PATH=path)
+    return subprocess.run([str(ROOT / script), *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+
+
+def test_every_script_is_executable_with_a_shebang():
+    scripts = [ROOT / "pretrain_arabic.py", *sorted((ROOT / "tools").glob("*.py"))]
+    assert {str(s.relative_to(ROOT)) for s in scripts} == set(TOOLS)   # a new tool gets its --help test too
+    for script in scripts:
+        assert os.stat(script).st_mode & 0o111 == 0o111, f"{script.relative_to(ROOT)}: chmod +x (git add records it)"
+        assert script.read_text().startswith("#!/usr/bin/env python3\n"), script
 
 
 @pytest.mark.parametrize("script", TOOLS)

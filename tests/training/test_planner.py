@@ -183,3 +183,78 @@ def test_plan_for_the_tiny_cpu_config_uses_the_tokenizer_vocabulary():
     vocab = 8000  # examples/tokenizer/sample_ar.model
     plan = planner.plan_layout(replace(cfg, precision="fp32"), planner.layout_from_config(cfg, 1), vocab, H100)
     assert plan.vocab_padded == 8000 and plan.fits
+
+
+# The node counts the configs' own comments and docs/alignment.md's recipe plan them on.
+EXAMPLE_LAYOUTS = {"tiny_cpu.yaml": (1, 1), "llama3_8b.yaml": (4, 8), "llama3_70b.yaml": (8, 8),
+                   "rewriter_sft_qwen2.5_3b.yaml": (1, 8), "rewriter_sft_qwen2.5_7b.yaml": (1, 8),
+                   "rewriter_sft_llama3_8b.yaml": (1, 8)}
+
+
+def test_every_shipped_training_config_plans_without_its_data_here(capsys):
+    import yaml
+
+    from native_megatron.cli.plan import main
+
+    training = {p.name for p in CONFIGS.glob("*.yaml") if "model" in yaml.safe_load(p.read_text())}
+    assert training == set(EXAMPLE_LAYOUTS), "a new example config: add the layout it is planned on"
+    for name, (nodes, gpus) in EXAMPLE_LAYOUTS.items():
+        # SFT configs name data.sft_dir and checkpoint.init_from, pre-training ones data.paths: none exist here.
+        assert main(["--config", str(CONFIGS / name), "--nodes", str(nodes), "--gpus-per-node", str(gpus)]) == 0, name
+        out = capsys.readouterr()
+        assert "fits," in out.out and not out.err, (name, out.err)
+
+
+# ---- tools/plan.py rewrite: what rewriting a corpus costs ------------------------------------------------
+
+def test_rewrite_budget_for_the_papers_10b_token_corpus():
+    from native_megatron.alignment import budget
+
+    # The paper's release: about 10B tokens in ~59M rows, so ~169 tokens a document.
+    work = budget.RewriteWork(documents=59_000_000, input_tokens=10**10)
+    engine = budget.published_engine(8e9, budget.gpus_per_engine(8e9, H100.memory_gib))
+    assert engine.gpus == 1 and engine.tokens_per_second_per_gpu == 5_777 and "MLPerf" in engine.source
+    b = budget.plan_rewrite(work, engine, [1, 64, 4096], client_seconds_per_document=0.033)
+    assert b.gpu_hours == pytest.approx(10**10 / 5_777 / 3600)            # 481: output tokens / (tokens/s)
+    assert b.shards == 2_950
+    one, sixty_four, many = b.rows
+    assert one.wall_seconds == pytest.approx(b.gpu_hours * 3600)
+    # 64 tasks: the busiest holds ceil(2950 / 64) = 47 whole shards, 2% over the even share.
+    assert sixty_four.shards_per_task == 47
+    assert sixty_four.wall_seconds == pytest.approx(47 * 20_000 * (10**10 / 59e6) / 5_777)
+    assert many.busy_tasks == 2_950 and many.shards_per_task == 1
+    # The client: 33 ms per document against the engine's ~29 ms: more than a core per GPU.
+    assert b.engine_seconds_per_document == pytest.approx(10**10 / 59e6 / 5_777)
+    assert one.client_cores_per_task == pytest.approx(0.033 / b.engine_seconds_per_document)
+    assert b.client_share > 1
+    # Output follows input: a rewrite 30% longer than its source costs 30% more.
+    longer = budget.plan_rewrite(budget.RewriteWork(59_000_000, 10**10, output_ratio=1.3), engine, [64])
+    assert longer.gpu_hours == pytest.approx(1.3 * b.gpu_hours)
+    # A 70B expert needs 4 H100s (bf16 weights in half their memory) or 2 H200s; its throughput is scaled.
+    assert budget.gpus_per_engine(70e9, H100.memory_gib) == 4
+    assert budget.gpus_per_engine(70e9, planner.GPUS["h200"].memory_gib) == 2
+    assert budget.published_engine(70e9, 4).tokens_per_second_per_gpu == pytest.approx(5_777 * 8 / 70)
+
+
+def test_plan_rewrite_command_line(capsys):
+    from native_megatron.cli.plan import main
+    out = plan_cli("rewrite", "--documents", "96K", "--array-sizes", "1,8")
+    assert out.returncode == 0, out.stderr
+    for needle in ("96,000 documents, 96,000,000 tokens in (1,000 per document)", "5,777 output tokens/s per GPU",
+                   "published: MLPerf Inference v5.1", "4.6 GPU-hours", "3 idle: fewer shards than tasks",
+                   "33 ms CPU per document", "benchmarks/bench_rewrite.py", "--output-ratio"):
+        assert needle in out.stdout, needle
+    measured = json.loads(plan_cli("rewrite", "--tokens", "10B", "--documents", "59M", "--rewriter", "3B",
+                                   "--tokens-per-second", "12000", "--json").stdout)
+    assert measured["engine"]["source"].startswith("measured")
+    assert measured["gpu_hours"] == pytest.approx(10**10 / 12_000 / 3600)
+    for args, message in [((), "give --documents N, --tokens N or both"),
+                          (("--documents", "lots"), "--documents 'lots': give a positive count"),
+                          (("--documents", "1M", "--gpu", "a100"), "give --tokens-per-second for a100"),
+                          (("--documents", "1M", "--parallel.tensor=2"), "takes no training settings")]:
+        assert main(["rewrite", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(SystemExit) as exit_:
+        main([])                           # neither a config nor the rewrite command
+    assert exit_.value.code == 2
