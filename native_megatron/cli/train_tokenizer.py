@@ -81,4 +81,3 @@ def main(argv: list[str] | None = None) -> int:
     if skips:
         print(f"left out {sum(skips.values()):,} records: " + ", ".join(f"{r} {n:,}" for r, n in skips.most_common()))
     return 0
-
