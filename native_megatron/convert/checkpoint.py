@@ -118,29 +118,25 @@ def _copy_hf_tokenizer(src: Path, dst: Path) -> list[str]:
         files = copy_tokenizer(src, dst)
     except TokenizerError:  # a model directory without tokenizer files: the import has none
         return []
+    _save_as_loaded(src, dst)
     _embed_chat_template(src, dst)
-    _pin_tokenizer_class(src, dst)
     return files
 
 
-def _pin_tokenizer_class(src: Path, dst: Path) -> None:
-    """Name in ``dst/tokenizer_config.json`` the class AutoTokenizer gives ``src``: with the model's
-    config.json beside it a Qwen2 tokenizer loads as Qwen2Tokenizer, while the copy, without it, would
-    load as the generic class named in tokenizer_config.json, which splits some texts differently."""
-    config = dst / "tokenizer_config.json"
-    if not config.is_file():
-        return
+def _save_as_loaded(src: Path, dst: Path) -> None:
+    """Save into ``dst`` the tokenizer as AutoTokenizer loads ``src``, over the copied files: with the
+    model's config.json beside it a Qwen2 tokenizer loads as Qwen2Tokenizer, whose splitting can differ
+    from the copied tokenizer.json's, and the copy, without config.json, would load as the generic class.
+    Saved, tokenizer_config.json names the class and tokenizer.json splits as it does."""
     from transformers import AutoTokenizer
 
     try:
-        name = type(AutoTokenizer.from_pretrained(str(src))).__name__
+        tok = AutoTokenizer.from_pretrained(str(src))
     except (OSError, ValueError) as exc:  # the copy stays as it was; the data path reads it without transformers
-        logger.warning("%s: AutoTokenizer cannot load it (%s); its class is not recorded in the import", src, exc)
+        logger.warning("%s: AutoTokenizer cannot load it (%s); the import holds its files as they are", src, exc)
         return
-    c = json.loads(config.read_text(encoding="utf-8"))
-    if c.get("tokenizer_class") != name:
-        c["tokenizer_class"] = name
-        config.write_text(json.dumps(c, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if tok.is_fast:  # a slow (sentencepiece-only) tokenizer is kept as copied
+        tok.save_pretrained(str(dst))
 
 
 def _embed_chat_template(src: Path, dst: Path) -> None:

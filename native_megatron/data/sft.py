@@ -246,6 +246,8 @@ def build_sft_data(files: list[str], tokenizer_path: str, out_dir: str, valid_fr
 
 def _build(files, tokenizer_path, out: Path, ids, skipped: dict, valid_fraction, seed, progress, seq_length,
            too_long) -> dict:
+    import shutil
+
     import torch
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
     from tqdm import tqdm
@@ -292,8 +294,11 @@ def _build(files, tokenizer_path, out: Path, ids, skipped: dict, valid_fraction,
         text_b.finalize(text_prefix(out, s) + ".idx")
         mask_b.finalize(mask_prefix(out, s) + ".idx")
     # Saved by the class that tokenized, not copied: its tokenizer_config.json names that class, so
-    # AutoTokenizer loads the copy (without the model's config.json) as the build loaded it.
+    # AutoTokenizer loads the copy (without the model's config.json) as the build loaded it, and its
+    # tokenizer.json splits text as that class does for the data path, which reads it without transformers.
     tok.save_pretrained(str(out / TOKENIZER_DIR))
+    if (Path(tokenizer_path) / "generation_config.json").is_file():  # the model's sampling defaults travel too
+        shutil.copy2(Path(tokenizer_path) / "generation_config.json", out / TOKENIZER_DIR / "generation_config.json")
     (out / VALID_IDS).write_text("".join(f"{i}\n" for i in kept_valid), encoding="utf-8")
     (out / SKIPPED_FILE).write_text("".join(json.dumps({"id": i, "reason": r}, ensure_ascii=False) + "\n"
                                             for i, r in skipped.items()), encoding="utf-8")

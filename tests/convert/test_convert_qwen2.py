@@ -95,10 +95,15 @@ def test_import_gives_hf_logits(tmp_path, hf_model, imported, tp, pp):
     hf_dir, model = hf_model
     ckpt = imported(tp, pp)
     assert json.loads((ckpt / "hf_model.json").read_text())["family"] == "qwen2"
-    if (tp, pp) == (1, 1):  # the import's tokenizer loads as the model's class (it loaded as TokenizersBackend)
+    if (tp, pp) == (1, 1):  # the import's tokenizer loads and splits as the model's (it loaded as TokenizersBackend)
         from transformers import AutoTokenizer
 
-        assert type(AutoTokenizer.from_pretrained(ckpt / "tokenizer")) is type(AutoTokenizer.from_pretrained(hf_dir))
+        from native_megatron.data.tokenizer import load_tokenizer
+
+        ours, theirs = AutoTokenizer.from_pretrained(ckpt / "tokenizer"), AutoTokenizer.from_pretrained(hf_dir)
+        text = "السلام عليكم 123"
+        assert type(ours) is type(theirs)
+        assert load_tokenizer(ckpt / "tokenizer").encode(text) == theirs(text, add_special_tokens=False)["input_ids"]
     ids = batch()
     with torch.no_grad():
         expected = model(ids).logits

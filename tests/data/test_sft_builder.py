@@ -116,7 +116,10 @@ def test_the_directory_tokenizer_is_the_models_and_check_runs_on_cpu_by_default(
         a = tokenize_conversation(model_tok, r["messages"], end_of_turn_id(model_tok))
         b = tokenize_conversation(load_chat_tokenizer(out / "tokenizer"), r["messages"], end_of_turn_id(copy_tok))
         assert a[0].tolist() == b[0].tolist() and a[1].tolist() == b[1].tolist(), r["id"]
-    assert load_tokenizer(out / "tokenizer").vocab_size == json.loads((out / STATS_FILE).read_text())["vocab_size"]
+    data_path_tok = load_tokenizer(out / "tokenizer")  # tokenizers without transformers: the trainer's view
+    assert data_path_tok.vocab_size == json.loads((out / STATS_FILE).read_text())["vocab_size"]
+    text = "السلام عليكم  ورحمة\n\nالله 123"
+    assert data_path_tok.encode(text) == model_tok(text, add_special_tokens=False)["input_ids"]
 
     # The recipe's check step as written (no --backend): vLLM is not installed here, so it checks with hf.
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"id": r["id"], "raw": r["messages"][1]["content"]} for r in rows])
