@@ -14,6 +14,8 @@ from native_megatron.data.sft import STATS_FILE, end_of_turn_id, load_chat_token
 from tests.helpers.tiny_qwen2 import corpus_texts, make_tiny_qwen2
 from tests.helpers.training import ROOT
 
+# The tiny Qwen2 and transformers' model classes cost about 4 s on 2 cores before the first test.
+pytestmark = pytest.mark.slow
 GUIDELINES = ROOT / "examples" / "guidelines" / "native_alignment_ar.yaml"
 SEQ = 128
 
