@@ -288,7 +288,7 @@ def _build(files, tokenizer_path, out: Path, ids, skipped: dict, valid_fraction,
         st.lengths.append(len(tokens))
     if not stats["train"].conversations:
         reasons = ", ".join(f"{r} {n}" for r, n in Counter(skipped.values()).most_common())
-        raise SFTDataError(f"no conversation left to train on ({len(ids)} read, all skipped: {reasons}); "
+        raise SFTDataError(f"no conversation left to train on ({len(ids)} read, {len(skipped)} skipped: {reasons}); "
                            f"see docs/training.md (SFT) for what a conversation needs")
     for s, (text_b, mask_b) in builders.items():
         text_b.finalize(text_prefix(out, s) + ".idx")

@@ -91,7 +91,7 @@ def test_bad_and_long_conversations_are_counted_and_a_failed_build_leaves_the_la
     bad = write_jsonl(tmp_path / "bad.jsonl", [r for r in rows if r["id"] in reasons])
     rc, _, err = run(capsys, "build", "--input", bad, "--tokenizer", qwen2, "--out", out, "--seq-length", SEQ,
                      "--no-progress")
-    assert rc == 2 and err.count("\n") == 1 and "no conversation left to train on (7 read, all skipped" in err, err
+    assert rc == 2 and err.count("\n") == 1 and "no conversation left to train on (7 read, 7 skipped: " in err, err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     fresh = tmp_path / "fresh"
     assert run(capsys, "build", "--input", bad, "--tokenizer", qwen2, "--out", fresh, "--seq-length", SEQ,
