@@ -12,7 +12,11 @@
 
 `build` tokenizes each conversation with the tokenizer's chat template and masks the loss to the
 assistant's tokens (see native_megatron/data/sft.py); train on the directory with data.sft_dir.
-`check` prints the held-out pass rate and the failures per check, and writes each result to
+A conversation it cannot learn from (a message without a known role or string content, no assistant
+turn or an empty one) or longer than --seq-length is skipped (or, --too-long truncate, cut to fit) and
+counted by reason in the summary, sft_stats.json and OUT/skipped.jsonl.
+`check` (vLLM where it is installed, else transformers; --backend chooses) prints the held-out pass
+rate and the failures per check, and writes each result to
 DATA/check.jsonl (or --out). See docs/training.md (SFT) and docs/alignment.md (the recipe).
 """
 
