@@ -31,12 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True)
     a.add_argument("--tp", type=int, default=1, help="tensor-parallel size (sets the vocabulary padding)")
     a.add_argument("--pp", type=int, default=1, help="pipeline stages")
-    a.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16",
-                   help="weights' dtype: match the training run's precision")
+    a.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+                   help="the checkpoint's weight dtype (default auto: the HF model's own, from config.json's "
+                        "dtype: bf16 for Llama-3 and Qwen2.5, fp32 for an fp32 model, which then round-trips "
+                        "exactly); match the training run's precision. Recorded in OUT/hf_model.json ('dtype') "
+                        "and OUT/config.yaml ('precision')")
     b = sub.add_parser("megatron-to-hf", help="checkpoint -> HF directory")
     b.add_argument("--ckpt", required=True, help="an iter_* directory, an imported or an initial checkpoint")
     b.add_argument("--out", required=True)
-    b.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    b.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+                   help="the export's weight dtype (default auto: as the checkpoint stores them, e.g. fp32 "
+                        "after an fp32 import or run, bf16 after a bf16 run)")
     b.add_argument("--tokenizer", help="the tokenizer to write into the export (.model, tokenizer.json or a "
                                        "directory; default: the copy saved in the checkpoint)")
     b.add_argument("--vocab-size", type=int, help="the unpadded vocabulary (default: from the checkpoint)")

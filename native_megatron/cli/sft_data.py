@@ -12,13 +12,18 @@
 
 `build` tokenizes each conversation with the tokenizer's chat template and masks the loss to the
 assistant's tokens (see native_megatron/data/sft.py); train on the directory with data.sft_dir.
-`check` prints the held-out pass rate and the failures per check, and writes each result to
+A conversation it cannot learn from (a message without a known role or string content, no assistant
+turn or an empty one) or longer than --seq-length is skipped (or, --too-long truncate, cut to fit) and
+counted by reason in the summary, sft_stats.json and OUT/skipped.jsonl.
+`check` (vLLM where it is installed, else transformers; --backend chooses) prints the held-out pass
+rate and the failures per check, and writes each result to
 DATA/check.jsonl (or --out). See docs/training.md (SFT) and docs/alignment.md (the recipe).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from collections import Counter
@@ -26,7 +31,7 @@ from pathlib import Path
 
 from native_megatron.alignment.backends import BackendUnavailable
 from native_megatron.cli import add_config_help, cli_main, print_config
-from native_megatron.data.sft import SFTDataError
+from native_megatron.data.sft import SKIPPED_FILE, SFTDataError
 from native_megatron.utils.config import ConfigError, load_config, split_overrides
 from native_megatron.utils.logging import setup_logging
 
@@ -35,11 +40,20 @@ def cmd_build(args) -> int:
     from native_megatron.data.sft import build_sft_data
 
     stats = build_sft_data(args.input, args.tokenizer, args.out, args.valid_fraction, args.seed,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, seq_length=args.seq_length or None,
+                           too_long=args.too_long)
     for split, s in stats["splits"].items():
         print(f"{split}: {s['conversations']:,} conversations, {s['tokens']:,} tokens, "
               f"{s['trained_tokens']:,} of them trained on (assistant); length p50 {s['length_p50']:,}, "
               f"p99 {s['length_p99']:,}, max {s['length_max']:,}")
+    skipped = sum(stats["skipped"].values())
+    if skipped:
+        reasons = ", ".join(f"{reason} {n:,}" for reason, n in stats["skipped"].items())
+        print(f"skipped {skipped:,} of {stats['conversations_read']:,} conversations ({reasons}); "
+              f"their ids and reasons are in {Path(args.out) / SKIPPED_FILE}")
+    if stats["truncated"]:
+        print(f"truncated {stats['truncated']:,} conversations to {args.seq_length + 1:,} tokens "
+              f"(--seq-length {args.seq_length:,} + 1)")
     print(f"wrote {args.out} (end of turn {stats['end_of_turn']!r}); train with --data.sft_dir={args.out} "
           f"and a data.seq_length of at least the p99 length")
     return 0
@@ -73,6 +87,10 @@ def cmd_check(args, overrides) -> int:
     from native_megatron.alignment.validation import ValidationConfig
 
     # One attempt per document: the pass rate of the model, not of the pipeline's retry.
+    if args.backend is None:  # the recipe's command runs as written on a GPU node and on a laptop alike
+        args.backend = "vllm" if importlib.util.find_spec("vllm") else "hf"
+        print(f"backend: {args.backend} ({'vLLM is installed' if args.backend == 'vllm' else 'vLLM is not installed'}"
+              f"; --backend vllm|hf|openai chooses)")
     base = {"backend": args.backend, "model": args.model, "guidelines": args.guidelines, "on_failure": "keep_raw"}
     cfg = load_config(RewriteConfig, None, [o.replace("--rewrite.", "--", 1) for o in overrides
                                             if o.startswith("--rewrite.")], base=base)
@@ -84,7 +102,12 @@ def cmd_check(args, overrides) -> int:
     if not rows:
         raise ConfigError(f"--data {args.data} holds no held-out pairs (build with --valid-fraction > 0)")
     out = Path(args.out or Path(args.data) / "check.jsonl")
-    backend = build_backend(cfg)
+    try:
+        backend = build_backend(cfg)
+    except ConfigError as exc:
+        if cfg.backend != "vllm":
+            raise
+        raise ConfigError(f"{exc}; or check with transformers on this machine (CPU works): --backend hf") from None
     failures: Counter = Counter()
     passed = 0
     try:
@@ -115,13 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="directory to write")
     b.add_argument("--valid-fraction", type=float, default=0.02, help="conversations held out (default 0.02)")
     b.add_argument("--seed", type=int, default=0, help="which conversations are held out")
+    b.add_argument("--seq-length", type=int, default=8192,
+                   help="the training data.seq_length: a conversation longer than it + 1 tokens is skipped or "
+                        "truncated (--too-long), as packing would drop it; 0 keeps all (default 8192)")
+    b.add_argument("--too-long", choices=["skip", "truncate"], default="skip",
+                   help="a conversation longer than --seq-length: leave it out (default) or cut it to fit")
     b.add_argument("--no-progress", action="store_true")
     c = sub.add_parser("check", help="rewrite the held-out raw documents with a model and run the checks")
     c.add_argument("--data", required=True, help="the directory build wrote")
     c.add_argument("--pairs", required=True, help="the seed pairs (make_seed_pairs generate) holding the raw texts")
     c.add_argument("--model", required=True, help="the exported rewriter (or the served name for openai)")
     c.add_argument("--guidelines", required=True)
-    c.add_argument("--backend", choices=["vllm", "hf", "openai"], default="vllm")
+    c.add_argument("--backend", choices=["vllm", "hf", "openai"],
+                   help="vllm (GPU), hf (transformers: CPU or GPU) or openai (a served model); "
+                        "default: vllm where it is installed, else hf")
     c.add_argument("--out", help="results JSONL (default DATA/check.jsonl)")
     from native_megatron.alignment.config import RewriteConfig
     from native_megatron.alignment.validation import ValidationConfig

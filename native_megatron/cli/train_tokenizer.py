@@ -13,24 +13,37 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 
 from native_megatron.cli import cli_main
 from native_megatron.data.cleaning import CleanConfig, Cleaner
-from native_megatron.data.readers import InputError, RecordSkip, expand_inputs, iter_records, parse_record
+from native_megatron.data.readers import (
+    InputError,
+    RecordSkip,
+    check_text_key,
+    expand_inputs,
+    iter_records,
+    parse_record,
+)
 from native_megatron.data.tokenizer import load_tokenizer, train_sentencepiece
 from native_megatron.utils.logging import setup_logging
 
 
-def corpus_texts(files: list[str], text_key: str, id_key: str, clean: bool):
+def corpus_texts(files: list[str], text_key: str, id_key: str, clean: bool, skips: Counter | None = None):
+    """The texts of ``files`` (cleaned if ``clean``); each record left out is counted in ``skips`` by reason."""
     cleaner = Cleaner(CleanConfig()) if clean else None
+    skips = Counter() if skips is None else skips
     for rec in iter_records(files, text_key, id_key):
         try:
             _, text = parse_record(rec, text_key, id_key, files[rec.file])
-        except RecordSkip:
+        except RecordSkip as skip:
+            skips[skip.reason] += 1
             continue
         if cleaner is not None:
             text = cleaner.clean(text)
-            if cleaner.filter(text) is not None:
+            reason = cleaner.filter(text)
+            if reason is not None:
+                skips[reason] += 1
                 continue
         yield text
 
@@ -54,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging("INFO")
     files = expand_inputs(args.input)
+    check_text_key(files, args.text_key)
+    skips: Counter = Counter()
     try:
-        model = train_sentencepiece(corpus_texts(files, args.text_key, args.id_key, not args.no_clean),
+        model = train_sentencepiece(corpus_texts(files, args.text_key, args.id_key, not args.no_clean, skips),
                                     args.model_prefix, args.vocab_size, args.model_type,
                                     args.character_coverage, num_threads=args.threads)
     except RuntimeError as exc:  # sentencepiece reports e.g. a vocabulary too large for the corpus
@@ -63,5 +78,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tok = load_tokenizer(model)
     print(f"wrote {model}: vocab {tok.vocab_size}, EOD id {tok.eod_id}")
+    if skips:
+        print(f"left out {sum(skips.values()):,} records: " + ", ".join(f"{r} {n:,}" for r, n in skips.most_common()))
     return 0
-

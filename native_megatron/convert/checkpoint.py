@@ -18,11 +18,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from native_megatron.convert.hf_tokenizer import write_generation_config, write_hf_tokenizer
+from native_megatron.convert.hf_tokenizer import pad_token_id, write_generation_config, write_hf_tokenizer
 from native_megatron.convert.llama import (
     HFWeights,
     LlamaShape,
     hf_config_dict,
+    hf_precision,
+    hf_special_tokens,
     hf_tensors_for,
     local_shard,
     megatron_global,
@@ -34,9 +36,12 @@ from native_megatron.utils.io import Progress
 
 logger = logging.getLogger(__name__)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# The import record: the HF model's shape and family (llama / qwen2). Imports made before Qwen2
-# support wrote it as hf_llama.json, without the family.
+# The import record: the HF model's shape and family (llama / qwen2), and since the dtype fix the
+# weights' dtype ("dtype": bf16/fp16/fp32, also config.yaml's precision), the HF model's own
+# ("source_dtype") and its config.json's bos/eos/pad token ids. Imports made before Qwen2 support
+# wrote it as hf_llama.json, without the family.
 SHAPE_FILE, OLD_SHAPE_FILE = "hf_model.json", "hf_llama.json"
+SHAPE_FIELDS = set(LlamaShape.__dataclass_fields__)
 
 
 def _train_config(shape: LlamaShape, tp: int, pp: int, precision: str):
@@ -48,8 +53,9 @@ def _train_config(shape: LlamaShape, tp: int, pp: int, precision: str):
     return load_config(TrainConfig, None, [], base=base)
 
 
-def hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, precision: str = "bf16",
+def hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, precision: str = "auto",
                    progress: bool = True) -> Path:
+    """Import ``hf_dir``; ``precision`` "auto" keeps the HF model's own dtype (an fp32 model stays exact)."""
     from megatron.core import parallel_state
 
     from native_megatron.training import checkpointing, megatron_config
@@ -59,6 +65,11 @@ def hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, precision: s
 
     shape = read_hf_config(hf_dir)
     hf = HFWeights(hf_dir)
+    source = hf_precision(hf_dir)
+    precision = source if precision == "auto" else precision
+    if precision != source:
+        logger.info("converting %s weights to %s (--precision); --precision auto keeps them as they are",
+                    source, precision)
     # One process writes any layout: dist_checkpointing reshards on load, so it builds the whole
     # model (TP=1, PP=1) with the vocabulary padded as TP=tp pads it. Under torchrun with tp x pp
     # processes each rank builds and holds only its shard (for models too big for one host's memory).
@@ -94,7 +105,8 @@ def hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, precision: s
         sd = {"model": chunk.sharded_state_dict(), "config": config_dict}
         path = checkpointing.save_weights(out, sd, yaml.safe_dump(config_dict, sort_keys=False))
         if layout.rank == 0:
-            (Path(out) / SHAPE_FILE).write_text(json.dumps(shape.__dict__, indent=1))
+            record = {**shape.__dict__, "dtype": precision, "source_dtype": source, **hf_special_tokens(hf_dir)}
+            (Path(out) / SHAPE_FILE).write_text(json.dumps(record, indent=1))
             _copy_hf_tokenizer(Path(hf_dir), Path(out) / "tokenizer")
         return path
     finally:
@@ -106,8 +118,25 @@ def _copy_hf_tokenizer(src: Path, dst: Path) -> list[str]:
         files = copy_tokenizer(src, dst)
     except TokenizerError:  # a model directory without tokenizer files: the import has none
         return []
+    _save_as_loaded(src, dst)
     _embed_chat_template(src, dst)
     return files
+
+
+def _save_as_loaded(src: Path, dst: Path) -> None:
+    """Save into ``dst`` the tokenizer as AutoTokenizer loads ``src``, over the copied files: with the
+    model's config.json beside it a Qwen2 tokenizer loads as Qwen2Tokenizer, whose splitting can differ
+    from the copied tokenizer.json's, and the copy, without config.json, would load as the generic class.
+    Saved, tokenizer_config.json names the class and tokenizer.json splits as it does."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(src))
+    except (OSError, ValueError) as exc:  # the copy stays as it was; the data path reads it without transformers
+        logger.warning("%s: AutoTokenizer cannot load it (%s); the import holds its files as they are", src, exc)
+        return
+    if tok.is_fast:  # a slow (sentencepiece-only) tokenizer is kept as copied
+        tok.save_pretrained(str(dst))
 
 
 def _embed_chat_template(src: Path, dst: Path) -> None:
@@ -146,7 +175,7 @@ def _checkpoint_shape(ckpt: Path, vocab_size: int | None, tokenizer: str | None 
     """The model's shape: from the import record, else from the training config saved with it."""
     record = next((ckpt / f for f in (SHAPE_FILE, OLD_SHAPE_FILE) if (ckpt / f).exists()), None)
     if record is not None:
-        shape = LlamaShape(**json.loads(record.read_text()))
+        shape = LlamaShape(**{k: v for k, v in json.loads(record.read_text()).items() if k in SHAPE_FIELDS})
         return shape if vocab_size is None else LlamaShape(**{**shape.__dict__, "vocab": vocab_size})
     from native_megatron.training.checkpointing import read_saved_config
 
@@ -180,7 +209,7 @@ def _checkpoint_shape(ckpt: Path, vocab_size: int | None, tokenizer: str | None 
                       family="qwen2" if m.add_qkv_bias else "llama")  # QKV biases: only Qwen2 has them
 
 
-def megatron_to_hf(ckpt: str, out: str, dtype: str = "bf16", tokenizer: str | None = None,
+def megatron_to_hf(ckpt: str, out: str, dtype: str = "auto", tokenizer: str | None = None,
                    vocab_size: int | None = None, max_shard_bytes: int = 5 << 30, progress: bool = True) -> Path:
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
@@ -198,7 +227,6 @@ def megatron_to_hf(ckpt: str, out: str, dtype: str = "bf16", tokenizer: str | No
         raise CheckpointError(f"checkpoint {ckpt_dir} cannot be loaded: {problem}")
     tokenizer = checkpoint_tokenizer(ckpt_dir, tokenizer)
     shape = _checkpoint_shape(ckpt_dir, vocab_size, tokenizer)
-    torch_dtype = DTYPES[dtype]
     started = False
     if not dist.is_initialized():
         from native_megatron.training.distributed import init_world_of_one
@@ -208,6 +236,8 @@ def megatron_to_hf(ckpt: str, out: str, dtype: str = "bf16", tokenizer: str | No
     try:
         meta = dist_checkpointing.load_tensors_metadata(str(ckpt_dir))
         model_keys = sorted(k for k in meta if k.startswith(("embedding.", "decoder.", "output_layer.")))
+        # auto: as the checkpoint stores its weights (fp32 from an fp32 import or run, bf16 from a bf16 run)
+        torch_dtype = meta[model_keys[0]].dtype if dtype == "auto" else DTYPES[dtype]
         layer_keys = [k for k in model_keys if k.startswith("decoder.layers.")]
         other_keys = [k for k in model_keys if k not in layer_keys]
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -232,15 +262,44 @@ def megatron_to_hf(ckpt: str, out: str, dtype: str = "bf16", tokenizer: str | No
     finally:
         if started:
             dist.destroy_process_group()
-    bos_id = eos_id = None
+    # The tokenizer's special tokens, else those the imported HF model's config.json named.
+    ids = {k: v for k, v in (import_record(ckpt_dir) or {}).items() if k.endswith("_token_id")}
     if tokenizer:
         bos_id, eos_id = write_hf_tokenizer(tokenizer, out_dir)
-        write_generation_config(out_dir, bos_id, eos_id)
+        pad_id = pad_token_id(out_dir)
+        ids.update({k: v for k, v in (("bos_token_id", bos_id), ("eos_token_id", eos_id), ("pad_token_id", pad_id))
+                    if v is not None})
+        write_generation_config(out_dir, ids.get("bos_token_id"), ids["eos_token_id"])
     else:  # only a run on data.mock has none
         logger.warning("%s names no tokenizer (trained on mock data?): the export has none; pass --tokenizer",
                        ckpt_dir)
-    (out_dir / "config.json").write_text(json.dumps(hf_config_dict(shape, torch_dtype, bos_id, eos_id), indent=2))
+    config = hf_config_dict(shape, torch_dtype, ids.get("bos_token_id"), ids.get("eos_token_id"),
+                            ids.get("pad_token_id"))
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     return out_dir
+
+
+def import_record(ckpt: str | Path, _depth: int = 0) -> dict | None:
+    """The import record (see SHAPE_FILE) of ``ckpt``, or of the import a training run started from
+    (its config.yaml's ``checkpoint.init_from``); None when there is none."""
+    ckpt = Path(ckpt)
+    record = next((ckpt / f for f in (SHAPE_FILE, OLD_SHAPE_FILE) if (ckpt / f).exists()), None)
+    if record is not None:
+        return json.loads(record.read_text())
+    if _depth > 8:
+        return None
+    from native_megatron.training.checkpointing import read_saved_config
+
+    saved = read_saved_config(ckpt)
+    init_from = saved.config.checkpoint.init_from if saved is not None else None
+    return import_record(init_from, _depth + 1) if init_from and Path(init_from).is_dir() else None
+
+
+def imported_dtype(ckpt: str | Path) -> str | None:
+    """The weights' dtype of an import (bf16, fp16, fp32), for a trainer to warn when it trains from it in
+    another precision; None for a checkpoint that is not an import or an import from before it was recorded."""
+    record = import_record(ckpt)
+    return record.get("dtype") if record else None
 
 
 class _ShardWriter:

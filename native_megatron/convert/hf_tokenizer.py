@@ -93,6 +93,18 @@ def write_hf_tokenizer(src: str | Path, out: str | Path) -> tuple[int | None, in
     return tok.bos_id, tok.eod_id
 
 
+def pad_token_id(hf_dir: str | Path) -> int | None:
+    """The id of the padding token that the HF tokenizer in ``hf_dir`` names, or None."""
+    from tokenizers import Tokenizer as HFTok
+
+    config, vocab = Path(hf_dir) / "tokenizer_config.json", Path(hf_dir) / "tokenizer.json"
+    if not (config.is_file() and vocab.is_file()):
+        return None
+    pad = json.loads(config.read_text(encoding="utf-8")).get("pad_token")
+    pad = pad.get("content") if isinstance(pad, dict) else pad
+    return HFTok.from_file(str(vocab)).token_to_id(pad) if isinstance(pad, str) else None
+
+
 def write_generation_config(out: str | Path, bos_id: int | None, eos_id: int) -> None:
     path = Path(out) / "generation_config.json"
     if not path.exists():

@@ -108,14 +108,42 @@ def read_hf_config(hf_dir: str | Path) -> LlamaShape:
                       tied=bool(c.get("tie_word_embeddings", False)), family=family)
 
 
-def hf_config_dict(shape: LlamaShape, dtype: torch.dtype, bos_id: int | None = None, eos_id: int | None = None
-                   ) -> dict:
+# config.json's dtype names (transformers 5 writes "dtype", 4 "torch_dtype"; safetensors "BF16"...) -> ours.
+PRECISIONS = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "BF16": "bf16", "F16": "fp16", "F32": "fp32"}
+
+
+def hf_precision(hf_dir: str | Path) -> str:
+    """The HF model's own weight dtype as bf16/fp16/fp32: config.json's ``dtype`` (``torch_dtype``),
+    else the dtype its first stored tensor has."""
+    c = json.loads((Path(hf_dir) / "config.json").read_text())
+    name = c.get("dtype") or c.get("torch_dtype")
+    if name is None:
+        from safetensors import safe_open
+
+        hf = HFWeights(hf_dir)
+        first = next(iter(hf.weight_map))
+        with safe_open(hf.dir / hf.weight_map[first], framework="pt") as f:
+            name = f.get_slice(first).get_dtype()
+    if name not in PRECISIONS:
+        raise ConfigError(f"{hf_dir}: weights in {name} cannot be imported as they are; pass --precision "
+                          f"bf16, fp16 or fp32")
+    return PRECISIONS[name]
+
+
+def hf_special_tokens(hf_dir: str | Path) -> dict:
+    """config.json's bos/eos/pad token ids (None where it names none): an export writes them back."""
+    c = json.loads((Path(hf_dir) / "config.json").read_text())
+    return {k: c.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+
+
+def hf_config_dict(shape: LlamaShape, dtype: torch.dtype, bos_id: int | None = None, eos_id: int | None = None,
+                   pad_id: int | None = None) -> dict:
     cfg = {"architectures": [FAMILIES[shape.family]], "model_type": shape.family, "vocab_size": shape.vocab,
            "hidden_size": shape.hidden, "intermediate_size": shape.ffn, "num_hidden_layers": shape.layers,
            "num_attention_heads": shape.heads, "num_key_value_heads": shape.kv_heads, "head_dim": shape.head_dim,
            "max_position_embeddings": shape.max_positions, "rms_norm_eps": shape.eps, "rope_theta": shape.rope_theta,
            "hidden_act": "silu", "tie_word_embeddings": shape.tied, "torch_dtype": str(dtype).removeprefix("torch."),
-           "bos_token_id": bos_id, "eos_token_id": eos_id}
+           "bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id}
     if shape.family == "qwen2":  # q/k/v biases are implied by the architecture; o_proj and the MLP have none
         cfg.update(use_sliding_window=False, sliding_window=None, max_window_layers=shape.layers,
                    attention_dropout=0.0)

@@ -8,10 +8,12 @@ A directory made by :func:`build_sft_data` holds, per split (``train``, ``valid`
   must learn to produce (an assistant turn's tokens and its end-of-turn token), 0 elsewhere
   (system and user turns, the template's role headers, whatever follows the end-of-turn token);
 
-and ``tokenizer/`` (a copy of the tokenizer, chat template included), ``valid_ids.txt`` (the held-out
-conversations) and ``sft_stats.json``. Packing is not stored: :class:`PackedSFTDataset` packs the
-conversations into ``seq_length`` tokens for each epoch, so the sequence length is a training
-setting, not a preprocessing one.
+and ``tokenizer/`` (the tokenizer as the build loaded it, chat template and class included),
+``valid_ids.txt`` (the held-out conversations), ``skipped.jsonl`` (each conversation left out, with
+its reason) and ``sft_stats.json``, written last as the mark of a complete build. Packing is not
+stored: :class:`PackedSFTDataset` packs the conversations into ``seq_length`` tokens for each epoch,
+so the sequence length is a training setting; the build only leaves out (or cuts, if asked) the
+conversations longer than the one it is told, which packing would drop.
 
 The mask is found without template-specific tags: the prompt up to each assistant turn is rendered
 with ``add_generation_prompt=True``, and the turn is what the template adds after it. The prompt is
@@ -25,11 +27,14 @@ import json
 import logging
 import os
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+
+from native_megatron.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +42,11 @@ SPLITS = ("train", "valid")
 STATS_FILE = "sft_stats.json"
 TOKENIZER_DIR = "tokenizer"
 VALID_IDS = "valid_ids.txt"
+SKIPPED_FILE = "skipped.jsonl"
+PARTIAL_DIR = ".partial-build"
+ROLES = ("system", "user", "assistant")
+# What to do with a conversation longer than the training sequence (seq_length + 1 tokens, as packing counts).
+TOO_LONG = ("skip", "truncate")
 
 
 class SFTDataError(ValueError):
@@ -70,6 +80,31 @@ def load_chat_tokenizer(path: str | os.PathLike):
 def end_of_turn_id(tok) -> int | None:
     """The token that closes an assistant turn: the tokenizer's eos (Qwen's <|im_end|>, Llama-3.1's <|eot_id|>)."""
     return tok.eos_token_id
+
+
+def conversation_problem(messages) -> str | None:
+    """Why ``messages`` cannot be learned from (a short reason, the key its skips are counted under), or None.
+
+    Every message needs a known role and string content; every assistant turn must say something,
+    else the model is taught to answer with nothing.
+    """
+    if not isinstance(messages, list):
+        return "messages_not_a_list"
+    if not messages:
+        return "no_messages"
+    for m in messages:
+        if not isinstance(m, dict) or "role" not in m:
+            return "message_without_role"
+        if m["role"] not in ROLES:
+            return "unknown_role"
+        if not isinstance(m.get("content"), str):
+            return "content_not_a_string"
+    answers = [m["content"] for m in messages if m["role"] == "assistant"]
+    if not answers:
+        return "no_assistant_turn"
+    if any(not a.strip() for a in answers):
+        return "empty_assistant_turn"
+    return None
 
 
 def _render(tok, messages: list[dict], generation_prompt: bool) -> str:
@@ -128,8 +163,6 @@ def read_conversations(files: Iterable[str]) -> Iterator[tuple[str, list[dict]]]
                 except (ValueError, KeyError, TypeError):
                     raise SFTDataError(f"{path}:{line_no}: expected JSON with a 'messages' list "
                                        f"(as make_seed_pairs export writes it)") from None
-                if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-                    raise SFTDataError(f"{path}:{line_no}: 'messages' must be a list of {{role, content}}")
                 yield str(rec.get("id", n)), messages
                 n += 1
 
@@ -156,35 +189,95 @@ class SplitStats:
                 "length_max": int(lengths.max())}
 
 
+def fit_length(tokens: np.ndarray, mask: np.ndarray, seq_length: int | None, too_long: str
+               ) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(tokens, mask, reason to skip or None) under the length policy: a conversation of n tokens takes
+    n - 1 training positions, so it fits when n <= seq_length + 1; a longer one is skipped, or cut to
+    fit when ``too_long`` is "truncate" (skipped still if no assistant token is left to learn)."""
+    if seq_length is None or len(tokens) <= seq_length + 1:
+        return tokens, mask, None
+    if too_long == "skip":
+        return tokens, mask, "too_long"
+    tokens, mask = tokens[:seq_length + 1], mask[:seq_length + 1]
+    return tokens, mask, None if mask[1:].any() else "too_long_no_answer_left"
+
+
 def build_sft_data(files: list[str], tokenizer_path: str, out_dir: str, valid_fraction: float = 0.02,
-                   seed: int = 0, progress: bool = True) -> dict:
-    """Tokenize the chat JSONL ``files`` into ``out_dir`` (see the module docstring); returns its stats."""
-    ids = [cid for cid, _ in read_conversations(files)]
+                   seed: int = 0, progress: bool = True, seq_length: int | None = None,
+                   too_long: str = "skip") -> dict:
+    """Tokenize the chat JSONL ``files`` into ``out_dir`` (see the module docstring); returns its stats.
+
+    A conversation that fails :func:`conversation_problem` or the length policy (``seq_length``,
+    ``too_long``) is left out and counted by reason. Everything is written under ``out_dir/.partial-build``
+    and moved into place only once complete, ``sft_stats.json`` last: an interrupted or failed build
+    leaves no ``.bin`` without its ``.idx``, and no stats describing files of another build.
+    """
+    if too_long not in TOO_LONG:
+        raise SFTDataError(f"too_long={too_long!r}: choose one of {', '.join(TOO_LONG)}")
+    if seq_length is not None and seq_length < 1:
+        raise SFTDataError(f"seq_length={seq_length}: give the training data.seq_length (a positive number)")
+    ids, skipped = [], []
+    for cid, messages in read_conversations(files):
+        problem = conversation_problem(messages)
+        if problem:
+            skipped.append((cid, problem))
+        ids.append(cid)
     if not ids:
         raise SFTDataError(f"no conversations in {', '.join(files)}")
     if len(set(ids)) != len(ids):
         raise SFTDataError("conversation ids repeat: give each line a unique 'id'")
+    import shutil
+
+    out = Path(out_dir)
+    partial = out / PARTIAL_DIR
+    if partial.exists():  # left by a build that was killed: nothing in it is trusted
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    try:
+        summary = _build(files, tokenizer_path, partial, ids, dict(skipped), valid_fraction, seed, progress,
+                         seq_length, too_long)
+        _move_into_place(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    atomic_write_text(out / STATS_FILE, json.dumps(summary, indent=1, ensure_ascii=False))
+    return summary
+
+
+def _build(files, tokenizer_path, out: Path, ids, skipped: dict, valid_fraction, seed, progress, seq_length,
+           too_long) -> dict:
+    import shutil
+
     import torch
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
     from tqdm import tqdm
 
-    from native_megatron.data.tokenizer import copy_tokenizer, token_dtype
+    from native_megatron.data.tokenizer import token_dtype
 
     tok = load_chat_tokenizer(tokenizer_path)
     eot = end_of_turn_id(tok)
-    valid = choose_valid(ids, valid_fraction, seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    valid = choose_valid([i for i in ids if i not in skipped], valid_fraction, seed)
     vocab = len(tok)
     builders = {s: (IndexedDatasetBuilder(text_prefix(out, s) + ".bin", dtype=token_dtype(vocab)),
                     IndexedDatasetBuilder(mask_prefix(out, s) + ".bin", dtype=np.uint8)) for s in SPLITS}
     stats = {s: SplitStats(lengths=[]) for s in SPLITS}
+    truncated = 0
+    kept_valid = []
     for cid, messages in tqdm(read_conversations(files), total=len(ids), disable=not progress, unit="conv"):
+        if cid in skipped:
+            continue
         try:
             tokens, mask = tokenize_conversation(tok, messages, eot)
         except SFTDataError as exc:
             raise SFTDataError(f"conversation {cid}: {exc}") from None
+        n = len(tokens)
+        tokens, mask, problem = fit_length(tokens, mask, seq_length, too_long)
+        if problem:
+            skipped[cid] = problem
+            continue
+        truncated += len(tokens) < n
         split = "valid" if cid in valid else "train"
+        kept_valid += [cid] if split == "valid" else []
         text_b, mask_b = builders[split]
         text_b.add_document(torch.from_numpy(tokens), [len(tokens)])
         mask_b.add_document(torch.from_numpy(mask.astype(np.int64)), [len(mask)])
@@ -193,18 +286,43 @@ def build_sft_data(files: list[str], tokenizer_path: str, out_dir: str, valid_fr
         st.tokens += len(tokens)
         st.trained_tokens += int(mask.sum())
         st.lengths.append(len(tokens))
+    if not stats["train"].conversations:
+        reasons = ", ".join(f"{r} {n}" for r, n in Counter(skipped.values()).most_common())
+        raise SFTDataError(f"no conversation left to train on ({len(ids)} read, {len(skipped)} skipped: {reasons}); "
+                           f"see docs/training.md (SFT) for what a conversation needs")
     for s, (text_b, mask_b) in builders.items():
         text_b.finalize(text_prefix(out, s) + ".idx")
         mask_b.finalize(mask_prefix(out, s) + ".idx")
-    copy_tokenizer(tokenizer_path, out / TOKENIZER_DIR)
-    (out / VALID_IDS).write_text("".join(f"{i}\n" for i in ids if i in valid), encoding="utf-8")
-    summary = {"inputs": [os.path.abspath(f) for f in files], "tokenizer": os.path.abspath(tokenizer_path),
-               "vocab_size": vocab, "end_of_turn": tok.convert_ids_to_tokens(eot) if eot is not None else None,
-               "chat_template_sha256": hashlib.sha256(tok.chat_template.encode("utf-8")).hexdigest(),
-               "valid_fraction": valid_fraction, "seed": seed,
-               "splits": {s: stats[s].to_dict() for s in SPLITS}}
-    (out / STATS_FILE).write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
-    return summary
+    # Saved by the class that tokenized, not copied: its tokenizer_config.json names that class, so
+    # AutoTokenizer loads the copy (without the model's config.json) as the build loaded it, and its
+    # tokenizer.json splits text as that class does for the data path, which reads it without transformers.
+    tok.save_pretrained(str(out / TOKENIZER_DIR))
+    if (Path(tokenizer_path) / "generation_config.json").is_file():  # the model's sampling defaults travel too
+        shutil.copy2(Path(tokenizer_path) / "generation_config.json", out / TOKENIZER_DIR / "generation_config.json")
+    (out / VALID_IDS).write_text("".join(f"{i}\n" for i in kept_valid), encoding="utf-8")
+    (out / SKIPPED_FILE).write_text("".join(json.dumps({"id": i, "reason": r}, ensure_ascii=False) + "\n"
+                                            for i, r in skipped.items()), encoding="utf-8")
+    counts = Counter(skipped.values())
+    return {"inputs": [os.path.abspath(f) for f in files], "tokenizer": os.path.abspath(tokenizer_path),
+            "tokenizer_class": type(tok).__name__,
+            "vocab_size": vocab, "end_of_turn": tok.convert_ids_to_tokens(eot) if eot is not None else None,
+            "chat_template_sha256": hashlib.sha256(tok.chat_template.encode("utf-8")).hexdigest(),
+            "valid_fraction": valid_fraction, "seed": seed, "seq_length": seq_length, "too_long": too_long,
+            "conversations_read": len(ids), "skipped": dict(counts.most_common()), "truncated": truncated,
+            "splits": {s: stats[s].to_dict() for s in SPLITS}}
+
+
+def _move_into_place(partial: Path, out: Path) -> None:
+    """Move a finished build from ``partial`` into ``out``: the old stats first removed, the new written last."""
+    import shutil
+
+    (out / STATS_FILE).unlink(missing_ok=True)
+    for path in sorted(partial.iterdir()):
+        target = out / path.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(path, target)
+    partial.rmdir()
 
 
 def read_stats(directory: str | os.PathLike) -> dict:

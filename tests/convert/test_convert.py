@@ -27,7 +27,7 @@ def hf_model(tmp_path_factory):
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rope_theta=500000.0,
-                      rms_norm_eps=1e-5, tie_word_embeddings=False)
+                      rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():        # random norms too, so a swapped norm cannot pass
         for name, p in model.named_parameters():
@@ -57,15 +57,20 @@ def test_import_gives_hf_logits(tmp_path, hf_model, tp, pp):
 
 
 # One process writes any layout (the README's single-process command with --tp/--pp used to fail with
-# "world size 1 is not divisible"); the checkpoint reshards on load.
+# "world size 1 is not divisible"); the checkpoint reshards on load. Without --precision/--dtype the fp32
+# model stays fp32 both ways (both defaulted to bf16: logits off by 0.0028), and the export's config.json
+# keeps the model's bos/eos/pad ids (pad and, with no tokenizer, bos were dropped).
 @pytest.mark.parametrize("layout", [[], ["--tp", "2", "--pp", "2"]], ids=["default", "tp2pp2_one_process"])
 def test_round_trip_is_exact(tmp_path, hf_model, layout):
     from safetensors.torch import load_file
 
     hf_dir, model = hf_model
     ckpt, back = tmp_path / "ckpt", tmp_path / "back"
-    convert("hf-to-megatron", "--hf", str(hf_dir), "--out", str(ckpt), "--precision", "fp32", *layout)
-    convert("megatron-to-hf", "--ckpt", str(ckpt), "--out", str(back), "--dtype", "fp32")
+    dtypes = ([], []) if not layout else (["--precision", "fp32"], ["--dtype", "fp32"])
+    convert("hf-to-megatron", "--hf", str(hf_dir), "--out", str(ckpt), *dtypes[0], *layout)
+    record = json.loads((ckpt / "hf_model.json").read_text())
+    assert (record["dtype"], record["source_dtype"], record["pad_token_id"]) == ("fp32", "fp32", 0)
+    convert("megatron-to-hf", "--ckpt", str(ckpt), "--out", str(back), *dtypes[1])
     got = {}
     for f in back.glob("*.safetensors"):
         got.update(load_file(f))
@@ -73,7 +78,9 @@ def test_round_trip_is_exact(tmp_path, hf_model, layout):
     assert sorted(got) == sorted(k for k in ref if "rotary" not in k)
     for k, v in got.items():
         assert torch.equal(v, ref[k]), k
-    assert json.loads((back / "config.json").read_text())["vocab_size"] == VOCAB
+    config = json.loads((back / "config.json").read_text())
+    assert config["vocab_size"] == VOCAB and config["torch_dtype"] == "float32"
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (1, 2, 0)
 
 
 def test_continued_pretraining_then_export_loads_in_transformers(tmp_path, hf_model):
@@ -101,6 +108,14 @@ def test_continued_pretraining_then_export_loads_in_transformers(tmp_path, hf_mo
     meg = megatron_logits(trained, hf_dir, ids, tmp_path)
     meg_loss = torch.nn.functional.cross_entropy(meg[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
     assert abs(hf_loss.item() - meg_loss.item()) < 1e-4
+
+
+def test_the_help_says_what_precision_an_import_gets():
+    from native_megatron.cli.convert import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices
+    assert "default auto: the HF model's own" in " ".join(sub["hf-to-megatron"].format_help().split())
+    assert "default auto: as the checkpoint stores them" in " ".join(sub["megatron-to-hf"].format_help().split())
 
 
 def test_unsupported_architecture_is_a_clear_error(tmp_path):

@@ -95,6 +95,15 @@ def test_import_gives_hf_logits(tmp_path, hf_model, imported, tp, pp):
     hf_dir, model = hf_model
     ckpt = imported(tp, pp)
     assert json.loads((ckpt / "hf_model.json").read_text())["family"] == "qwen2"
+    if (tp, pp) == (1, 1):  # the import's tokenizer loads and splits as the model's (it loaded as TokenizersBackend)
+        from transformers import AutoTokenizer
+
+        from native_megatron.data.tokenizer import load_tokenizer
+
+        ours, theirs = AutoTokenizer.from_pretrained(ckpt / "tokenizer"), AutoTokenizer.from_pretrained(hf_dir)
+        text = "السلام عليكم 123"
+        assert type(ours) is type(theirs)
+        assert load_tokenizer(ckpt / "tokenizer").encode(text) == theirs(text, add_special_tokens=False)["input_ids"]
     ids = batch()
     with torch.no_grad():
         expected = model(ids).logits
@@ -147,7 +156,8 @@ def test_a_trained_checkpoint_exports_to_a_model_the_hf_rewriter_serves(tmp_path
     out = export(run / "checkpoints" / "iter_0000002", tmp_path / "exported")
 
     config = json.loads((out / "config.json").read_text())
-    assert (config["model_type"], config["eos_token_id"]) == ("qwen2", 2)
+    assert (config["model_type"], config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == \
+        ("qwen2", 1, 2, 3)
     AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     prompt = tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
