@@ -354,10 +354,7 @@ def unpack_wheel(wheel: Path, site: Path) -> None:
             dest = site / "bin" if kind.name == "scripts" else site
             if kind.name not in ("scripts", "purelib", "platlib"):
                 continue  # headers and data files: nothing here uses them
-            dest.mkdir(exist_ok=True)
-            for item in kind.iterdir():
-                shutil.rmtree(dest / item.name, ignore_errors=True)
-                shutil.move(str(item), dest / item.name)
+            shutil.copytree(kind, dest, dirs_exist_ok=True)  # merged, as pip does
         shutil.rmtree(data)
     for entry_points in site.glob("*.dist-info/entry_points.txt"):
         section = None
@@ -367,7 +364,7 @@ def unpack_wheel(wheel: Path, site: Path) -> None:
                 section = line.strip("[]")
             elif section == "console_scripts" and "=" in line:
                 name, target = (part.strip() for part in line.split("=", 1))
-                module, _, func = target.partition(":")
+                module, _, func = target.split("[")[0].strip().partition(":")  # "[extra]": not needed here
                 script = site / "bin" / name
                 script.parent.mkdir(exist_ok=True)
                 script.write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {func.split('.')[0]}\n"
