@@ -198,7 +198,10 @@ class Check:
         self.pythonpath = [str(ROOT)]
         self.path: list[str] = []  # folders put before $PATH for the children
         self.env_info: dict = {}
-        self.lock = threading.Lock()  # the log and the JSON, when dry-run stages run side by side
+        # The log and the JSON, when dry-run stages run side by side; re-entrant for the SIGTERM handler.
+        self.lock = threading.RLock()
+        self.children: set[subprocess.Popen] = set()  # running now: killed if the check itself is stopped
+        self.stopping = False
         self.report = {"dry_run": self.dry, "started": datetime.datetime.now().isoformat(timespec="seconds"),
                        "finished": False, "budget_s": args.budget_s, "host": platform.node(),
                        "python": sys.executable, "argv": sys.argv[1:], "out": str(self.out), "work": str(self.work),
@@ -243,12 +246,15 @@ class StageRun:
 
     def sh(self, argv: list[str], deadline: float, extra_env: dict | None = None) -> Command:
         """Run ``argv`` from the repository root until it ends or ``deadline`` passes; its output goes to the log."""
+        if self.stopping:
+            raise StageError("the check was stopped")
         timeout = max(1.0, deadline - time.monotonic())
-        self.log_line(self.name, f"$ {shown(argv)}    (at most {timeout:.0f}s)")
         lines: collections.deque[str] = collections.deque(maxlen=4000)
         start = time.monotonic()
         proc = subprocess.Popen(argv, cwd=ROOT, env=self.child_env(extra_env), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+        self.children.add(proc)
+        self.log_line(self.name, f"$ {shown(argv)}    (pid {proc.pid}, at most {timeout:.0f}s)")
 
         def pump() -> None:
             for line in proc.stdout:
@@ -263,11 +269,27 @@ class StageRun:
         except subprocess.TimeoutExpired:
             timed_out = True
             stop(proc)
+        self.children.discard(proc)
         reader.join(timeout=10)
         seconds = time.monotonic() - start
         self.log_line(self.name, f"exit {proc.returncode}{', out of time' if timed_out else ''} after {seconds:.1f}s")
         self.commands.append(Command(argv, proc.returncode, seconds, timed_out, list(lines)))
         return self.commands[-1]
+
+
+def stop_on_signal(c: Check, signum: int, _frame) -> None:
+    """SIGTERM or SIGINT (a device call's time limit, ^C): the children run in their own sessions, so nothing
+    else ends them; kill them, record where the check stopped, and exit without waiting for any stage."""
+    c.stopping = True
+    for proc in list(c.children):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    c.report["stopped"] = f"signal {signum} after {time.monotonic() - c.started:.0f}s; its commands were killed"
+    c.write_json()
+    print(f"gpu_check: stopped by signal {signum}; {c.out / 'gpu_check.json'} has what it finished", flush=True)
+    os._exit(128 + signum)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -849,6 +871,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown stages {sorted(unknown)}; choose from {[n for n, _ in STAGES]}")
     c = Check(args)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop_on_signal(c, signum, frame))
     todo = [(name, fn) for name, fn in STAGES if name in chosen or name == "env"]  # the others read what env found
     for name, _ in todo:
         c.report["stages"][name] = {"status": "not run", "seconds": 0.0, "budget_s": None, "summary": "",

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -331,3 +333,31 @@ def test_a_failing_op_costs_the_kernel_benchmark_only_its_own_row(tmp_path, monk
     assert {r["op"] for r in report["rows"]} == {"rmsnorm", "swiglu", "cross-entropy"}
     (error,) = report["errors"]
     assert error["op"] == "rope (q)" and error["column"] == "ours" and "ModuleNotFoundError" in error["error"]
+
+
+def test_a_stopped_check_kills_its_commands_and_says_where_it_stopped(tmp_path):
+    """Its commands run in their own sessions (so that a deadline ends all they started): a SIGTERM to the
+    check itself (a device call's time limit) must end them too, or a hung one holds the GPU for the rerun."""
+    out = tmp_path / "out"
+    check = subprocess.Popen([sys.executable, str(SCRIPT), "--dry-run", "--stages", "env", "--out", str(out),
+                              "--work", str(tmp_path / "work")], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    log, pid, give_up = out / "gpu_check.log", None, time.monotonic() + 60
+    while pid is None and time.monotonic() < give_up:  # the env probe started (it takes seconds: torch)
+        found = re.search(r"\(pid (\d+),", log.read_text()) if log.exists() else None
+        pid = int(found.group(1)) if found else time.sleep(0.05)
+    assert pid is not None
+    check.send_signal(signal.SIGTERM)
+    assert check.wait(timeout=30) == 128 + signal.SIGTERM, check.stdout.read()
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert "signal 15" in report["stopped"] and report["stages"]["env"]["status"] == "running"
+
+    def alive() -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    while alive() and time.monotonic() < give_up:
+        time.sleep(0.05)
+    assert not alive()
