@@ -79,7 +79,7 @@ CARRY = [("megatron-core==0.16.1", "the trainer's model, parallel layers and che
          ("ninja==1.13.2", "torch builds the extension in parallel with it (serially without)"),
          ("pycld2==0.42", "language identification (native_megatron.data.langid), imported by the preprocessing"),
          ("zstandard==0.25.0", "reading .zst corpora (native_megatron.data.readers)"),
-         ("ftfy==6.3.1", "mojibake repair in cleaning"), ("wcwidth==0.9.4", "ftfy's one dependency"),
+         ("ftfy==6.3.1", "mojibake repair in cleaning"), ("wcwidth==0.9.5", "ftfy's one dependency"),
          ("httpx==0.29.0", "the OpenAI-compatible client, imported by the rewriting pipeline the gpu tests run"),
          ("httpcore==1.0.9", "httpx's transport"), ("certifi==2026.10.19.post1", "httpx's CA bundle"),
          ("tenacity==9.2.1", "the client's retries"),
