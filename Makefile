@@ -9,13 +9,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test test-fast gpu-check clean
+.PHONY: help install demo test test-fast gpu-check gpu-dry-run clean
 
 help:
 	@echo "make demo   preprocess the shipped Arabic sample (raw and aligned), train a tiny model on the blend, evaluate it"
 	@echo "make test   run the test suite"
 	@echo "make test-fast  the suite without the tests marked slow (the inner loop)"
 	@echo "make gpu-check  on NVIDIA GPUs: build, test and measure every GPU path (WHEELS=DIR OUT=DIR; docs/kernels.md)"
+	@echo "make gpu-dry-run  gpu-check's dry run in a venv holding only the lent GPU machine's packages (CI runs it)"
 
 install: $(STAMP)
 
@@ -60,6 +61,11 @@ test-fast: install
 GPU_CHECK_ARGS ?=
 gpu-check:
 	$(PYTHON) benchmarks/gpu_check.py $(if $(WHEELS),--wheels $(WHEELS)) $(if $(OUT),--out $(OUT)) $(GPU_CHECK_ARGS)
+
+# The dry run as the lent machine would see it: a throwaway venv (.gpu_dry_run/) with only its image's
+# packages, no pip, and the carried wheels (benchmarks/gpu_dry_run.sh).
+gpu-dry-run:
+	PYTHON=$(PYTHON) bash benchmarks/gpu_dry_run.sh
 
 clean:
 	rm -rf runs build *.egg-info

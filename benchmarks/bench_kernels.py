@@ -23,6 +23,7 @@ import argparse
 import importlib.metadata
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -108,63 +109,65 @@ def optional_competitors():
     return te, liger, found
 
 
-def cases(device: str, dtype, scale: float):
-    """(name, bytes moved fwd, bytes bwd, ours, eager, te, liger) with inputs built once."""
+def cases(device: str, dtype, scale: float) -> list[tuple[str, object]]:
+    """[(op, build)], where build() makes the op's inputs and returns (bytes moved fwd, bytes bwd, leaf, ours,
+    eager, te, liger): one op at a time, so that one whose inputs or imports fail costs only its own row."""
     tokens = max(8, int(8192 * scale))
-    hidden, ffn, heads, kv_heads, head_dim, vocab = 4096, 14336, 32, 8, 128, 128256
+    hidden, ffn, heads, head_dim, vocab = 4096, 14336, 32, 128, 128256
     if scale < 1:
         hidden, ffn, vocab = max(64, int(hidden * scale) // 64 * 64), max(64, int(ffn * scale) // 64 * 64), \
             max(512, int(vocab * scale))
     b = torch.finfo(dtype).bits // 8
     te, liger, _ = optional_competitors()
-    out = []
+    cuda = device == "cuda"
 
-    x = torch.randn(tokens, hidden, device=device, dtype=dtype, requires_grad=True)
-    w = torch.ones(hidden, device=device, dtype=dtype, requires_grad=True)
-    te_norm = None
-    if "rmsnorm" in te and device == "cuda":
-        te_norm = te["rmsnorm"](hidden, eps=1e-5, params_dtype=dtype).to(device)
-    out.append(("rmsnorm", 2 * x.numel() * b, 3 * x.numel() * b, x,
+    def norm_case():
+        x = torch.randn(tokens, hidden, device=device, dtype=dtype, requires_grad=True)
+        w = torch.ones(hidden, device=device, dtype=dtype, requires_grad=True)
+        te_norm = te["rmsnorm"](hidden, eps=1e-5, params_dtype=dtype).to(device) if "rmsnorm" in te and cuda else None
+        return (2 * x.numel() * b, 3 * x.numel() * b, x,
                 lambda: rmsnorm(x, w, 1e-5), lambda: F.rms_norm(x, (hidden,), w, 1e-5),
                 (lambda: te_norm(x)) if te_norm else None,
-                (lambda: liger["rmsnorm"].apply(x, w, 1e-5)) if "rmsnorm" in liger and device == "cuda" else None))
+                (lambda: liger["rmsnorm"].apply(x, w, 1e-5)) if "rmsnorm" in liger and cuda else None)
 
-    s = tokens
-    q = torch.randn(s, 1, heads, head_dim, device=device, dtype=dtype, requires_grad=True)
-    pos = torch.arange(s, device=device, dtype=torch.float32)[:, None] * \
-        (500000 ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
-    freqs = torch.cat([pos, pos], -1)[:, None, None, :]
-    from megatron.core.models.common.embeddings.rope_utils import _apply_rotary_pos_emb_bshd
+    def rope_case():
+        from megatron.core.models.common.embeddings.rope_utils import _apply_rotary_pos_emb_bshd
 
-    out.append(("rope (q)", 2 * q.numel() * b, 2 * q.numel() * b, q,
+        q = torch.randn(tokens, 1, heads, head_dim, device=device, dtype=dtype, requires_grad=True)
+        pos = torch.arange(tokens, device=device, dtype=torch.float32)[:, None] * \
+            (500000 ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+        freqs = torch.cat([pos, pos], -1)[:, None, None, :]
+        return (2 * q.numel() * b, 2 * q.numel() * b, q,
                 lambda: apply_rope(q, freqs), lambda: _apply_rotary_pos_emb_bshd(q, freqs),
-                (lambda: te["rope"](q, freqs, tensor_format="sbhd", fused=True)) if "rope" in te and device == "cuda"
-                else None, None))
-    del kv_heads
+                (lambda: te["rope"](q, freqs, tensor_format="sbhd", fused=True)) if "rope" in te and cuda else None,
+                None)
 
-    g = torch.randn(tokens, 2 * ffn, device=device, dtype=dtype, requires_grad=True)
+    def swiglu_case():
+        g = torch.randn(tokens, 2 * ffn, device=device, dtype=dtype, requires_grad=True)
 
-    def eager_swiglu():
-        a, c = g.chunk(2, -1)
-        return F.silu(a) * c
+        def eager_swiglu():
+            a, c = g.chunk(2, -1)
+            return F.silu(a) * c
 
-    def liger_swiglu():
-        a, c = g.chunk(2, -1)
-        return liger["swiglu"].apply(a, c)
+        def liger_swiglu():
+            a, c = g.chunk(2, -1)
+            return liger["swiglu"].apply(a, c)
 
-    out.append(("swiglu", 3 * tokens * ffn * b, 5 * tokens * ffn * b, g, lambda: swiglu(g), eager_swiglu, None,
-                liger_swiglu if "swiglu" in liger and device == "cuda" else None))
+        return (3 * tokens * ffn * b, 5 * tokens * ffn * b, g, lambda: swiglu(g), eager_swiglu, None,
+                liger_swiglu if "swiglu" in liger and cuda else None)
 
-    n_xent = max(8, tokens // 2)
-    logits = torch.randn(n_xent, vocab, device=device, dtype=dtype, requires_grad=True)
-    target = torch.randint(0, vocab, (n_xent,), device=device)
-    out.append(("cross-entropy", n_xent * vocab * b, 2 * n_xent * vocab * b, logits,
+    def xent_case():
+        n = max(8, tokens // 2)
+        logits = torch.randn(n, vocab, device=device, dtype=dtype, requires_grad=True)
+        target = torch.randint(0, vocab, (n,), device=device)
+        return (n * vocab * b, 2 * n * vocab * b, logits,
                 lambda: cross_entropy(logits, target),
                 lambda: F.cross_entropy(logits.float(), target, reduction="none"),
-                (lambda: te["xent"](logits[None], target[None], 0.0, False, None)[0])
-                if "xent" in te and device == "cuda" else None,
-                (lambda: liger["xent"].apply(logits, target)[0]) if "xent" in liger and device == "cuda" else None))
-    return out
+                (lambda: te["xent"](logits[None], target[None], 0.0, False, None)[0]) if "xent" in te and cuda
+                else None,
+                (lambda: liger["xent"].apply(logits, target)[0]) if "xent" in liger and cuda else None)
+
+    return [("rmsnorm", norm_case), ("rope (q)", rope_case), ("swiglu", swiglu_case), ("cross-entropy", xent_case)]
 
 
 def fwd_bwd_times(device, fn, leaf, iters):
@@ -206,64 +209,98 @@ def ratio(theirs: float, ours: float) -> float | None:
     return theirs / ours if math.isfinite(theirs) and math.isfinite(ours) and ours > 0 else None
 
 
-def main() -> int:
+def ours_path(device: str) -> str:
+    """What "ours" runs on ``device``: the extension's kernels, or (not built for it) the torch reference."""
+    from native_megatron.ops import extension_available
+
+    if not extension_available(device):
+        return "torch reference"
+    return "CUDA kernels" if device == "cuda" else "CPU kernels"
+
+
+def bench_op(report: dict, device: str, name: str, build, iters: int, compile_: bool, copy_bw: float) -> None:
+    """Time one op, forward and backward, ours and each alternative; its rows go into ``report``."""
+    nbytes_f, nbytes_b, leaf, ours, eager, te_fn, liger_fn = build()
+    alternatives = {"eager": eager, "compile": torch.compile(eager) if compile_ else None,
+                    "te": te_fn, "liger": liger_fn}
+    ours_t = fwd_bwd_times(device, ours, leaf, iters)
+    cols = {}
+    for col, fn in alternatives.items():
+        if fn is None:
+            continue
+        try:
+            cols[col] = fwd_bwd_times(device, fn, leaf, iters)
+        except Exception as exc:  # noqa: BLE001  (a competitor's failure is reported, not fatal)
+            report["errors"].append({"op": name, "column": col, "error": f"{type(exc).__name__}: {exc}"})
+    if name == "cross-entropy":
+        for col, fn in [("ours", ours), ("eager", eager), ("te", te_fn), ("liger", liger_fn)]:
+            if fn is not None and col in ("ours", *cols):
+                report["xent_extra"][col] = xent_extra_memory(fn, leaf)
+    for i, (pass_name, nbytes) in enumerate((("fwd", nbytes_f), ("bwd", nbytes_b))):
+        t = ours_t[i]
+        r = {k: ratio(v[i], t) for k, v in cols.items()}
+        report["rows"].append({"op": name, "pass": pass_name, "ours_ms": t * 1e3, "bytes": nbytes,
+                               "bw_copy": nbytes / t / copy_bw if math.isfinite(t) else None,
+                               "ms": {k: v[i] * 1e3 for k, v in cols.items()}, "ratio": r})
+        shown = {k: f"{v:.2f}" if v is not None else "-" for k, v in r.items()}
+        print(f"{name:14} {pass_name:4} {t * 1e3:9.3f} {nbytes / t / copy_bw:8.2f} {shown.get('eager', '-'):>11} "
+              f"{shown.get('compile', '-'):>13} {shown.get('te', '-'):>8} {shown.get('liger', '-'):>11}",
+              flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--scale", type=float, default=None, help="shape scale (default 1 on GPU, 0.05 on CPU)")
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write every number here (JSON)")
-    args = p.parse_args()
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="also write every number here (JSON), rewritten after each op")
+    args = p.parse_args(argv)
     device, dtype = args.device, getattr(torch, args.dtype)
     scale = args.scale if args.scale is not None else (1.0 if device == "cuda" else 0.05)
     iters = args.iters or (20 if device == "cuda" else 5)
     copy_bw = copy_bandwidth(device, (1 << 30) if device == "cuda" else (1 << 26), iters)
     found = optional_competitors()[2]
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "ops": describe(),
-              "dtype": args.dtype, "scale": scale, "iters": iters, "copy_gbps": copy_bw / 1e9,
-              "competitors": found, "compile": not args.no_compile, "rows": [], "errors": [], "xent_extra": {}}
-    print(f"device: {report['device']}; ops: {describe()}")
+              "ours": ours_path(device), "dtype": args.dtype, "scale": scale, "iters": iters,
+              "copy_gbps": copy_bw / 1e9, "competitors": found, "compile": not args.no_compile, "rows": [],
+              "errors": [], "xent_extra": {}, "finished": False}
+
+    def write() -> None:
+        if args.json:
+            tmp = f"{args.json}.partial"
+            with open(tmp, "w") as f:
+                json.dump(report, f, indent=1)
+            os.replace(tmp, args.json)
+
+    print(f"device: {report['device']}; ops: {describe()}; ours: {report['ours']}")
     print(f"dtype {args.dtype}, scale {scale}; copy bandwidth {copy_bw / 1e9:.0f} GB/s; "
           + ", ".join(f"{k} {v}" for k, v in found.items()))
     header = f"{'op':14} {'pass':4} {'ours ms':>9} {'bw/copy':>8} {'eager/ours':>11} {'compile/ours':>13} " \
              f"{'te/ours':>8} {'liger/ours':>11}"
     print(header)
     print("-" * len(header))
-    for name, bytes_f, bytes_b, leaf, ours, eager, te_fn, liger_fn in cases(device, dtype, scale):
-        alternatives = {"eager": eager, "compile": None if args.no_compile else torch.compile(eager),
-                        "te": te_fn, "liger": liger_fn}
-        ours_t = fwd_bwd_times(device, ours, leaf, iters)
-        cols = {}
-        for col, fn in alternatives.items():
-            if fn is None:
-                continue
-            try:
-                cols[col] = fwd_bwd_times(device, fn, leaf, iters)
-            except Exception as exc:  # noqa: BLE001  (a competitor's failure is reported, not fatal)
-                report["errors"].append({"op": name, "column": col, "error": f"{type(exc).__name__}: {exc}"})
-        if name == "cross-entropy":
-            for col, fn in [("ours", ours), ("eager", eager), ("te", te_fn), ("liger", liger_fn)]:
-                if fn is not None and col in ("ours", *cols):
-                    report["xent_extra"][col] = xent_extra_memory(fn, leaf)
-        for i, (pass_name, nbytes) in enumerate((("fwd", bytes_f), ("bwd", bytes_b))):
-            t = ours_t[i]
-            r = {k: ratio(v[i], t) for k, v in cols.items()}
-            report["rows"].append({"op": name, "pass": pass_name, "ours_ms": t * 1e3, "bytes": nbytes,
-                                   "bw_copy": nbytes / t / copy_bw if math.isfinite(t) else None,
-                                   "ms": {k: v[i] * 1e3 for k, v in cols.items()}, "ratio": r})
-            shown = {k: f"{v:.2f}" if v is not None else "-" for k, v in r.items()}
-            print(f"{name:14} {pass_name:4} {t * 1e3:9.3f} {nbytes / t / copy_bw:8.2f} {shown.get('eager', '-'):>11} "
-                  f"{shown.get('compile', '-'):>13} {shown.get('te', '-'):>8} {shown.get('liger', '-'):>11}")
+    write()
+    for name, build in cases(device, dtype, scale):
+        try:
+            bench_op(report, device, name, build, iters, not args.no_compile, copy_bw)
+        except Exception as exc:  # noqa: BLE001  (one op failing leaves the others their rows)
+            report["errors"].append({"op": name, "column": "ours", "error": f"{type(exc).__name__}: {exc}"})
+            print(f"{name:14} failed: {type(exc).__name__}: {exc}", flush=True)
+        finally:
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            write()
     if any(v is not None for v in report["xent_extra"].values()):
         print("xent extra (peak beyond logits and their gradient, in logits-sized buffers): "
               + ", ".join(f"{k} {v:.3f}" for k, v in report["xent_extra"].items() if v is not None))
     for e in report["errors"]:
         print(f"{e['op']} {e['column']}: {e['error']}", file=sys.stderr)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-    return 0
+    report["finished"] = True
+    write()
+    return 1 if any(e["column"] == "ours" for e in report["errors"]) else 0
 
 
 if __name__ == "__main__":

@@ -2,21 +2,25 @@
 """Check and measure every GPU path in one command (`make gpu-check`; docs/kernels.md, "GPU check").
 
 On a machine with one or more NVIDIA GPUs and a CUDA build of torch it installs carried wheels
-(--wheels), reports the environment (transformer-engine, Liger-Kernel, vLLM, flash-attn: used
-when importable, else "absent"), builds the CUDA extension (NM_BUILD_EXT=1, in place), runs
-`pytest -m gpu`, benchmarks/bench_kernels.py (Llama-3-8B shapes) and benchmarks/bench_train.py
-(the ~1B preset: local, native, and te when installed), 30 bf16 steps of the tiny and the ~1B
-model through pretrain_arabic.py with a checkpoint save at step 15 and a resume, and with 2 or
-more GPUs a TP=2 and a PP=2 loss-equality check against TP=1. Each stage has a time budget
-inside --budget-s (default 470 s); a stage that fails or runs out of time is recorded (status,
-the last lines of its output) and the next one runs. It ends with one table, and writes
-OUT/gpu_check.json and OUT/gpu_check.log, OUT being --out, else $OUT, else ./gpu_check.
+(--wheels; with pip, or unpacked without it), reports the environment (transformer-engine,
+Liger-Kernel, vLLM, flash-attn: used when importable, else "absent"; nvcc, ninja, a C++ compiler),
+builds the CUDA extension (NM_BUILD_EXT=1, in place; refused in one line without a matching nvcc),
+runs the gpu tests, 30 bf16 steps of the tiny model through pretrain_arabic.py with a checkpoint
+save at step 15 and a resume, 20 steps of the ~1B model (no save), then benchmarks/bench_kernels.py
+(Llama-3-8B shapes) and benchmarks/bench_train.py (the ~1B preset: local, native, and te when
+installed), and with 2 or more GPUs a TP=2 and a PP=2 loss-equality check against TP=1. Each stage
+has a time budget inside --budget-s (default 470 s); a stage that fails or runs out of time is
+recorded (status, the last lines of its output) and the next one runs. It ends with one table, and
+writes OUT/gpu_check.json (as each stage starts and ends) and OUT/gpu_check.log, OUT being --out,
+else $OUT, else ./gpu_check.
 
 --dry-run checks this script on a CPU in about a minute, with stand-ins: the build command is
 checked but not run, pytest only collects the gpu tests, the benchmarks and the training runs
 are tiny, the 1B config is only validated, the TP/PP check uses 2 gloo ranks. The JSON says
-dry_run and no target is judged. CI runs it (tests/tools/test_gpu_check.py).
+dry_run and no target is judged. CI runs it (tests/tools/test_gpu_check.py), and in a venv with
+only the lent machine's packages (benchmarks/gpu_dry_run.sh).
 
+    python3 benchmarks/gpu_check.py --fetch-wheels .whl            # here: the wheels to carry
     python3 benchmarks/gpu_check.py --wheels .whl --out "$OUT"    # the GPU machine
     python benchmarks/gpu_check.py --dry-run --out /tmp/gc        # anywhere
 
@@ -31,6 +35,7 @@ import collections
 import concurrent.futures
 import datetime
 import glob
+import importlib.util
 import json
 import math
 import os
@@ -38,12 +43,14 @@ import platform
 import re
 import shutil
 import signal
+import stat
 import statistics
 import subprocess
 import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
+import zipfile
 from pathlib import Path
 
 from presets import PRESETS  # benchmarks/presets.py, beside this script
@@ -54,28 +61,50 @@ TAIL_LINES = 30
 MIN_STAGE_S = 15  # a stage with less time than this left is not started (status timeout)
 
 # Stage caps in seconds (GPU, dry run). Their sum exceeds the budget on purpose: a stage that
-# finishes early leaves its time to the later ones, and the last stages get what is left. The dry
-# run's are several times what a 2-core machine needs, for when other work shares it.
-CAPS = {"wheels": (60, 45), "env": (60, 45), "build": (240, 45), "pytest": (120, 60),
-        "bench-kernels": (120, 60), "bench-train": (150, 60), "pretrain-tiny": (90, 90),
-        "pretrain-1b": (200, 30), "parallel": (150, 120)}
+# finishes early leaves its time to the later ones, and the last stages get what is left. The order puts
+# the ~1B training run before the sweeps, so that it gets its time whatever they take: on one H100-class
+# GPU about 5 (wheels) + 10 (env) + 60-150 (build, parallel with ninja; serial without) + 60 (pytest) +
+# 40 (pretrain-tiny) + 90 (pretrain-1b) leaves 100 for bench-kernels and the rest of the 470 s for bench-train.
+# The dry run's caps are several times what a 2-core machine needs, for when other work shares it.
+CAPS = {"wheels": (60, 45), "env": (60, 45), "build": (180, 45), "pytest": (90, 60),
+        "pretrain-tiny": (60, 90), "pretrain-1b": (120, 30), "bench-kernels": (100, 60),
+        "bench-train": (150, 60), "parallel": (150, 120)}
+CARRY_LIMIT_MIB = 64  # what the lent machine's call carries, the working tree included
+
+# The wheels the lent GPU machine needs carried (docs/kernels.md): what its image (python3.12, CUDA torch, triton,
+# transformers, sentencepiece, tokenizers, pyarrow, pytest) lacks of what the check's stages import. Pinned: one
+# version each, the ones the tests run with here. `--fetch-wheels DIR` downloads them.
+CARRY = [("megatron-core==0.16.1", "the trainer's model, parallel layers and checkpoints (setup.py's floor)"),
+         ("psutil==7.2.2", "megatron-core's checkpoint writer: without it the save raises in a child and hangs"),
+         ("ninja==1.13.2", "torch builds the extension in parallel with it (serially without)"),
+         ("pycld2==0.42", "language identification (native_megatron.data.langid), imported by the preprocessing"),
+         ("zstandard==0.25.0", "reading .zst corpora (native_megatron.data.readers)"),
+         ("ftfy==6.3.1", "mojibake repair in cleaning"), ("wcwidth==0.9.5", "ftfy's one dependency"),
+         ("httpx==0.29.0", "the OpenAI-compatible client, imported by the rewriting pipeline the gpu tests run"),
+         ("httpcore==1.0.9", "httpx's transport"), ("certifi==2026.10.19.post1", "httpx's CA bundle"),
+         ("tenacity==9.2.1", "the client's retries"),
+         ("pytest-timeout==2.4.0", "pyproject's `timeout = 600` per test"),
+         ("liger-kernel==0.8.5", "the kernel benchmark's competitor (needs triton: on the device only)")]
 
 OPTIONAL = [("transformer-engine", "transformer_engine", ["transformer-engine", "transformer_engine",
                                                           "transformer-engine-cu12", "transformer_engine_torch"]),
             ("Liger-Kernel", "liger_kernel", ["liger-kernel", "liger_kernel"]),
             ("vLLM", "vllm", ["vllm"]),
             ("flash-attn", "flash_attn", ["flash-attn", "flash_attn"])]
-# setup.py's install_requires (as import names), and what the tests and benchmarks import beside them: the env
-# stage names what is missing, which is what a GPU machine without network needs carried as wheels.
-NEEDED = [("megatron-core", "megatron.core"), ("sentencepiece", "sentencepiece"), ("tokenizers", "tokenizers"),
-          ("numpy", "numpy"), ("pyyaml", "yaml"), ("tqdm", "tqdm"), ("datasketch", "datasketch"), ("pycld2", "pycld2"),
-          ("ftfy", "ftfy"), ("pyarrow", "pyarrow"), ("zstandard", "zstandard"), ("psutil", "psutil"),
-          ("tensorboard", "tensorboard"), ("httpx", "httpx"), ("tenacity", "tenacity"), ("triton", "triton"),
-          ("transformers", "transformers"), ("pytest", "pytest"), ("pytest-timeout", "pytest_timeout")]
+# What the check's stages import (setup.py's install_requires less tensorboard, off in every run here, and
+# datasketch, used by dedup alone, which would bring scipy's 35 MB), as (package, import name, needed off the GPU
+# too): the env stage fails when one is missing, which is what a machine without network needs carried as wheels.
+# triton comes with CUDA torch; the dry run's CPU torch runs without it (no torch.compile, no Liger).
+NEEDED = [("megatron-core", "megatron.core", True), ("sentencepiece", "sentencepiece", True),
+          ("tokenizers", "tokenizers", True), ("numpy", "numpy", True), ("pyyaml", "yaml", True),
+          ("tqdm", "tqdm", True), ("pycld2", "pycld2", True), ("ftfy", "ftfy", True), ("pyarrow", "pyarrow", True),
+          ("zstandard", "zstandard", True), ("psutil", "psutil", True), ("httpx", "httpx", True),
+          ("tenacity", "tenacity", True), ("transformers", "transformers", True), ("pytest", "pytest", True),
+          ("pytest-timeout", "pytest_timeout", True), ("triton", "triton", False)]
 
 # Run in a child: what this Python and its torch can do, as one JSON line.
 PROBE = r"""
-import importlib.metadata as md, importlib.util, json, os, shutil, subprocess, sys
+import importlib.metadata as md, importlib.util, json, os, re, shutil, subprocess, sys
 optional, needed = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 def version(module, dists):
     try:
@@ -98,9 +127,15 @@ info["gpus"] = [{"name": torch.cuda.get_device_name(i), "capability": "%d.%d" % 
 from torch.utils.cpp_extension import CUDA_HOME
 info["cuda_home"] = CUDA_HOME
 nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else shutil.which("nvcc")
+info["nvcc"] = info["nvcc_version"] = None
 if nvcc and os.path.exists(nvcc):
-    info["nvcc"] = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
-info["ninja"] = shutil.which("ninja") is not None
+    text = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    info["nvcc"] = text.strip().splitlines()[-1] if text.strip() else nvcc
+    found = re.search(r"release (\d+\.\d+)", text)
+    info["nvcc_version"] = found.group(1) if found else None
+info["ninja"] = shutil.which("ninja")
+# torch's extension build runs $CXX, else c++ (and nvcc's host compiler is the same one).
+info["cxx"] = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
 if shutil.which("nvidia-smi"):  # a read-only query
     q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm",
                         "--format=csv,noheader"], capture_output=True, text=True)
@@ -111,7 +146,7 @@ try:
     info["ops"] = describe()
 except Exception as exc:
     info["ops"] = f"native_megatron.ops does not import: {type(exc).__name__}: {exc}"
-info["needed"] = {label: version(module, [label]) for label, module in needed}
+info["needed"] = {label: version(module, [label]) for label, module, _ in needed}
 print(json.dumps(info))
 """
 
@@ -161,8 +196,12 @@ class Check:
         self.started = time.monotonic()
         self.deadline = self.started + args.budget_s
         self.pythonpath = [str(ROOT)]
+        self.path: list[str] = []  # folders put before $PATH for the children
         self.env_info: dict = {}
-        self.lock = threading.Lock()  # the log and the JSON, when dry-run stages run side by side
+        # The log and the JSON, when dry-run stages run side by side; re-entrant for the SIGTERM handler.
+        self.lock = threading.RLock()
+        self.children: set[subprocess.Popen] = set()  # running now: killed if the check itself is stopped
+        self.stopping = False
         self.report = {"dry_run": self.dry, "started": datetime.datetime.now().isoformat(timespec="seconds"),
                        "finished": False, "budget_s": args.budget_s, "host": platform.node(),
                        "python": sys.executable, "argv": sys.argv[1:], "out": str(self.out), "work": str(self.work),
@@ -175,8 +214,8 @@ class Check:
     def child_env(self, extra: dict | None = None) -> dict:
         env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
         env["PYTHONPATH"] = os.pathsep.join(self.pythonpath + [p for p in [env.get("PYTHONPATH")] if p])
-        # ninja (and other tools pip put beside this Python) for the extension build.
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        # ninja (carried in the wheels' bin/, or put beside this Python by pip) for the extension build.
+        env["PATH"] = os.pathsep.join(self.path + [str(Path(sys.executable).parent), env.get("PATH", "")])
         if self.dry:
             env.setdefault("OMP_NUM_THREADS", "1")
         env.update(extra or {})
@@ -207,12 +246,15 @@ class StageRun:
 
     def sh(self, argv: list[str], deadline: float, extra_env: dict | None = None) -> Command:
         """Run ``argv`` from the repository root until it ends or ``deadline`` passes; its output goes to the log."""
+        if self.stopping:
+            raise StageError("the check was stopped")
         timeout = max(1.0, deadline - time.monotonic())
-        self.log_line(self.name, f"$ {shown(argv)}    (at most {timeout:.0f}s)")
         lines: collections.deque[str] = collections.deque(maxlen=4000)
         start = time.monotonic()
         proc = subprocess.Popen(argv, cwd=ROOT, env=self.child_env(extra_env), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+        self.children.add(proc)
+        self.log_line(self.name, f"$ {shown(argv)}    (pid {proc.pid}, at most {timeout:.0f}s)")
 
         def pump() -> None:
             for line in proc.stdout:
@@ -227,11 +269,27 @@ class StageRun:
         except subprocess.TimeoutExpired:
             timed_out = True
             stop(proc)
+        self.children.discard(proc)
         reader.join(timeout=10)
         seconds = time.monotonic() - start
         self.log_line(self.name, f"exit {proc.returncode}{', out of time' if timed_out else ''} after {seconds:.1f}s")
         self.commands.append(Command(argv, proc.returncode, seconds, timed_out, list(lines)))
         return self.commands[-1]
+
+
+def stop_on_signal(c: Check, signum: int, _frame) -> None:
+    """SIGTERM or SIGINT (a device call's time limit, ^C): the children run in their own sessions, so nothing
+    else ends them; kill them, record where the check stopped, and exit without waiting for any stage."""
+    c.stopping = True
+    for proc in list(c.children):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    c.report["stopped"] = f"signal {signum} after {time.monotonic() - c.started:.0f}s; its commands were killed"
+    c.write_json()
+    print(f"gpu_check: stopped by signal {signum}; {c.out / 'gpu_check.json'} has what it finished", flush=True)
+    os._exit(128 + signum)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -284,13 +342,80 @@ def stage_wheels(c: StageRun, deadline: float, res: dict) -> str:
     site = c.work / "site"
     shutil.rmtree(site, ignore_errors=True)
     res["wheels"] = [os.path.basename(w) for w in wheels]
-    require(c.sh([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                  "--no-cache-dir", "--disable-pip-version-check", "--target", str(site), *wheels], deadline),
-            "pip install")
+    res["mib"] = round(sum(os.path.getsize(w) for w in wheels) / 2**20, 1)
+    if importlib.util.find_spec("pip") is not None:
+        res["installer"] = "pip"
+        require(c.sh([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                      "--no-cache-dir", "--disable-pip-version-check", "--target", str(site), *wheels], deadline),
+                "pip install")
+    else:  # the machine's python3 has no pip: unpack them here (the standard library is all this script has)
+        res["installer"] = "zipfile (no pip)"
+        for wheel in wheels:
+            unpack_wheel(Path(wheel), site)
+        c.log_line(c.name, f"no pip: {len(wheels)} wheels unpacked into {site}")
     c.pythonpath.append(str(site))
+    c.path.append(str(site / "bin"))  # console scripts and the wheels' own programs (ninja)
     res["site"] = str(site)
-    return f"{len(wheels)} wheels into {site}: " + ", ".join(w.split("-")[0] + " " + w.split("-")[1]
-                                                              for w in res["wheels"])
+    return (f"{len(wheels)} wheels ({res['mib']} of the {CARRY_LIMIT_MIB} MiB a call carries) into {site} by "
+            f"{res['installer']}: " + ", ".join(w.split("-")[0] + " " + w.split("-")[1] for w in res["wheels"]))
+
+
+def unpack_wheel(wheel: Path, site: Path) -> None:
+    """Install ``wheel`` into ``site`` as `pip install --target` would, without pip: its files (with their
+    executable bits), its .data folder's libraries into ``site`` and its scripts into ``site/bin``, and a
+    launcher in ``site/bin`` for each console script."""
+    site.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel) as z:
+        for info in z.infolist():
+            target = Path(z.extract(info, site))
+            mode = info.external_attr >> 16
+            if stat.S_ISREG(mode) and mode & 0o111:  # as pip reads a zip entry's mode
+                target.chmod(0o755)
+    for data in site.glob("*.data"):
+        for kind in data.iterdir():
+            dest = site / "bin" if kind.name == "scripts" else site
+            if kind.name not in ("scripts", "purelib", "platlib"):
+                continue  # headers and data files: nothing here uses them
+            shutil.copytree(kind, dest, dirs_exist_ok=True)  # merged, as pip does
+        shutil.rmtree(data)
+    for entry_points in site.glob("*.dist-info/entry_points.txt"):
+        section = None
+        for line in entry_points.read_text().splitlines():
+            line = line.strip()
+            if line.startswith("["):
+                section = line.strip("[]")
+            elif section == "console_scripts" and "=" in line:
+                name, target = (part.strip() for part in line.split("=", 1))
+                module, _, func = target.split("[")[0].strip().partition(":")  # "[extra]": not needed here
+                script = site / "bin" / name
+                script.parent.mkdir(exist_ok=True)
+                script.write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {func.split('.')[0]}\n"
+                                  f"sys.exit({func}())\n")
+                script.chmod(0o755)
+
+
+def fetch_wheels(dest: str, python_version: str) -> int:
+    """Download CARRY's wheels into ``dest`` for the lent machine's Python (or this one's: "host"), with pip."""
+    argv = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+            "--disable-pip-version-check", "-d", dest]
+    if python_version != "host":
+        argv += ["--python-version", python_version, "--implementation", "cp"]
+        argv += [f"--platform={p}" for p in ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64",
+                                             "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_12_x86_64",
+                                             "manylinux2010_x86_64", "manylinux1_x86_64")]
+    rc = subprocess.run(argv + [req for req, _ in CARRY]).returncode
+    if rc:
+        print(f"pip download failed (exit {rc}): see its message above", file=sys.stderr)
+        return rc
+    total = 0
+    for req, why in CARRY:
+        name = req.split("==")[0].replace("-", "_").lower()
+        size = sum(os.path.getsize(w) for w in glob.glob(os.path.join(dest, "*.whl"))
+                   if os.path.basename(w).lower().startswith(name + "-"))
+        total += size
+        print(f"{req:32} {size / 2**20:6.2f} MiB  {why}")
+    print(f"total {total / 2**20:.1f} MiB of the {CARRY_LIMIT_MIB} MiB a device call carries (the tree included)")
+    return 0 if total < CARRY_LIMIT_MIB * 2**20 else 1
 
 
 def stage_env(c: StageRun, deadline: float, res: dict) -> str:
@@ -298,17 +423,19 @@ def stage_env(c: StageRun, deadline: float, res: dict) -> str:
     c.env_info.update(last_json_line(cmd))
     info = c.env_info
     res.update(info)
-    missing = [k for k, v in info["needed"].items() if v == "absent"]
+    off_gpu = {label for label, _, anywhere in NEEDED if anywhere}
+    missing = [k for k, v in info["needed"].items() if v == "absent" and (not c.dry or k in off_gpu)]
     opt = ", ".join(f"{k} {v}" for k, v in info["optional"].items())
     gpus = collections.Counter(f"{g['name']} (sm_{g['capability'].replace('.', '')})" for g in info["gpus"])
     where = ", ".join(f"{n}x {name}" for name, n in gpus.items()) or "no CUDA GPU"
-    line = f"{where}; torch {info['torch']} (CUDA {info['torch_cuda']}); {opt}; ops before the build: {info['ops']}"
-    if missing:
-        line += "; missing: " + ", ".join(missing)
-    if info["needed"]["megatron-core"] == "absent":
-        raise StageError(line + " (carry a megatron-core wheel: docs/kernels.md)")
+    tools = f"nvcc {info['nvcc_version'] or 'absent'}, ninja {'yes' if info['ninja'] else 'absent'}, " \
+            f"C++ compiler {info['cxx'] or 'absent'}"
+    line = f"{where}; torch {info['torch']} (CUDA {info['torch_cuda']}); {tools}; {opt}; " \
+           f"ops before the build: {info['ops']}"
     if not c.dry and not info["gpus"]:
         raise StageError(line + ": torch sees no CUDA GPU; on a CPU use --dry-run")
+    if missing:  # the stages that import them fail later; this says why, and what to carry
+        raise StageError(line + "; missing: " + ", ".join(missing) + " (carry their wheels: docs/kernels.md)")
     return line
 
 
@@ -328,16 +455,43 @@ def stage_build(c: StageRun, deadline: float, res: dict) -> str:
     if c.dry:  # setup.py decides and declares the extension, without compiling it
         require(c.sh(build[:3] + ["--help"], deadline, env), "setup.py build_ext --help")
         return f"dry run: build command checked: {res['command']}"
+    cannot = cannot_build_cuda(c.env_info)
+    if cannot:  # else setup.py builds CPU kernels only, and the benchmark would time the torch reference as ours
+        raise StageError(f"{cannot}: no CUDA kernels, so every kernel target is n/a")
     require(c.sh(build, deadline, env), "build")
     res.update(last_json_line(require(c.sh([sys.executable, "-c", VERIFY_EXT], deadline), "import")))
     if not res["cuda"]:
         raise StageError(f"built, but without CUDA kernels: {res['describe']}")
-    return f"CUDA kernels for {', '.join('sm_' + a.replace('.', '') for a in arches)}: {res['describe']}"
+    how = "in parallel (ninja)" if c.env_info.get("ninja") else "serially (no ninja)"
+    return f"CUDA kernels for {', '.join('sm_' + a.replace('.', '') for a in arches)}, {how}: {res['describe']}"
+
+
+def cannot_build_cuda(info: dict) -> str | None:
+    """Why this machine cannot build the CUDA kernels (one line), or None."""
+    torch_cuda = info.get("torch_cuda")
+    if not torch_cuda:
+        return f"torch {info.get('torch')} is not a CUDA build"
+    if not info.get("nvcc_version"):
+        return (f"no nvcc (CUDA_HOME: {info.get('cuda_home')}): install the CUDA {torch_cuda.split('.')[0]}.x "
+                "toolkit torch was built with, or set CUDA_HOME to it")
+    if info["nvcc_version"].split(".")[0] != torch_cuda.split(".")[0]:
+        return (f"nvcc {info['nvcc_version']} ({info.get('cuda_home')}) does not match torch's CUDA {torch_cuda}: "
+                f"torch refuses to build with another major version; set CUDA_HOME to a {torch_cuda.split('.')[0]}.x "
+                "toolkit")
+    if not info.get("cxx"):
+        return "no host C++ compiler (c++, g++ or $CXX) for torch's extension build"
+    return None
 
 
 def stage_pytest(c: StageRun, deadline: float, res: dict) -> str:
     gpu_only(c)
-    base = [sys.executable, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider", "tests"]
+    files = gpu_test_files()
+    res["files"] = files
+    if not files:
+        raise StageError("no test file marks a test `gpu`")
+    # Only the files that hold gpu tests: collecting all of tests/ imports what the others need (vLLM's client,
+    # the evaluation's plots), and a missing one there would fail this stage with every gpu test passing.
+    base = [sys.executable, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider", *files]
     if c.dry:
         cmd = require(c.sh(base + ["--collect-only", "-q"], deadline), "pytest --collect-only")
         m = next((re.search(r"(\d+)(?:/(\d+))? tests? collected", line) for line in reversed(cmd.lines)
@@ -357,6 +511,12 @@ def stage_pytest(c: StageRun, deadline: float, res: dict) -> str:
         raise StageError(line + ("; " + ", ".join(res.get("failing", []))[:300] if res.get("failing") else
                                  f"; exit {cmd.rc}"))
     return line
+
+
+def gpu_test_files() -> list[str]:
+    """The test files that mark a test `gpu` (pytest.mark.gpu, on a test, a class or the module)."""
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
+                  if re.search(r"\bmark\.gpu\b", p.read_text(encoding="utf-8")))
 
 
 def junit_counts(path: Path) -> dict:
@@ -379,20 +539,34 @@ def stage_bench_kernels(c: StageRun, deadline: float, res: dict) -> str:
     argv = [sys.executable, "benchmarks/bench_kernels.py", "--json", str(path)]
     if c.dry:
         argv += ["--device", "cpu", "--scale", "0.01", "--iters", "2", "--no-compile"]
-    require(c.sh(argv, deadline), "bench_kernels.py")
-    res.update(read_json(path))
-    bw = {f"{r['op']} {r['pass']}": r["bw_copy"] for r in res["rows"]}
-    worst = min((v, k) for k, v in bw.items() if v is not None)
-    return (f"copy {res['copy_gbps']:.0f} GB/s; bw/copy from {worst[0]:.2f} ({worst[1]}) to "
-            f"{max(v for v in bw.values() if v is not None):.2f}; " +
-            ", ".join(f"{k} {v}" for k, v in res["competitors"].items()))
+    cmd = c.sh(argv, deadline)
+    if path.exists():  # written after each op: a failure or a timeout keeps the rows measured before it
+        res.update(read_json(path))
+    rows = [r for r in res.get("rows", []) if r.get("bw_copy") is not None]
+    failed = "; ".join(f"{e['op']}: {e['error']}"[:160] for e in res.get("errors", []) if e["column"] == "ours")
+    line = "no op measured"
+    if rows:
+        worst, best = min(rows, key=lambda r: r["bw_copy"]), max(rows, key=lambda r: r["bw_copy"])
+        line = (f"ours: {res.get('ours', '?')}; copy {res['copy_gbps']:.0f} GB/s; bw/copy from "
+                f"{worst['bw_copy']:.2f} ({worst['op']} {worst['pass']}) to {best['bw_copy']:.2f}; " +
+                ", ".join(f"{k} {v}" for k, v in res["competitors"].items()))
+    if cmd.timed_out:
+        raise TimeoutError(f"out of time after {cmd.seconds:.0f}s; {line}")
+    if failed:  # the other ops' rows stand; the stage does not
+        raise StageError(f"{line}; failed: {failed}")
+    require(cmd, "bench_kernels.py")
+    if not rows:
+        raise StageError(line)
+    return line
 
 
 def stage_bench_train(c: StageRun, deadline: float, res: dict) -> str:
     gpu_only(c)
     path = c.work / "bench_train.json"
     path.unlink(missing_ok=True)
-    specs = ["local", "native"]
+    built = c.report["stages"].get("build", {}).get("results", {})
+    # Without CUDA kernels the native spec runs the torch reference ops: not a figure of ours.
+    specs = ["local", "native"] if c.dry or built.get("cuda") else ["local"]
     if not c.dry and c.env_info.get("optional", {}).get("transformer-engine", "absent") != "absent":
         specs.append("te")
     argv = [sys.executable, "benchmarks/bench_train.py", "--json", str(path), "--specs", ",".join(specs)]
@@ -450,29 +624,46 @@ def stage_pretrain(c: StageRun, deadline: float, res: dict, preset: str) -> str:
     run_dir = c.work / f"pretrain_{preset}"
     shutil.rmtree(run_dir, ignore_errors=True)
     base = pretrain_args(run_dir, preset, c.dry)
-    half, total = (2, 4) if c.dry else (15, 30)
     if c.dry and preset == "1b":  # the 1B settings are checked (they load and validate), not trained on a CPU
-        require(c.sh(base + [f"--schedule.train_steps={half}", "--print-config"], deadline), "--print-config")
+        require(c.sh(base + ["--schedule.train_steps=2", "--print-config"], deadline), "--print-config")
         return "dry run: the 1B settings load and validate (pretrain_arabic.py --print-config)"
+    if preset == "1b":
+        # No save: its ~20 GB would take tens of seconds of the stage's time, and the tiny run checks the save
+        # and the resume. This is the training step's own figure, with nothing else on the machine.
+        run = require(c.sh(base + [f"--schedule.train_steps={STEPS_1B}", "--checkpoint.save_at_end=false"],
+                           deadline), f"steps 1-{STEPS_1B}")
+        res.update(training_results(run_dir, run, None, 0, STEPS_1B))
+        return (f"{res['spec']} spec, bf16, {STEPS_1B} steps (no save); loss {res['first_loss']:.3f} -> "
+                f"{res['last_loss']:.3f}; {res['tokens_per_s']:,.0f} tok/s, MFU {pct(res['mfu'])}, "
+                f"{res['memory_gib']:.1f} GiB")
+    if c.env_info.get("needed", {}).get("psutil") == "absent":
+        # megatron-core's checkpoint writer raises in a child process without it, and the save then hangs
+        # with SIGTERM ignored until the stage's cap: say so now instead.
+        raise StageError("psutil is missing: megatron-core's checkpoint save hangs without it; carry its wheel "
+                         "(docs/kernels.md)")
+    half, total = (2, 4) if c.dry else (15, 30)
     first = require(c.sh(base + [f"--schedule.train_steps={half}", "--checkpoint.save_at_end=true"], deadline),
                     f"steps 1-{half}")
-    # One save and one resume: the resumed run does not save again (the 1B checkpoint is ~20 GB).
     second = require(c.sh(base + [f"--schedule.train_steps={total}", "--checkpoint.save_at_end=false"], deadline),
                      f"resume to step {total}")
     res.update(training_results(run_dir, first, second, half, total))
     res["precision"] = "fp32" if c.dry else "bf16"
-    if preset == "1b" and not c.args.keep_work:
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return (f"{res['spec']} spec, {res['precision']}: steps 1-{half}, saved ({res['save_s']}s), resumed at "
             f"{res['resumed_at']} ({res['load_s']}s) to {total}; loss {res['first_loss']:.3f} -> "
             f"{res['last_loss']:.3f}; {res['tokens_per_s']:,.0f} tok/s, MFU {pct(res['mfu'])}")
 
 
-def training_results(run_dir: Path, first: Command, second: Command, half: int, total: int) -> dict:
+STEPS_1B = 20
+
+
+def training_results(run_dir: Path, first: Command, second: Command | None, half: int, total: int) -> dict:
+    """Losses, speed and memory from the run's metrics.jsonl; with ``second``, the save at ``half`` and the
+    resume from it (``first`` ran steps 1..half, ``second`` half+1..total)."""
     rows = [r for r in read_metrics(run_dir) if "loss" in r]
     steps = [r["step"] for r in rows]
     if steps != list(range(1, total + 1)):
-        raise StageError(f"expected steps 1..{total} once each (a resume at {half}), logged {steps}")
+        raise StageError(f"expected steps 1..{total} once each{f' (a resume at {half})' if second else ''}, "
+                         f"logged {steps}")
     bad = [r["step"] for r in rows if not math.isfinite(r["loss"])]
     if bad:
         raise StageError(f"loss not finite at steps {bad}")
@@ -484,18 +675,23 @@ def training_results(run_dir: Path, first: Command, second: Command, half: int, 
         found = grab(pattern, lines)
         return float(found) if found else None
 
+    # The timed steps: the run's (or the resumed run's) first steps warm up (allocator, kernels' autotuning).
+    later = rows[half + 1:] or rows[half:] if second else rows[min(3, total - 1):]
+    out = {"steps": total, "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"],
+           "spec": grab(r"\((\w+) spec\)", first.lines),
+           "tokens_per_s": statistics.median(r["tokens_per_s"] for r in later),
+           "mfu": statistics.median(r["mfu"] for r in later) if all(r.get("mfu") is not None for r in later)
+           else None, "memory_gib": max(r.get("memory_gib", 0) for r in rows),
+           "seconds": {"first": round(first.seconds, 1)}}
+    if second is None:
+        return out
     resumed = grab(r"resumed from \S+ at step (\d+)", second.lines)
     if resumed is None or int(resumed) != half:
         raise StageError(f"the second run did not resume at step {half} (resumed at {resumed})")
-    later = rows[half + 1:] or rows[half:]  # the resumed run, its first step (warm-up) left out
-    return {"steps": total, "resumed_at": int(resumed), "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"],
-            "spec": grab(r"\((\w+) spec\)", first.lines),
-            "save_s": seconds(r"saved checkpoint \S+ in ([\d.]+)s", first.lines),
-            "load_s": seconds(r"resumed from \S+ at step \d+ .* in ([\d.]+)s", second.lines),
-            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in later),
-            "mfu": statistics.median(r["mfu"] for r in later) if all(r.get("mfu") is not None for r in later)
-            else None, "memory_gib": max(r.get("memory_gib", 0) for r in rows),
-            "seconds": {"first": round(first.seconds, 1), "resumed": round(second.seconds, 1)}}
+    out.update(resumed_at=int(resumed), save_s=seconds(r"saved checkpoint \S+ in ([\d.]+)s", first.lines),
+               load_s=seconds(r"resumed from \S+ at step \d+ .* in ([\d.]+)s", second.lines))
+    out["seconds"]["resumed"] = round(second.seconds, 1)
+    return out
 
 
 PARALLEL_TOL = 2e-4  # fp32: only the order of reductions differs (the training tests' tolerance)
@@ -538,10 +734,12 @@ def stage_parallel(c: StageRun, deadline: float, res: dict) -> str:
     return line
 
 
+# The ~1B training run comes before the sweeps: it is the figure the check is for, and gets its time whatever
+# the sweeps take (see CAPS).
 STAGES = [("wheels", stage_wheels), ("env", stage_env), ("build", stage_build), ("pytest", stage_pytest),
-          ("bench-kernels", stage_bench_kernels), ("bench-train", stage_bench_train),
           ("pretrain-tiny", lambda c, d, r: stage_pretrain(c, d, r, "tiny")),
-          ("pretrain-1b", lambda c, d, r: stage_pretrain(c, d, r, "1b")), ("parallel", stage_parallel)]
+          ("pretrain-1b", lambda c, d, r: stage_pretrain(c, d, r, "1b")),
+          ("bench-kernels", stage_bench_kernels), ("bench-train", stage_bench_train), ("parallel", stage_parallel)]
 
 
 def run_stage(check: Check, name: str, fn) -> None:
@@ -550,6 +748,8 @@ def run_stage(check: Check, name: str, fn) -> None:
     left = c.deadline - time.monotonic()
     entry = c.report["stages"][name]
     entry["budget_s"] = round(min(cap, max(left, 0)))
+    entry["status"] = "running"
+    c.write_json()  # a check cut short from outside shows which stage it was in
     start = time.monotonic()
     try:
         if left < MIN_STAGE_S:
@@ -580,9 +780,13 @@ def judge(c: Check) -> list[dict]:
     kernels = stages.get("bench-kernels", {}).get("results", {})
     train = stages.get("bench-train", {}).get("results", {})
     rows = {(r["op"], r["pass"]): r for r in kernels.get("rows", [])}
+    # Timings of the torch reference (no CUDA kernels built) say nothing of our kernels: judge none of them.
+    reference = bool(kernels) and kernels.get("ours") != "CUDA kernels" and not c.dry
     out = []
 
     def target(name: str, value, ok: bool | None, measured: str) -> None:
+        if reference and not name.startswith("~1B"):
+            value, ok, measured = None, None, f"not judged: ours ran the {kernels.get('ours')}, not CUDA kernels"
         status = "n/a" if value is None or ok is None else ("met" if ok else "missed")
         if c.dry and status != "n/a":
             status = "dry-run"
@@ -609,6 +813,9 @@ def judge(c: Check) -> list[dict]:
            (f"{len(vs) - len(slower)} of {len(vs)} comparisons at least as fast" +
             (f"; slower: {', '.join(slower)}" if slower else "") if vs else f"nothing to compare: {found}"))
     mfus = [(r["mfu"], r["spec"], r["mbs"]) for r in train.get("rows", []) if r.get("mfu") is not None]
+    run_1b = stages.get("pretrain-1b", {}).get("results", {})
+    if run_1b.get("mfu") is not None:  # the training run itself, should the sweep not get to run
+        mfus.append((run_1b["mfu"], f"{run_1b['spec']} in pretrain-1b", 1))
     best = max(mfus) if mfus else None
     target("~1B model MFU >= 45% (best spec)", best[0] if best else None, best[0] >= 0.45 if best else None,
            f"{pct(best[0])} ({best[1]}, mbs {best[2]})" if best else "no MFU measured (CPU, or no known peak)")
@@ -642,11 +849,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="install these wheels (a folder of .whl, $NM_WHEELS) offline before anything else")
     p.add_argument("--budget-s", type=float, default=None, help="wall-time budget (default 470; dry run 300)")
     p.add_argument("--stages", default=None, help=f"comma list, a subset of: {','.join(n for n, _ in STAGES)}")
-    p.add_argument("--keep-work", action="store_true", help="keep the 1B checkpoint (about 20 GB)")
     p.add_argument("--jobs", type=int, default=None,
                    help="dry run only: stages run side by side (default 2); on GPUs they run one at a time, "
                         "so that no stage's timings share the machine")
+    p.add_argument("--fetch-wheels", default=None, metavar="DIR",
+                   help="download the wheels the lent machine needs carried into DIR (pip, network), print each "
+                        "one's size and reason and the total against the carry limit, and exit")
+    p.add_argument("--python-version", default="3.12",
+                   help="with --fetch-wheels: the lent machine's Python (default 3.12), or host for this one's")
     args = p.parse_args(argv)
+    if args.fetch_wheels:
+        return fetch_wheels(args.fetch_wheels, args.python_version)
     if args.jobs is None:
         args.jobs = 2 if args.dry_run else 1
     if args.jobs > 1 and not args.dry_run:
@@ -658,6 +871,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown stages {sorted(unknown)}; choose from {[n for n, _ in STAGES]}")
     c = Check(args)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop_on_signal(c, signum, frame))
     todo = [(name, fn) for name, fn in STAGES if name in chosen or name == "env"]  # the others read what env found
     for name, _ in todo:
         c.report["stages"][name] = {"status": "not run", "seconds": 0.0, "budget_s": None, "summary": "",
