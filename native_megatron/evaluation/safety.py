@@ -155,15 +155,28 @@ def render_prompt(loaded: LoadedModel, prompt: str, chat_tok=None) -> list[int]:
     return loaded.start + loaded.tokenizer.encode(f"السؤال: {prompt}\nالإجابة:")
 
 
+def answer_budget(name: str, window: int, longest_prompt: int, asked: int) -> int:
+    """New tokens per answer: as asked when the longest prompt leaves room in the window, else what it leaves
+    (never under half the window, so that a prompt is cut from the left but never to nothing)."""
+    budget = min(asked, max(window - longest_prompt, window // 2))
+    if budget < asked:
+        logger.warning("%s: a context of %d tokens holds the longest prompt (%d tokens) and %d new tokens, not the "
+                       "%d asked: answers are cut there (pass --max-new-tokens %d or less to silence this)", name,
+                       window, longest_prompt, budget, asked, budget)
+    return budget
+
+
 def generate_answers(loaded: LoadedModel, prompts: list[SafetyPrompt], max_new_tokens: int = 128,
                      batch_size: int = 8, device: str = "cpu") -> list[str]:
     """Greedy answers, batched with left padding; generation stops at EOD."""
     tok, answers = loaded.tokenizer, []
     chat_tok = chat_tokenizer(loaded)  # once, not once per prompt
+    rendered = [render_prompt(loaded, p.prompt, chat_tok) for p in prompts]
     window = int(getattr(loaded.model.config, "max_position_embeddings", 4096))
+    max_new_tokens = answer_budget(loaded.name, window, max((len(ids) for ids in rendered), default=0),
+                                   max_new_tokens)
     for first in range(0, len(prompts), batch_size):
-        batch = [render_prompt(loaded, p.prompt, chat_tok)[-(window - max_new_tokens):]
-                 for p in prompts[first:first + batch_size]]
+        batch = [ids[-(window - max_new_tokens):] for ids in rendered[first:first + batch_size]]
         width = max(len(ids) for ids in batch)
         input_ids = torch.full((len(batch), width), tok.eod_id, dtype=torch.long)
         mask = torch.zeros(len(batch), width, dtype=torch.long)
