@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="arabicmmlu protocol: the instruction's language (default ar, as its evaluate.py)")
     p.add_argument("--arabicmmlu-letters", choices=["ar", "en"],
                    help="arabicmmlu protocol: Arabic or Latin option letters (default ar)")
-    p.add_argument("--data-dir", help="holds one folder per task (default: the samples)")
+    p.add_argument("--data-dir", help="holds one folder per task (default: the samples, examples/eval/ of the "
+                                      "checkout the package runs from, whatever the current directory)")
     p.add_argument("--task-dir", action="append", metavar="TASK=DIR",
                    help="a task's folder elsewhere, e.g. acva=/data/ACVA (repeatable)")
     p.add_argument("--out", help="report and exported models go here (default runs/eval)")

@@ -34,6 +34,8 @@ MMLU = "mmlu"  # English MMLU, through lm-evaluation-harness
 GENERATION_TASKS = (ALIGNMENT, BEAVERTAILS)
 ALL_TASKS = (*READERS, *GENERATION_TASKS, MMLU)
 SAMPLES = Path(__file__).resolve().parents[2] / "examples" / "eval"
+# Marks a folder of sample tasks wherever it is copied, so that a copy is never reported as a benchmark.
+SAMPLE_MARKER = "NM_SAMPLE_TASKS"
 LM_EVAL_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
@@ -44,7 +46,7 @@ class EvalConfig:
     protocol: str = DEFAULT_PROTOCOL
     arabicmmlu_prompt: str = "ar"
     arabicmmlu_letters: str = "ar"
-    data_dir: str = "examples/eval"
+    data_dir: str | None = None  # None: the samples beside the package
     task_dirs: dict[str, str] = field(default_factory=dict)
     out: str = "runs/eval"
     shots: int = 0
@@ -81,11 +83,15 @@ class EvalConfig:
             raise ConfigError("--judge-check needs a judge: --judge openai or --judge classifier")
         if self.shots < 0 or self.batch_size < 1 or (self.limit is not None and self.limit < 1):
             raise ConfigError("--shots >= 0, --batch-size >= 1 and --limit >= 1 required")
+        if self.data_dir is None and not SAMPLES.is_dir() and any(
+                t not in self.task_dirs for t in self.tasks if t != MMLU):
+            raise ConfigError(f"the sample tasks ship with the repository ({SAMPLES} is not here, as in an installed "
+                              f"package): pass --data-dir DIR holding one folder per task")
         if self.device == "auto":
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def task_dir(self, task: str) -> Path:
-        return Path(self.task_dirs.get(task) or Path(self.data_dir) / task)
+        return Path(self.task_dirs.get(task) or Path(self.data_dir or SAMPLES) / task)
 
 
 def score_task(loaded: model_io.LoadedModel, data: TaskData, cfg: EvalConfig) -> TaskResult:
@@ -168,7 +174,7 @@ def _lm_eval_n(out: dict, task: str) -> int:
 def describe_data(path: Path, data: TaskData | None, n_prompts: int | None = None) -> dict:
     """Where a task's items came from: the shipped samples (a format check) or a real data directory."""
     resolved = path.resolve()
-    kind = "sample" if resolved == SAMPLES or SAMPLES in resolved.parents else "data"
+    kind = "sample" if any((d / SAMPLE_MARKER).is_file() for d in (resolved, *resolved.parents)) else "data"
     if data is not None:
         return {"dir": str(path), "kind": kind, "test": len(data.test), "dev": len(data.dev)}
     return {"dir": str(path), "kind": kind, "test": n_prompts or 0, "dev": 0}

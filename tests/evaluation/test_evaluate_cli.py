@@ -89,3 +89,20 @@ def test_missing_task_files_are_named_before_any_model_loads(tmp_path, tiny_hf):
     assert out.returncode == 2 and "expected SUBJECT/test.csv and SUBJECT/dev.csv" in out.stderr
     out = run(EVAL, "--model", tmp_path / "nothing", "--tasks", "acva", "--out", tmp_path / "o")
     assert out.returncode == 2 and "not found" in out.stderr
+
+
+def test_the_default_samples_are_found_from_any_directory_and_labelled_wherever_they_lie(tmp_path, tiny_hf):
+    """--help says the default is the samples: from outside the repository root too. A copy of them (as an
+    installed package's user would pass with --data-dir) is still labelled a format check."""
+    import shutil
+
+    from native_megatron.evaluation.run import describe_data
+
+    out = subprocess.run([sys.executable, EVAL, "--model", tiny_hf, "--tasks", "acva", "--limit", "2", "--out",
+                          tmp_path / "o", "--no-progress"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "format check only, not a benchmark" in out.stdout
+    copy = tmp_path / "my_samples"
+    shutil.copytree(SAMPLES, copy)
+    assert describe_data(copy / "acva", load_task("acva", copy / "acva"))["kind"] == "sample"
+    assert describe_data(tmp_path / "o", None, 3)["kind"] == "data"
