@@ -59,7 +59,10 @@ def encode_pair(tok: Tokenizer, start: list[int], req: Request) -> tuple[list[in
         cont = tok.encode(continuation)
         if not cont:
             raise ValueError(f"empty continuation for {req.continuation!r}")
-        return list(start) + ctx, cont
+        ctx = list(start) + ctx
+        if ctx and ctx[-1] == tok.eod_id:  # lighteval drops it: after an EOS a model ignores what came before
+            ctx = ctx[:-1]
+        return ctx, cont
     whole = tok.encode(context + continuation)
     if len(whole) > len(ctx):
         cont = whole[len(ctx):]  # as lm-evaluation-harness cuts it, even if a token merged across the boundary
