@@ -232,8 +232,10 @@ def _cloze_item(data: TaskData, q: Question, shots: int) -> Item:
 
 def _as_one_user_turn(item: Item, chat: Chat) -> Item:
     """lm-evaluation-harness's ``--apply_chat_template`` without ``--fewshot_as_multiturn``: the whole
-    context (examples included) as one user turn, the continuations after the opened assistant turn."""
-    return Item(chat([{"role": "user", "content": item.context}]), item.continuations, item.norm_texts,
+    context (examples included) as one user turn, the continuations right after the opened assistant turn,
+    without the space before them (``ConfigurableTask.construct_requests`` drops the target delimiter)."""
+    continuations = tuple(c[1:] if c.startswith(" ") else c for c in item.continuations)
+    return Item(chat([{"role": "user", "content": item.context}]), continuations, item.norm_texts,
                 item.answer, item.mode)
 
 

@@ -115,7 +115,11 @@ def score_task(loaded: model_io.LoadedModel, data: TaskData, cfg: EvalConfig, ch
     chat = (lambda messages: chat_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)) \
         if use_chat else None
     items, protocol, shots = build_items(data.name, data, questions, cfg.shots, protocol_cfg, chat)
-    requests = [Request(item.context, c, item.mode) for item in items for c in item.continuations]
+    # lighteval puts the start tokens before a templated prompt even when the template wrote them (oall);
+    # lm-evaluation-harness (HFLM.tok_encode) does not when the text already begins with them.
+    start_text = chat_tok.decode(loaded.start) if use_chat and protocol != "oall" and loaded.start else None
+    requests = [Request(item.context, c, item.mode, not (start_text and item.context.startswith(start_text)))
+                for item in items for c in item.continuations]
     with Progress(len(requests), f"{loaded.name} {data.name}", unit="option", enabled=cfg.progress) as bar:
         scores = loglikelihoods(loaded.model, loaded.tokenizer, requests, loaded.start, cfg.batch_size,
                                 device=cfg.device, progress=bar)

@@ -37,6 +37,7 @@ class Request:
     context: str
     continuation: str
     mode: str = "joint"  # how the continuation is tokenized (see the module docstring)
+    add_start: bool = True  # False: the context already begins with the start tokens (a chat template wrote them)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Score:
 def encode_pair(tok: Tokenizer, start: list[int], req: Request) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids). Trailing whitespace of the context belongs to the continuation."""
     context, continuation = req.context, req.continuation
+    start = list(start) if req.add_start else []
     if req.mode == "next_token":
         return list(start) + tok.encode(context), [(list(start) + tok.encode(continuation))[-1]]
     stripped = context.rstrip()  # all trailing whitespace, as lm-evaluation-harness and lighteval move it
