@@ -188,10 +188,11 @@ def plot(tasks: list[TaskResult], safety: list[SafetyResult], models: list[str],
     groups = list(dict.fromkeys(r.task for r in tasks))
     values = {m: [] for m in models}
     errors = {m: [] for m in models}
-    chance = []
+    chance, majority = [], []
     for g in groups:
         rows = {r.model: r for r in tasks if r.task == g}
         chance.append(next(iter(rows.values())).chance)
+        majority.append(next(iter(rows.values())).majority)
         for m in models:
             r = rows.get(m)
             values[m].append(100 * r.headline if r else 0.0)
@@ -199,6 +200,7 @@ def plot(tasks: list[TaskResult], safety: list[SafetyResult], models: list[str],
     for bench in dict.fromkeys(s.benchmark for s in safety if s.rate is not None):
         groups.append(f"{bench} harmless")
         chance.append(None)
+        majority.append(None)
         rows = {s.model: s for s in safety if s.benchmark == bench}
         for m in models:
             s = rows.get(m)
@@ -212,11 +214,14 @@ def plot(tasks: list[TaskResult], safety: list[SafetyResult], models: list[str],
     for g, c in enumerate(chance):
         if c is not None:
             ax.hlines(100 * c, g - 0.45, g + 0.45, colors="grey", linestyles="dashed", linewidth=1)
+    for g, m in enumerate(majority):
+        if m:
+            ax.hlines(100 * m, g - 0.45, g + 0.45, colors="black", linestyles="dotted", linewidth=1)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=15)
     ax.set_ylabel("% (headline accuracy; harmlessness rate)")
     ax.set_ylim(0, 100)
-    ax.set_title("Arabic knowledge and alignment (dashed: chance)")
+    ax.set_title("Arabic knowledge and alignment (dashed: chance; dotted: majority answer)")
     ax.legend(loc="upper right", fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
