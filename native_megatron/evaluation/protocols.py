@@ -21,6 +21,9 @@ Each follows a published source, so our numbers can be set beside its:
                 continuation (lm-evaluation-harness's ``multiple_choice``); acc_norm
                 divides by len(option) and acc_bytes by its UTF-8 bytes, as
                 ``lm_eval/api/task.py`` does.
+
+A chat template (``--chat-template``) wraps the prompt as each source does: ``oall`` as lighteval's
+``PromptManager._prepare_chat_template``, the others as lm-evaluation-harness's ``--apply_chat_template``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ log-likelihood, ``acc_norm`` the highest per character of the choice text
 (``len(choice)``, as lm-evaluation-harness and lighteval's ``LogProbCharNorm``
 divide) and ``acc_bytes`` per UTF-8 byte. Safety: our alignment prompts and
 Ar-BeaverTails are answered and judged (safety.py); ``mmlu`` runs through
-lm-evaluation-harness.
+lm-evaluation-harness. ``--log-samples`` keeps every item's numbers (OUT/samples/MODEL/TASK.jsonl).
 """
 
 from __future__ import annotations
