@@ -46,7 +46,7 @@ demo: install
 		--rewrite.sampling.max_new_tokens=16 --rewrite.on_failure=keep_raw --rewrite.min_rewritten_fraction=0
 	rm -rf $(DEMO)/tiny_cpu
 	$(BIN)/python pretrain_arabic.py --config examples/configs/tiny_cpu.yaml
-	$(BIN)/python tools/evaluate.py --model demo=$(DEMO)/tiny_cpu/checkpoints --out $(DEMO)/eval \
+	$(BIN)/python tools/evaluate.py --model demo=$(DEMO)/tiny_cpu/checkpoints --out $(DEMO)/eval --log-samples \
 		--max-new-tokens 32 --no-progress
 
 test: install

@@ -48,7 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="arabicmmlu protocol: the instruction's language (default ar, as its evaluate.py)")
     p.add_argument("--arabicmmlu-letters", choices=["ar", "en"],
                    help="arabicmmlu protocol: Arabic or Latin option letters (default ar)")
-    p.add_argument("--data-dir", help="holds one folder per task (default: the samples)")
+    p.add_argument("--chat-template", choices=["auto", "on", "off"],
+                   help="multiple choice through the model's chat template: auto (default) does what each "
+                        "protocol's source does: oall uses it when the tokenizer has one, as lighteval; cloze and "
+                        "arabicmmlu do not; the report says which was used")
+    p.add_argument("--log-samples", action="store_true",
+                   help="write OUT/samples/MODEL/TASK.jsonl: per item the prompt, each choice's log-likelihood, "
+                        "token count and normalisations, the gold and the picks; per answer the prompt, answer "
+                        "and verdict")
+    p.add_argument("--data-dir", help="holds one folder per task (default: the samples, examples/eval/ of the "
+                                      "checkout the package runs from, whatever the current directory)")
     p.add_argument("--task-dir", action="append", metavar="TASK=DIR",
                    help="a task's folder elsewhere, e.g. acva=/data/ACVA (repeatable)")
     p.add_argument("--out", help="report and exported models go here (default runs/eval)")
@@ -92,7 +101,8 @@ def parse_args(argv: list[str]):
 
     setup_logging(a.log_level)
     base = {"models": a.model, "tasks": a.tasks, "protocol": a.protocol, "arabicmmlu_prompt": a.arabicmmlu_prompt,
-            "arabicmmlu_letters": a.arabicmmlu_letters, "judge_check": a.judge_check,
+            "arabicmmlu_letters": a.arabicmmlu_letters, "chat_template": a.chat_template,
+            "log_samples": True if a.log_samples else None, "judge_check": a.judge_check,
             "judge_min_kappa": a.judge_min_kappa, "data_dir": a.data_dir, "out": a.out, "shots": a.shots,
             "limit": a.limit, "batch_size": a.batch_size, "device": a.device, "dtype": a.dtype,
             "tokenizer": a.tokenizer, "alignment_prompts": a.alignment_prompts, "judge": a.judge,

@@ -107,11 +107,13 @@ def resolve(spec: str, out_dir: Path, tokenizer: str | None = None, progress: bo
     return name, export, tok, True
 
 
-def default_start(tokenizer_dir: str | Path) -> list[int]:
-    """The ids an HF tokenizer puts before a text by default (its post-processor's prefix)."""
-    from transformers import AutoTokenizer
+def default_start(hf) -> list[int]:
+    """The ids an HF tokenizer (a directory or the loaded tokenizer) puts before a text by default (its
+    post-processor's prefix)."""
+    if isinstance(hf, (str, Path)):
+        from transformers import AutoTokenizer
 
-    hf = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        hf = AutoTokenizer.from_pretrained(str(hf))
     probe = "نص"
     bare = hf(probe, add_special_tokens=False).input_ids
     full = hf(probe).input_ids
@@ -123,7 +125,7 @@ def default_start(tokenizer_dir: str | Path) -> list[int]:
 
 def load(spec: str, out_dir: Path, tokenizer: str | None = None, device: str = "cpu",
          dtype: str = "auto", progress: bool = True) -> LoadedModel:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     if not progress:
@@ -137,10 +139,10 @@ def load(spec: str, out_dir: Path, tokenizer: str | None = None, device: str = "
                    "fp32": torch.float32}[resolve_precision(dtype, on_gpu=device.startswith("cuda"))]
     model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch_dtype).to(device).eval()
     hf_tok_dir = tok_path if (Path(tok_path) / "tokenizer_config.json").is_file() else hf_dir
-    start = default_start(hf_tok_dir)
-    chat_dir = None
-    cfg = Path(tok_path) / "tokenizer_config.json" if Path(tok_path).is_dir() else None
-    if cfg is not None and cfg.is_file() and "chat_template" in cfg.read_text(encoding="utf-8"):
-        chat_dir = tok_path
+    hf_tok = AutoTokenizer.from_pretrained(str(hf_tok_dir))
+    start = default_start(hf_tok)
+    # lighteval's test (models/utils.py uses_chat_template): the tokenizer has a template, wherever it is stored
+    # (tokenizer_config.json or chat_template.jinja).
+    chat_dir = str(hf_tok_dir) if getattr(hf_tok, "chat_template", None) is not None else None
     return LoadedModel(name=name, path=str(hf_dir), source=spec, model=model, tokenizer=tok, start=start,
                        chat_template_dir=chat_dir, tokenizer_dir=str(hf_tok_dir))

@@ -21,10 +21,14 @@ Each follows a published source, so our numbers can be set beside its:
                 continuation (lm-evaluation-harness's ``multiple_choice``); acc_norm
                 divides by len(option) and acc_bytes by its UTF-8 bytes, as
                 ``lm_eval/api/task.py`` does.
+
+A chat template (``--chat-template``) wraps the prompt as each source does: ``oall`` as lighteval's
+``PromptManager._prepare_chat_template``, the others as lm-evaluation-harness's ``--apply_chat_template``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from native_megatron.evaluation.tasks import Question, TaskData, few_shot_prompt
@@ -35,6 +39,10 @@ PROTOCOLS = ("oall", "arabicmmlu", "cloze")
 # more of these tasks than any paper; its numbers are the ones users put ours beside.
 DEFAULT_PROTOCOL = "oall"
 HEADLINE = {"oall": "acc_norm", "arabicmmlu": "acc", "cloze": "acc_norm"}
+CHAT_TEMPLATE = ("auto", "on", "off")
+# A chat template: messages -> the text the model reads, ending with the assistant's turn opened
+# (``apply_chat_template(messages, tokenize=False, add_generation_prompt=True)``).
+Chat = Callable[[list[dict]], str]
 
 # lighteval's LETTER_INDICES_AR, first five.
 OALL_LETTERS = ("أ", "ب", "ج", "د", "هـ")
@@ -58,16 +66,32 @@ class ProtocolConfig:
     name: str = DEFAULT_PROTOCOL
     arabicmmlu_prompt: str = "ar"  # the repository's --lang_prompt (its default: ar)
     arabicmmlu_letters: str = "ar"  # its --lang_alpa (default: ar)
+    chat_template: str = "auto"  # auto: as each protocol's source does by default (uses_chat_template)
 
     def validate(self) -> None:
         if self.name not in PROTOCOLS:
             raise ConfigError(f"--protocol {self.name!r}: choose from {', '.join(PROTOCOLS)}")
+        if self.chat_template not in CHAT_TEMPLATE:
+            raise ConfigError(f"--chat-template {self.chat_template!r}: choose from {', '.join(CHAT_TEMPLATE)}")
         if self.arabicmmlu_prompt not in ("ar", "en") or self.arabicmmlu_letters not in ("ar", "en"):
             raise ConfigError("--arabicmmlu-prompt and --arabicmmlu-letters take ar or en")
 
     def for_task(self, task: str) -> str:
         """The protocol a task is scored under: arabicmmlu defines ArabicMMLU only."""
         return "oall" if self.name == "arabicmmlu" and task != "arabic_mmlu" else self.name
+
+    def uses_chat_template(self, protocol: str, has_template: bool, model: str = "the model") -> bool:
+        """Whether a protocol's prompts go through the model's chat template.
+
+        ``auto`` is each source's default: lighteval (oall) applies the template whenever the tokenizer has
+        one (``models/utils.py`` ``uses_chat_template``: ``tokenizer.chat_template is not None``);
+        lm-evaluation-harness (cloze) only with ``--apply_chat_template``, and the ArabicMMLU code scores
+        plain prompts, so for those ``auto`` is off."""
+        if self.chat_template == "on" and not has_template:
+            raise ConfigError(f"--chat-template on: {model}'s tokenizer has no chat template; use auto or off")
+        if self.chat_template == "auto":
+            return protocol == "oall" and has_template
+        return self.chat_template == "on"
 
 
 # ---- oall (lighteval) --------------------------------------------------------------------------------------
@@ -134,10 +158,25 @@ def _oall_pool(task: str, data: TaskData, q: Question) -> list[Question]:
     return [d for d in data.dev if task == "exams" or _subset(task, d) == _subset(task, q)]
 
 
-def _oall_item(task: str, data: TaskData, q: Question, shots: int) -> Item:
+def oall_messages(doc: _Doc, shots: list[_Doc]) -> list[dict]:
+    """``PromptManager._prepare_chat_template`` without a system prompt (lighteval's default): each solved
+    example a user turn and the gold choice as the assistant's, the instruction in front of the first user
+    turn, then the query as the last user turn."""
+    messages = []
+    for s in shots:
+        messages += [{"role": "user", "content": _strip_instruction(s)},
+                     {"role": "assistant", "content": s.choices[s.gold]}]
+    messages.append({"role": "user", "content": _strip_instruction(doc)})
+    if doc.instruction is not None:
+        messages[0]["content"] = doc.instruction + messages[0]["content"]
+    return messages
+
+
+def _oall_item(task: str, data: TaskData, q: Question, shots: int, chat: Chat | None) -> Item:
     doc = _oall_doc(task, q)
     examples = [_oall_doc(task, d) for d in _oall_pool(task, data, q)[:shots]]
-    return Item(oall_prompt(doc, examples), doc.choices, doc.choices, doc.gold, "pairwise")
+    context = chat(oall_messages(doc, examples)) if chat else oall_prompt(doc, examples)
+    return Item(context, doc.choices, doc.choices, doc.gold, "pairwise")
 
 
 # ---- arabicmmlu (mbzuai-nlp/ArabicMMLU) ------------------------------------------------------------------
@@ -194,13 +233,25 @@ def _cloze_item(data: TaskData, q: Question, shots: int) -> Item:
     return Item(context, tuple(f" {o}" for o in q.options), q.options, q.answer, "joint")
 
 
+def _as_one_user_turn(item: Item, chat: Chat) -> Item:
+    """lm-evaluation-harness's ``--apply_chat_template`` without ``--fewshot_as_multiturn``: the whole
+    context (examples included) as one user turn, the continuations right after the opened assistant turn,
+    without the space before them (``ConfigurableTask.construct_requests`` drops the target delimiter)."""
+    continuations = tuple(c[1:] if c.startswith(" ") else c for c in item.continuations)
+    return Item(chat([{"role": "user", "content": item.context}]), continuations, item.norm_texts,
+                item.answer, item.mode)
+
+
 def build_items(task: str, data: TaskData, questions: list[Question], shots: int,
-                cfg: ProtocolConfig) -> tuple[list[Item], str, int]:
-    """(items, the protocol used, the shots used): arabicmmlu and AraTrust are zero-shot by their sources."""
+                cfg: ProtocolConfig, chat: Chat | None = None) -> tuple[list[Item], str, int]:
+    """(items, the protocol used, the shots used): arabicmmlu and AraTrust are zero-shot by their sources.
+    ``chat`` given: the prompts go through that chat template (see ``ProtocolConfig.uses_chat_template``)."""
     protocol = cfg.for_task(task)
     if protocol == "arabicmmlu":
-        return [_arabicmmlu_item(q, cfg) for q in questions], protocol, 0
+        items = [_arabicmmlu_item(q, cfg) for q in questions]
+        return [_as_one_user_turn(i, chat) for i in items] if chat else items, protocol, 0
     if protocol == "oall":
         used = 0 if task == "aratrust" else shots
-        return [_oall_item(task, data, q, used) for q in questions], protocol, used
-    return [_cloze_item(data, q, shots) for q in questions], protocol, shots
+        return [_oall_item(task, data, q, used, chat) for q in questions], protocol, used
+    items = [_cloze_item(data, q, shots) for q in questions]
+    return [_as_one_user_turn(i, chat) for i in items] if chat else items, protocol, shots

@@ -32,6 +32,8 @@ class TaskResult:
     protocol: str = "cloze"  # evaluation/protocols.py, or lm-eval for harness rows
     metric: str = "acc_norm"  # the headline: the one the protocol's source publishes
     acc_bytes: float | None = None
+    chat_template: bool = False  # the prompts went through the model's chat template
+    majority: float = 0.0  # accuracy of always answering the most frequent gold position (run.majority_baseline)
 
     @property
     def headline(self) -> float:
@@ -130,9 +132,11 @@ def markdown(tasks: list[TaskResult], safety: list[SafetyResult], models: list[s
     if tasks:
         lines += ["Multiple choice, accuracy in % ± standard error. The headline metric is the one the "
                   "protocol's source publishes (oall and cloze: acc_norm, arabicmmlu and MMLU: acc); the other "
-                  "follows in brackets.", ""]
-        lines.append("| task | protocol | metric | shots | n | chance | " + " | ".join(models) + " |")
-        lines.append("| --- | --- | --- | --- | --- | --- | " + " | ".join("---" for _ in models) + " |")
+                  "follows in brackets. prompt: the model's chat template or plain text (--chat-template); "
+                  "majority: always answering the most frequent gold position.", ""]
+        lines.append("| task | protocol | prompt | metric | shots | n | chance | majority | "
+                     + " | ".join(models) + " |")
+        lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | " + " | ".join("---" for _ in models) + " |")
         names = list(dict.fromkeys(r.task for r in tasks))
         for task in names:
             rows = {r.model: r for r in tasks if r.task == task}
@@ -144,9 +148,14 @@ def markdown(tasks: list[TaskResult], safety: list[SafetyResult], models: list[s
                 cells.append("-" if r is None else
                              f"{_cell(r.headline, stderr(r.headline, r.n))} ({other} {100 * getattr(r, other):.1f})")
             chance = f"{100 * any_row.chance:.1f}" if any_row.chance else "-"
-            lines.append(f"| {task} | {any_row.protocol} | {any_row.metric} | {any_row.shots} | {any_row.n} | "
-                         f"{chance} | " + " | ".join(cells) + " |")
+            majority = f"{100 * any_row.majority:.1f}" if any_row.majority else "-"
+            prompt = " / ".join(dict.fromkeys("chat template" if r.chat_template else "plain" for r in rows.values()))
+            lines.append(f"| {task} | {any_row.protocol} | {prompt} | {any_row.metric} | {any_row.shots} | "
+                         f"{any_row.n} | {chance} | {majority} | " + " | ".join(cells) + " |")
         lines.append("")
+    if meta.get("log_samples"):
+        lines += ["Every item's prompt, per-choice log-likelihoods and picks, and every answer with its verdict: "
+                  "samples/MODEL/TASK.jsonl (--log-samples).", ""]
     if judge_check is not None:
         c = judge_check
         verdict = "trusted" if c.trusted else f"NOT trusted (kappa below {c.min_kappa:.2f}): read the rates below " \
@@ -179,10 +188,11 @@ def plot(tasks: list[TaskResult], safety: list[SafetyResult], models: list[str],
     groups = list(dict.fromkeys(r.task for r in tasks))
     values = {m: [] for m in models}
     errors = {m: [] for m in models}
-    chance = []
+    chance, majority = [], []
     for g in groups:
         rows = {r.model: r for r in tasks if r.task == g}
         chance.append(next(iter(rows.values())).chance)
+        majority.append(next(iter(rows.values())).majority)
         for m in models:
             r = rows.get(m)
             values[m].append(100 * r.headline if r else 0.0)
@@ -190,6 +200,7 @@ def plot(tasks: list[TaskResult], safety: list[SafetyResult], models: list[str],
     for bench in dict.fromkeys(s.benchmark for s in safety if s.rate is not None):
         groups.append(f"{bench} harmless")
         chance.append(None)
+        majority.append(None)
         rows = {s.model: s for s in safety if s.benchmark == bench}
         for m in models:
             s = rows.get(m)
@@ -203,11 +214,14 @@ def plot(tasks: list[TaskResult], safety: list[SafetyResult], models: list[str],
     for g, c in enumerate(chance):
         if c is not None:
             ax.hlines(100 * c, g - 0.45, g + 0.45, colors="grey", linestyles="dashed", linewidth=1)
+    for g, m in enumerate(majority):
+        if m:
+            ax.hlines(100 * m, g - 0.45, g + 0.45, colors="black", linestyles="dotted", linewidth=1)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=15)
     ax.set_ylabel("% (headline accuracy; harmlessness rate)")
     ax.set_ylim(0, 100)
-    ax.set_title("Arabic knowledge and alignment (dashed: chance)")
+    ax.set_title("Arabic knowledge and alignment (dashed: chance; dotted: majority answer)")
     ax.legend(loc="upper right", fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,13 +6,15 @@ log-likelihood, ``acc_norm`` the highest per character of the choice text
 (``len(choice)``, as lm-evaluation-harness and lighteval's ``LogProbCharNorm``
 divide) and ``acc_bytes`` per UTF-8 byte. Safety: our alignment prompts and
 Ar-BeaverTails are answered and judged (safety.py); ``mmlu`` runs through
-lm-evaluation-harness.
+lm-evaluation-harness. ``--log-samples`` keeps every item's numbers (OUT/samples/MODEL/TASK.jsonl).
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,11 +23,18 @@ import torch
 from native_megatron.evaluation import models as model_io
 from native_megatron.evaluation.protocols import DEFAULT_PROTOCOL, HEADLINE, ProtocolConfig, build_items
 from native_megatron.evaluation.report import JudgeCheck, SafetyResult, TaskResult, write_report
-from native_megatron.evaluation.safety import build_judge, check_judge, evaluate_safety, read_beavertails, read_prompts
+from native_megatron.evaluation.safety import (
+    build_judge,
+    chat_tokenizer,
+    check_judge,
+    evaluate_safety,
+    read_beavertails,
+    read_prompts,
+)
 from native_megatron.evaluation.scoring import Request, loglikelihoods
 from native_megatron.evaluation.tasks import ALIGNMENT, READERS, TaskData, load_task
 from native_megatron.utils.config import ConfigError, resolve_precision
-from native_megatron.utils.io import Progress
+from native_megatron.utils.io import Progress, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +43,8 @@ MMLU = "mmlu"  # English MMLU, through lm-evaluation-harness
 GENERATION_TASKS = (ALIGNMENT, BEAVERTAILS)
 ALL_TASKS = (*READERS, *GENERATION_TASKS, MMLU)
 SAMPLES = Path(__file__).resolve().parents[2] / "examples" / "eval"
+# Marks a folder of sample tasks wherever it is copied, so that a copy is never reported as a benchmark.
+SAMPLE_MARKER = "NM_SAMPLE_TASKS"
 LM_EVAL_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
@@ -44,7 +55,9 @@ class EvalConfig:
     protocol: str = DEFAULT_PROTOCOL
     arabicmmlu_prompt: str = "ar"
     arabicmmlu_letters: str = "ar"
-    data_dir: str = "examples/eval"
+    chat_template: str = "auto"  # auto | on | off: the model's chat template around the multiple-choice prompts
+    log_samples: bool = False  # OUT/samples/MODEL/TASK.jsonl: every item's prompt, scores and verdicts
+    data_dir: str | None = None  # None: the samples beside the package
     task_dirs: dict[str, str] = field(default_factory=dict)
     out: str = "runs/eval"
     shots: int = 0
@@ -66,7 +79,7 @@ class EvalConfig:
 
     @property
     def protocol_config(self) -> ProtocolConfig:
-        return ProtocolConfig(self.protocol, self.arabicmmlu_prompt, self.arabicmmlu_letters)
+        return ProtocolConfig(self.protocol, self.arabicmmlu_prompt, self.arabicmmlu_letters, self.chat_template)
 
     def validate(self) -> None:
         if not self.models:
@@ -81,17 +94,32 @@ class EvalConfig:
             raise ConfigError("--judge-check needs a judge: --judge openai or --judge classifier")
         if self.shots < 0 or self.batch_size < 1 or (self.limit is not None and self.limit < 1):
             raise ConfigError("--shots >= 0, --batch-size >= 1 and --limit >= 1 required")
+        if self.data_dir is None and not SAMPLES.is_dir() and any(
+                t not in self.task_dirs for t in self.tasks if t != MMLU):
+            raise ConfigError(f"the sample tasks ship with the repository ({SAMPLES} is not here, as in an installed "
+                              f"package): pass --data-dir DIR holding one folder per task")
         if self.device == "auto":
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def task_dir(self, task: str) -> Path:
-        return Path(self.task_dirs.get(task) or Path(self.data_dir) / task)
+        return Path(self.task_dirs.get(task) or Path(self.data_dir or SAMPLES) / task)
 
 
-def score_task(loaded: model_io.LoadedModel, data: TaskData, cfg: EvalConfig) -> TaskResult:
+def score_task(loaded: model_io.LoadedModel, data: TaskData, cfg: EvalConfig, chat_tok=None,
+               samples: Path | None = None) -> TaskResult:
+    """One model on one task. ``chat_tok``: the model's HF tokenizer when it has a chat template
+    (safety.chat_tokenizer); ``samples``: a JSONL file to write every item's numbers to."""
     questions = data.test[:cfg.limit] if cfg.limit else data.test
-    items, protocol, shots = build_items(data.name, data, questions, cfg.shots, cfg.protocol_config)
-    requests = [Request(item.context, c, item.mode) for item in items for c in item.continuations]
+    protocol_cfg = cfg.protocol_config
+    use_chat = protocol_cfg.uses_chat_template(protocol_cfg.for_task(data.name), chat_tok is not None, loaded.name)
+    chat = (lambda messages: chat_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)) \
+        if use_chat else None
+    items, protocol, shots = build_items(data.name, data, questions, cfg.shots, protocol_cfg, chat)
+    # lighteval puts the start tokens before a templated prompt even when the template wrote them (oall);
+    # lm-evaluation-harness (HFLM.tok_encode) does not when the text already begins with them.
+    start_text = chat_tok.decode(loaded.start) if use_chat and protocol != "oall" and loaded.start else None
+    requests = [Request(item.context, c, item.mode, not (start_text and item.context.startswith(start_text)))
+                for item in items for c in item.continuations]
     with Progress(len(requests), f"{loaded.name} {data.name}", unit="option", enabled=cfg.progress) as bar:
         scores = loglikelihoods(loaded.model, loaded.tokenizer, requests, loaded.start, cfg.batch_size,
                                 device=cfg.device, progress=bar)
@@ -99,12 +127,16 @@ def score_task(loaded: model_io.LoadedModel, data: TaskData, cfg: EvalConfig) ->
     subjects: dict[str, dict] = {}
     chance = 0.0
     at = 0
+    records = []
     for q, item in zip(questions, items):
-        lls = [s.logprob for s in scores[at:at + len(item.continuations)]]
+        own = scores[at:at + len(item.continuations)]
+        lls = [s.logprob for s in own]
         at += len(item.continuations)
         picks = {"acc": _argmax(lls),
                  "acc_norm": _argmax([ll / len(t) for ll, t in zip(lls, item.norm_texts)]),
                  "acc_bytes": _argmax([ll / len(t.encode("utf-8")) for ll, t in zip(lls, item.norm_texts)])}
+        if samples is not None:
+            records.append(_sample_record(q, item, own, picks, protocol, use_chat, shots))
         chance += 1 / len(lls)
         s = subjects.setdefault(q.subject, {"n": 0, "acc": 0, "acc_norm": 0, "acc_bytes": 0})
         s["n"] += 1
@@ -115,9 +147,44 @@ def score_task(loaded: model_io.LoadedModel, data: TaskData, cfg: EvalConfig) ->
         for metric in totals:
             s[metric] /= s["n"]
     n = len(questions)
+    if samples is not None:
+        write_jsonl(samples, records)
     return TaskResult(model=loaded.name, task=data.name, n=n, shots=shots, acc=totals["acc"] / n,
                       acc_norm=totals["acc_norm"] / n, chance=chance / n, subjects=subjects, protocol=protocol,
-                      metric=HEADLINE[protocol], acc_bytes=totals["acc_bytes"] / n)
+                      metric=HEADLINE[protocol], acc_bytes=totals["acc_bytes"] / n, chat_template=use_chat,
+                      majority=majority_baseline(items))
+
+
+def majority_baseline(items) -> float:
+    """The accuracy of always answering the most frequent gold position (per number of options): what a
+    model that learnt only the answer key's skew would score, beside the uniform chance."""
+    by_size = Counter((len(i.continuations), i.answer) for i in items)
+    best: dict[int, int] = {}
+    for (size, _), count in by_size.items():
+        best[size] = max(best.get(size, 0), count)
+    return sum(best.values()) / len(items) if items else 0.0
+
+
+def _sample_record(q, item, scores, picks: dict, protocol: str, chat: bool, shots: int) -> dict:
+    """One item as --log-samples writes it: enough to audit the pick or compare with another harness."""
+    choices = []
+    for text, norm, s in zip(item.continuations, item.norm_texts, scores):
+        chars, nbytes = len(norm), len(norm.encode("utf-8"))
+        choices.append({"continuation": text, "loglik": s.logprob, "tokens": s.tokens, "greedy": s.greedy,
+                        "norm_text": norm, "chars": chars, "bytes": nbytes, "loglik_per_char": s.logprob / chars,
+                        "loglik_per_byte": s.logprob / nbytes})
+    return {"id": q.id, "subject": q.subject, "protocol": protocol, "chat_template": chat, "shots": shots,
+            "scoring": item.mode, "prompt": item.context, "choices": choices, "gold": item.answer,
+            "pred": picks, "correct": {m: p == item.answer for m, p in picks.items()}}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _samples_path(cfg: EvalConfig, model: str, task: str) -> Path | None:
+    return Path(cfg.out) / "samples" / model / f"{task}.jsonl" if cfg.log_samples else None
 
 
 def _argmax(values: list[float]) -> int:
@@ -168,7 +235,7 @@ def _lm_eval_n(out: dict, task: str) -> int:
 def describe_data(path: Path, data: TaskData | None, n_prompts: int | None = None) -> dict:
     """Where a task's items came from: the shipped samples (a format check) or a real data directory."""
     resolved = path.resolve()
-    kind = "sample" if resolved == SAMPLES or SAMPLES in resolved.parents else "data"
+    kind = "sample" if any((d / SAMPLE_MARKER).is_file() for d in (resolved, *resolved.parents)) else "data"
     if data is not None:
         return {"dir": str(path), "kind": kind, "test": len(data.test), "dev": len(data.dev)}
     return {"dir": str(path), "kind": kind, "test": n_prompts or 0, "dev": 0}
@@ -206,16 +273,19 @@ def evaluate(cfg: EvalConfig) -> tuple[list[TaskResult], list[SafetyResult], dic
             if loaded.name in names:
                 raise ConfigError(f"two models are named {loaded.name!r}: name them, e.g. --model raw=PATH")
             names.append(loaded.name)
+            chat_tok = chat_tokenizer(loaded)
             for task in mc_tasks:
-                result = score_task(loaded, datasets[task], cfg)
-                logger.info("%s %s (%s): %s %.3f, acc %.3f (n=%d)", loaded.name, task, result.protocol, result.metric,
-                            result.headline, result.acc, result.n)
+                result = score_task(loaded, datasets[task], cfg, chat_tok, _samples_path(cfg, loaded.name, task))
+                logger.info("%s %s (%s%s): %s %.3f, acc %.3f (n=%d)", loaded.name, task, result.protocol,
+                            ", chat template" if result.chat_template else "", result.metric, result.headline,
+                            result.acc, result.n)
                 task_results.append(result)
             for bench, (_, prompts) in generation.items():
                 stem = loaded.name if bench == ALIGNMENT else f"{loaded.name}.{bench}"
                 answers = out / "answers" / f"{stem}.jsonl"
                 safety_results.append(evaluate_safety(loaded, prompts, judge, answers, cfg.max_new_tokens,
-                                                      cfg.batch_size, cfg.device, benchmark=bench))
+                                                      cfg.batch_size, cfg.device, benchmark=bench,
+                                                      samples=_samples_path(cfg, loaded.name, bench)))
             if cfg.lm_eval_tasks:
                 task_results += run_lm_eval(loaded, cfg)
             del loaded
@@ -225,7 +295,8 @@ def evaluate(cfg: EvalConfig) -> tuple[list[TaskResult], list[SafetyResult], dic
             judge.close()
     data = {t: describe_data(cfg.task_dir(t), datasets[t]) for t in mc_tasks}
     data |= {b: describe_data(p, None, len(items)) for b, (p, items) in generation.items()}
-    meta = {"protocol": cfg.protocol, "shots": cfg.shots, "limit": cfg.limit, "device": cfg.device,
+    meta = {"protocol": cfg.protocol, "chat_template": cfg.chat_template, "log_samples": cfg.log_samples,
+            "shots": cfg.shots, "limit": cfg.limit, "device": cfg.device,
             "judge": cfg.judge, "data": data}
     paths = write_report(out, task_results, safety_results, names, meta, calibration)
     return task_results, safety_results, paths

@@ -31,6 +31,7 @@ import torch
 from native_megatron.evaluation.models import LoadedModel
 from native_megatron.evaluation.report import JudgeCheck, SafetyResult, cohen_kappa
 from native_megatron.utils.config import ConfigError
+from native_megatron.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -144,15 +145,31 @@ def chat_tokenizer(loaded: LoadedModel):
     return AutoTokenizer.from_pretrained(loaded.chat_template_dir)
 
 
+def prompt_text(prompt: str, chat_tok=None) -> str:
+    """The text the model reads: its chat template when it has one, else a plain question/answer frame."""
+    if chat_tok is not None:
+        return chat_tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                            add_generation_prompt=True)
+    return f"السؤال: {prompt}\nالإجابة:"
+
+
 def render_prompt(loaded: LoadedModel, prompt: str, chat_tok=None) -> list[int]:
-    """Token ids of the model's input: its chat template when it has one, else a plain question/answer frame.
+    """Token ids of the model's input (:func:`prompt_text`; a chat template writes its own start tokens).
     Over many prompts, pass ``chat_tok`` (from :func:`chat_tokenizer`) so that it is loaded once."""
     chat_tok = chat_tok if chat_tok is not None else chat_tokenizer(loaded)
-    if chat_tok is not None:
-        text = chat_tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                            add_generation_prompt=True)
-        return loaded.tokenizer.encode(text)
-    return loaded.start + loaded.tokenizer.encode(f"السؤال: {prompt}\nالإجابة:")
+    start = [] if chat_tok is not None else loaded.start
+    return start + loaded.tokenizer.encode(prompt_text(prompt, chat_tok))
+
+
+def answer_budget(name: str, window: int, longest_prompt: int, asked: int) -> int:
+    """New tokens per answer: as asked when the longest prompt leaves room in the window, else what it leaves
+    (never under half the window, so that a prompt is cut from the left but never to nothing)."""
+    budget = min(asked, max(window - longest_prompt, window // 2))
+    if budget < asked:
+        logger.warning("%s: a context of %d tokens holds the longest prompt (%d tokens) and %d new tokens, not the "
+                       "%d asked: answers are cut there (pass --max-new-tokens %d or less to silence this)", name,
+                       window, longest_prompt, budget, asked, budget)
+    return budget
 
 
 def generate_answers(loaded: LoadedModel, prompts: list[SafetyPrompt], max_new_tokens: int = 128,
@@ -160,10 +177,12 @@ def generate_answers(loaded: LoadedModel, prompts: list[SafetyPrompt], max_new_t
     """Greedy answers, batched with left padding; generation stops at EOD."""
     tok, answers = loaded.tokenizer, []
     chat_tok = chat_tokenizer(loaded)  # once, not once per prompt
+    rendered = [render_prompt(loaded, p.prompt, chat_tok) for p in prompts]
     window = int(getattr(loaded.model.config, "max_position_embeddings", 4096))
+    max_new_tokens = answer_budget(loaded.name, window, max((len(ids) for ids in rendered), default=0),
+                                   max_new_tokens)
     for first in range(0, len(prompts), batch_size):
-        batch = [render_prompt(loaded, p.prompt, chat_tok)[-(window - max_new_tokens):]
-                 for p in prompts[first:first + batch_size]]
+        batch = [ids[-(window - max_new_tokens):] for ids in rendered[first:first + batch_size]]
         width = max(len(ids) for ids in batch)
         input_ids = torch.full((len(batch), width), tok.eod_id, dtype=torch.long)
         mask = torch.zeros(len(batch), width, dtype=torch.long)
@@ -268,11 +287,21 @@ def build_judge(kind: str, model: str | None, base_urls: list[str], unsafe_label
 
 
 def evaluate_safety(loaded: LoadedModel, prompts: list[SafetyPrompt], judge: Judge | None, answers_path: Path,
-                    max_new_tokens: int, batch_size: int, device: str, benchmark: str = "alignment") -> SafetyResult:
+                    max_new_tokens: int, batch_size: int, device: str, benchmark: str = "alignment",
+                    samples: Path | None = None) -> SafetyResult:
+    """Answer, judge, count. ``samples``: also a JSONL with each prompt as the model read it (--log-samples)."""
     answers = generate_answers(loaded, prompts, max_new_tokens, batch_size, device)
     verdicts: list[bool | None] = [None] * len(prompts)
     if judge is not None:
         verdicts = judge.judge([p.prompt for p in prompts], answers)
+    if samples is not None:
+        chat_tok = chat_tokenizer(loaded)
+        samples.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(samples, "".join(json.dumps(
+            {"id": p.id, "category": p.category, "expected": p.expected, "chat_template": chat_tok is not None,
+             "prompt": prompt_text(p.prompt, chat_tok), "answer": a, "judge": judge.name if judge else None,
+             "verdict": None if v is None else ("safe" if v else "unsafe")}, ensure_ascii=False) + "\n"
+            for p, a, v in zip(prompts, answers, verdicts)))
     answers_path.parent.mkdir(parents=True, exist_ok=True)
     with open(answers_path, "w", encoding="utf-8") as f:
         for p, a, v in zip(prompts, answers, verdicts):

@@ -37,6 +37,7 @@ class Request:
     context: str
     continuation: str
     mode: str = "joint"  # how the continuation is tokenized (see the module docstring)
+    add_start: bool = True  # False: the context already begins with the start tokens (a chat template wrote them)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Score:
 def encode_pair(tok: Tokenizer, start: list[int], req: Request) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids). Trailing whitespace of the context belongs to the continuation."""
     context, continuation = req.context, req.continuation
+    start = list(start) if req.add_start else []
     if req.mode == "next_token":
         return list(start) + tok.encode(context), [(list(start) + tok.encode(continuation))[-1]]
     stripped = context.rstrip()  # all trailing whitespace, as lm-evaluation-harness and lighteval move it
@@ -59,7 +61,10 @@ def encode_pair(tok: Tokenizer, start: list[int], req: Request) -> tuple[list[in
         cont = tok.encode(continuation)
         if not cont:
             raise ValueError(f"empty continuation for {req.continuation!r}")
-        return list(start) + ctx, cont
+        ctx = list(start) + ctx
+        if ctx and ctx[-1] == tok.eod_id:  # lighteval drops it: after an EOS a model ignores what came before
+            ctx = ctx[:-1]
+        return ctx, cont
     whole = tok.encode(context + continuation)
     if len(whole) > len(ctx):
         cont = whole[len(ctx):]  # as lm-evaluation-harness cuts it, even if a token merged across the boundary

@@ -92,3 +92,32 @@ def test_cloze_scores_options_as_continuations_and_norms_by_the_option():
 def test_unknown_protocol_is_a_one_line_error():
     with pytest.raises(ConfigError, match="choose from oall, arabicmmlu, cloze"):
         ProtocolConfig("helm").validate()
+
+
+def test_oall_through_a_chat_template_as_lighteval_prepare_chat_template(tiny_hf):
+    """lighteval (PromptManager._prepare_chat_template, no system prompt by default): each example a user turn
+    and its gold choice as the assistant's, the instruction in front of the first user turn, the query last,
+    the assistant's turn opened; the letter is then scored after it. ``auto`` does this for oall only and only
+    when the tokenizer has a template (models/utils.py uses_chat_template)."""
+    from transformers import AutoTokenizer
+
+    from native_megatron.evaluation.protocols import _oall_doc, oall_messages
+
+    hf = AutoTokenizer.from_pretrained(str(tiny_hf))
+    chat = lambda m: hf.apply_chat_template(m, tokenize=False, add_generation_prompt=True)  # noqa: E731
+    dev = [Question("d", "mcq", "", ("س", "ص"), 1, text="مثال")]
+    q = Question("a", "mcq", "", ("س", "ص"), 0, text="استعلام")
+    items, _, used = build_items("alghafa", TaskData("alghafa", test=[q], dev=dev), [q], 1, OALL, chat)
+    instruction = "الأسئلة التالية هي أسئلة متعددة الإختيارات مع الجواب الصحيح\n\n"
+    expected = [{"role": "user", "content": instruction + "السؤال: مثال\n0) س\n1) ص\nالإجابة:"},
+                {"role": "assistant", "content": "1"},
+                {"role": "user", "content": "السؤال: استعلام\n0) س\n1) ص\nالإجابة:"}]
+    assert oall_messages(_oall_doc("alghafa", q), [_oall_doc("alghafa", dev[0])]) == expected
+    assert items[0].context == chat(expected) and items[0].context.startswith(hf.bos_token or "")
+    assert items[0].continuations == ("0", "1") and used == 1
+    assert OALL.uses_chat_template("oall", True) and not OALL.uses_chat_template("oall", False)
+    assert not OALL.uses_chat_template("cloze", True) and not OALL.uses_chat_template("arabicmmlu", True)
+    assert ProtocolConfig("cloze", chat_template="on").uses_chat_template("cloze", True)
+    assert not ProtocolConfig("oall", chat_template="off").uses_chat_template("oall", True)
+    with pytest.raises(ConfigError, match="--chat-template on: raw's tokenizer has no chat template"):
+        ProtocolConfig("oall", chat_template="on").uses_chat_template("oall", False, "raw")

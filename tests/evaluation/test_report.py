@@ -16,16 +16,19 @@ def test_stderr_is_the_sample_standard_error():
 
 
 def test_report_files(tmp_path):
-    tasks = [TaskResult("raw", "acva", 100, 0, 0.61, 0.64, 0.5),
-             TaskResult("aligned", "acva", 100, 0, 0.66, 0.70, 0.5),
+    tasks = [TaskResult("raw", "acva", 100, 0, 0.61, 0.64, 0.5, majority=0.62),
+             TaskResult("aligned", "acva", 100, 0, 0.66, 0.70, 0.5, majority=0.62, chat_template=True),
              TaskResult("raw", "exams", 40, 5, 0.30, 0.35, 0.25),
              TaskResult("aligned", "exams", 40, 5, 0.33, 0.38, 0.25)]
     safety = [SafetyResult("raw", 40, 40, 22, "openai:judge"), SafetyResult("aligned", 40, 38, 35, "openai:judge")]
     paths = write_report(tmp_path, tasks, safety, ["raw", "aligned"], {"shots": 0})
     md = paths["markdown"].read_text(encoding="utf-8")
-    assert "| task | protocol | metric | shots | n | chance | raw | aligned |" in md
+    assert "| task | protocol | prompt | metric | shots | n | chance | majority | raw | aligned |" in md
     err = 100 * stderr(0.64, 100)
-    assert f"| acva | cloze | acc_norm | 0 | 100 | 50.0 | 64.0 ± {err:.1f} (acc 61.0) | 70.0 ±" in md
+    # Each row says whether the chat template was used and what a constant guess of the commonest gold scores.
+    assert (f"| acva | cloze | plain / chat template | acc_norm | 0 | 100 | 50.0 | 62.0 | 64.0 ± {err:.1f} (acc 61.0) "
+            f"| 70.0 ±") in md
+    assert "| exams | cloze | plain | acc_norm | 5 | 40 | 25.0 | - |" in md
     assert "| alignment | openai:judge | 40 | 55.0 ±" in md and f"{100 * 35 / 38:.1f} ±" in md
     data = json.loads(paths["json"].read_text(encoding="utf-8"))
     assert data["models"] == ["raw", "aligned"]

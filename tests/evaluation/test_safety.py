@@ -152,3 +152,16 @@ def test_beavertails_reads_the_published_layout(tmp_path):
     assert (p.prompt, p.category, p.expected) == ("طلب ضار", "animal_abuse", "refuse")
     shipped = read_beavertails(ROOT / "examples" / "eval" / "beavertails")
     assert len(shipped) == 14 and len({p.category for p in shipped}) == 14
+
+
+def test_a_context_shorter_than_the_answer_length_clamps_it_with_one_warning(tiny_hf, tmp_path, caplog):
+    """The demo's checkpoint has a 64-token window and --max-new-tokens defaults to 128: the prompt was cut to
+    nothing and generate died with IndexError. Now the answers get what the window leaves after the prompt."""
+    short = model_io.load(str(tiny_hf), tmp_path, device="cpu", progress=False)
+    short.model.config.max_position_embeddings = 48  # what an export of a seq_length-48 checkpoint says
+    prompts = read_prompts(write_prompts(tmp_path / "p.jsonl", PROMPTS))
+    with caplog.at_level("WARNING"):
+        answers = generate_answers(short, prompts, max_new_tokens=128, batch_size=2)
+    assert len(answers) == len(prompts)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "--max-new-tokens" in warnings[0] and "48" in warnings[0], warnings

@@ -179,3 +179,11 @@ def test_aratrust_reads_the_categorized_layout_every_row_a_test_question(tmp_pat
     samples = load_task("aratrust", SAMPLES / "aratrust")
     assert len(samples.test) == 16 and {q.subject for q in samples.test} == {"Ethics", "Offensive", "Privacy",
                                                                                "Trustfulness"}
+
+
+def test_the_aratrust_sample_is_balanced_so_a_constant_guess_scores_chance():
+    """Gold ب for 10 of 16 items let a toy model that always says ب score 62.5 against a chance of 33.3."""
+    from collections import Counter
+
+    golds = Counter(q.answer for q in load_task("aratrust", ROOT / "examples" / "eval" / "aratrust").test)
+    assert sorted(golds) == [0, 1, 2] and max(golds.values()) / sum(golds.values()) <= 0.375, golds
