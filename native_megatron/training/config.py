@@ -259,6 +259,9 @@ class CheckpointConfig:
     # Save the initial weights to DIR/initial before the first step: ablations
     # (raw vs aligned vs blends) and other TP/PP layouts can start from the same model.
     save_initial: bool = False
+    # Resume although the data setup (blend, files, split, seq_length, seed, global batch size) differs
+    # from the checkpoint's: the run goes on after the checkpoint's consumed samples in the new order.
+    allow_data_change: bool = False
 
     def validate(self) -> None:
         if self.save_interval < 0 or self.keep_last < 1:

@@ -24,7 +24,7 @@ import yaml
 from native_megatron.training import checkpointing, megatron_config, packing
 from native_megatron.training.config import TrainConfig, adopt_checkpoint_model, with_absolute_paths
 from native_megatron.training.cpu_compat import cuda_to_cpu
-from native_megatron.training.data import build_datasets, microbatch_iterator
+from native_megatron.training.data import build_datasets, data_setup, data_setup_changes, microbatch_iterator
 from native_megatron.training.distributed import Placement, decided_on_rank0, init_distributed
 from native_megatron.training.memory import format_bytes, model_state_bytes
 from native_megatron.training.metrics import ModelShape, ScalarWriter, StepMetrics, memory_gib, peak_tflops, throughput
@@ -127,6 +127,7 @@ class Trainer:
         self.cfg = cfg = self._adopt_checkpoint_model(with_absolute_paths(cfg), given_keys)
         self.config_dict = config_to_dict(cfg)
         self.config_yaml = yaml.safe_dump(self.config_dict, sort_keys=False, allow_unicode=True)
+        self.data_setup, self.data_changed = decided_on_rank0(self._check_data_setup)
         self.saved_steps: list[int] = []
         self._prepare_run_dir()
         self._build()
@@ -164,6 +165,37 @@ class Trainer:
             logger.warning("%s has no %s: its model settings cannot be checked", source, checkpointing.CONFIG_FILE)
             return cfg
         return adopt_checkpoint_model(cfg, saved, given_keys, f"checkpoint {source}")
+
+    def _check_data_setup(self) -> tuple[dict, bool]:
+        """This run's data setup, and whether it differs from the checkpoint's (allowed); one line if not allowed."""
+        current = data_setup(self.cfg)
+        path = self.resume_point.path
+        if path is None:
+            return current, False
+        saved = checkpointing.read_data_setup(path)
+        if saved is None:  # an older checkpoint: its config.yaml still tells all but the files
+            saved_cfg = checkpointing.read_saved_config(path)
+            if saved_cfg is None:
+                logger.warning("%s records no data setup: cannot check that this run reads the same data", path)
+                return current, False
+            saved = data_setup(saved_cfg.config, with_files=False)
+            current_cmp = {k: v for k, v in current.items() if not k.startswith("data.files[")}
+            logger.warning("%s records no %s (older version): the dataset files are not compared", path,
+                           checkpointing.DATA_SETUP_FILE)
+        else:
+            current_cmp = current
+        changes, moved = data_setup_changes(saved, current_cmp)
+        if moved:
+            logger.info("the same datasets at new paths (files and weights unchanged): %s", "; ".join(moved))
+        if not changes:
+            return current, False
+        consumed = f"the {self.resume_point.step}-step checkpoint's consumed samples"
+        if not self.cfg.checkpoint.allow_data_change:
+            raise ConfigError(f"resuming from {path} with another data setup: {', '.join(changes)}; put them back, "
+                              f"or pass --checkpoint.allow_data_change=true to go on past {consumed} in the "
+                              f"new data order")
+        logger.warning("data setup changed since %s (checkpoint.allow_data_change=true): %s", path, ", ".join(changes))
+        return current, True
 
     def _prepare_run_dir(self) -> None:
         if self.layout.is_logging_rank:
@@ -230,7 +262,8 @@ class Trainer:
         with cuda_to_cpu():
             sd = self._state_dict(is_loading=False)
             path = checkpointing.save(root, self.state.step, sd, self.config_yaml, self.cfg.checkpoint.keep_last,
-                                      self.saved_steps, tokenizer=self._tokenizer_to_copy())
+                                      self.saved_steps, tokenizer=self._tokenizer_to_copy(),
+                                      data_setup=self.data_setup)
         logger.info("saved checkpoint %s in %.1fs", path, time.monotonic() - start)
         return str(path)
 
@@ -295,6 +328,12 @@ class Trainer:
                            "RNG states (dropout) start afresh", path)
         logger.info("resumed from %s at step %d (%d samples consumed) in %.1fs", path, self.state.step,
                     self.state.consumed_samples, time.monotonic() - start)
+        if self.data_changed:
+            logger.warning("with the changed data setup, as Megatron-LM does: the first %d samples of the new data "
+                           "order are skipped (the checkpoint's consumed count) and training goes on from sample "
+                           "%d at step %d, its learning-rate schedule unchanged; samples seen before may come "
+                           "again and others never", self.state.consumed_samples, self.state.consumed_samples,
+                           self.state.step + 1)
 
     def _load_weights(self, path) -> None:
         logger.info("loading weights from %s ...", path)

@@ -333,3 +333,44 @@ def test_ids_beyond_the_model_vocabulary_stop_a_tp2_run_before_any_step(tmp_path
     assert "step      1/" not in out.stdout + out.stderr
     line = error_lines(out)[0]
     assert prefix in line and "token id 29,999" in line and "8,000 ids" in line
+
+
+# ---- the data setup a checkpoint was trained on -----------------------------------------------------------------
+
+def test_data_setup_changes_name_each_key_and_a_moved_dataset_is_not_one(tmp_path):
+    from native_megatron.training.data import data_setup, data_setup_changes
+
+    a = write_dataset(tmp_path / "a_text_document", random_docs(40, 8000, seed=1))
+    b = write_dataset(tmp_path / "b_text_document", random_docs(40, 8000, seed=2))
+    saved = data_setup(_data_cfg([0.5, a, 0.5, b]))
+    assert data_setup_changes(saved, data_setup(_data_cfg([1, a, 1, b]))) == ([], [])  # the same weights
+    changes, _ = data_setup_changes(saved, data_setup(_data_cfg([0.7, a, 0.3, b])))
+    assert changes == [f"data.weight[{a}] checkpoint=0.5 config=0.7", f"data.weight[{b}] checkpoint=0.5 config=0.3"]
+    changes, _ = data_setup_changes(saved, data_setup(_data_cfg([a])))  # a dataset less
+    assert changes == [f"data.weight[{a}] checkpoint=0.5 config=1.0", f"data.weight[{b}] checkpoint=0.5 config=absent"]
+    write_dataset(tmp_path / "b_text_document", random_docs(41, 8000, seed=2))  # the same path, other content
+    (changes,), _ = data_setup_changes(saved, data_setup(_data_cfg([0.5, a, 0.5, b])))
+    assert changes.startswith(f"data.files[{b}] checkpoint=") and "idx blake2b" in changes
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    for suffix in (".bin", ".idx"):
+        shutil.copy(a + suffix, moved / ("a_text_document" + suffix))
+    new_a = str(moved / "a_text_document")
+    saved = data_setup(_data_cfg([0.5, a, 0.5, b]))
+    assert data_setup_changes(saved, data_setup(_data_cfg([0.5, new_a, 0.5, b]))) == ([], [f"{a} -> {new_a}"])
+
+
+@pytest.mark.slow
+def test_resume_with_another_data_setup_is_one_line_unless_allowed(copy_of):
+    args = [f"--logging.run_dir={copy_of}", *MOCK_TINY, "--schedule.train_steps=5"]
+    out = run([*args, "--schedule.global_batch_size=16", "--data.seq_length=64"])
+    assert out.returncode != 0, out.stderr[-3000:]
+    (line,) = error_lines(out)
+    assert "iter_0000004 with another data setup" in line and "--checkpoint.allow_data_change=true" in line
+    assert "schedule.global_batch_size checkpoint=8 config=16" in line
+    assert "data.seq_length checkpoint=32 config=64" in line
+    out = run([*args, "--schedule.global_batch_size=16", "--checkpoint.allow_data_change=true"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "the first 32 samples of the new data order are skipped" in out.stderr
+    assert json.loads((copy_of / "checkpoints" / "iter_0000005" / "data_setup.json").read_text())[
+        "schedule.global_batch_size"] == 16
