@@ -332,7 +332,7 @@ def data_setup_changes(saved: dict[str, Any], current: dict[str, Any]) -> tuple[
 def _scan_max_id(prefix: str, dtype) -> int:
     import numpy as np
 
-    logger.info("%s: no _stats.json records its largest token id; scanning the .bin", prefix)
+    logger.info("%s: scanning the .bin for its largest token id", prefix)
     tokens = np.memmap(prefix + ".bin", dtype=dtype, mode="r")
     return max((int(tokens[i:i + _SCAN_CHUNK].max()) for i in range(0, len(tokens), _SCAN_CHUNK)), default=0)
 

@@ -304,22 +304,48 @@ def test_an_empty_dataset_and_a_missing_tokenizer_are_one_line(tmp_path):
         load_config(TrainConfig, TINY, [f"--data.paths=[{prefix}]", f"--data.tokenizer={tmp_path}/nowhere.model"])
 
 
+def _stats(prefix: str, vocab: int, max_id: int) -> str:
+    """A preprocessing ``_stats.json`` for ``prefix`` as the data engineer writes it (the contract)."""
+    import hashlib
+
+    name = os.path.basename(prefix)
+    files = {name: {"bin_bytes": os.path.getsize(prefix + ".bin"), "idx_bytes": os.path.getsize(prefix + ".idx"),
+                    "idx_blake2b": hashlib.blake2b(Path(prefix + ".idx").read_bytes()).hexdigest()}}
+    return json.dumps({"tokenizer": {"vocab_size": vocab}, "max_token_id": max_id, "dataset_files": files})
+
+
 def test_data_from_another_vocabulary_is_refused(tmp_path):
     from native_megatron.training.data import check_data
     from native_megatron.utils.config import ConfigError
 
     # Recorded by preprocessing: made with a 30,000-token tokenizer, not data.tokenizer's 8,000.
     prefix = write_dataset(tmp_path / "other_text_document", random_docs(50, 8000))
-    (tmp_path / "other_stats.json").write_text(json.dumps({"tokenizer": {"vocab_size": 30000},
-                                                           "max_token_id": 7999}))
+    (tmp_path / "other_stats.json").write_text(_stats(prefix, 30000, 7999))
     with pytest.raises(ConfigError) as exc:
         check_data(_data_cfg([prefix]), 8000, 8000)
     assert "tokenized with a 30,000-token vocabulary" in str(exc.value) and "has 8,000" in str(exc.value)
     # Recorded max id beyond the model's rows.
-    (tmp_path / "other_stats.json").write_text(json.dumps({"tokenizer": {"vocab_size": 8000},
-                                                           "max_token_id": 9000}))
+    (tmp_path / "other_stats.json").write_text(_stats(prefix, 8000, 9000))
     with pytest.raises(ConfigError, match="holds token id 9,000, but the model's vocabulary has 8,000"):
         check_data(_data_cfg([prefix]), 8000, 8000)
+
+
+@pytest.mark.parametrize("stats", ["stale", "older"])
+def test_stats_not_tied_to_the_files_are_not_trusted_and_the_bin_is_scanned(tmp_path, caplog, stats):
+    from native_megatron.training.data import check_data
+    from native_megatron.utils.config import ConfigError
+
+    prefix = write_dataset(tmp_path / "data_text_document", random_docs(200, 8000))
+    stale = _stats(prefix, 8000, 7999)  # true of the files as first written
+    prefix = write_dataset(tmp_path / "data_text_document", random_docs(200, 30000) + [[29999, 2]])
+    if stats == "older":  # stats from before the contract: no dataset_files
+        stale = json.dumps({k: v for k, v in json.loads(stale).items() if k != "dataset_files"})
+    (tmp_path / "data_stats.json").write_text(stale)
+    with caplog.at_level("INFO"), pytest.raises(ConfigError, match="holds token id 29,999"):
+        check_data(_data_cfg([prefix]), 8000, 8000)
+    why = "written for other files (bin_bytes, idx_bytes, idx_blake2b differ)" if stats == "stale" \
+        else "does not record these files' sizes and checksum"
+    assert why in caplog.text and "scanning the .bin" in caplog.text
 
 
 @pytest.mark.slow
