@@ -124,7 +124,8 @@ class Trainer:
             else torch.device("cpu")
         self.state = TrainState()
         self.resume_point = decided_on_rank0(partial(self._find_resume_point, cfg))
-        self.cfg = cfg = self._adopt_checkpoint_model(with_absolute_paths(cfg), given_keys)
+        # Decided once: one read of the checkpoint's config, and one error line rather than one per rank.
+        self.cfg = cfg = decided_on_rank0(partial(self._adopt_checkpoint_model, with_absolute_paths(cfg), given_keys))
         self.config_dict = config_to_dict(cfg)
         self.config_yaml = yaml.safe_dump(self.config_dict, sort_keys=False, allow_unicode=True)
         self.data_setup, self.data_changed = decided_on_rank0(self._check_data_setup)

@@ -249,11 +249,25 @@ def test_resume_with_another_num_layers_is_one_line_listing_it(copy_of):
 @pytest.mark.slow
 def test_init_from_with_another_rope_base_is_one_line_listing_it(four_steps, tmp_path):
     out = run([f"--logging.run_dir={tmp_path / 'cpt'}", *MOCK_TINY, "--model.rotary_base=10000",
-               "--model.rope_scaling=true", f"--checkpoint.init_from={four_steps / 'checkpoints' / 'initial'}"])
+               "--model.rope_scaling=true", f"--checkpoint.init_from={four_steps / 'checkpoints' / 'initial'}"],
+              nproc=2)
     assert out.returncode != 0
-    (line,) = error_lines(out)
+    (line,) = error_lines(out)  # once, not once per rank
     assert "model.rotary_base checkpoint=500000.0 config=10000.0" in line
     assert "model.rope_scaling checkpoint=False config=True" in line
+    assert "--checkpoint.model_from_checkpoint=true" in line
+
+
+def test_model_from_checkpoint_takes_the_checkpoints_values_over_the_configs():
+    from native_megatron.training.config import SavedConfig, TrainConfig, adopt_checkpoint_model
+    from native_megatron.utils.config import given_keys, load_config
+
+    args = ["--data.mock=true", "--data.paths=[]", "--model.rotary_base=10000",
+            "--checkpoint.model_from_checkpoint=true"]
+    cfg = load_config(TrainConfig, TINY, args)
+    saved = SavedConfig.from_dict({"model": {"rotary_base": 500000.0, "num_layers": 2}})
+    adopted = adopt_checkpoint_model(cfg, saved, given_keys(TINY, args), "ckpt")
+    assert (adopted.model.rotary_base, adopted.model.num_layers) == (500000.0, 2)
 
 
 def test_init_from_a_checkpoint_whose_config_yaml_is_broken_is_one_line(tmp_path):
