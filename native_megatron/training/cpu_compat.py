@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from typing import Iterator
 
 import torch
@@ -154,6 +155,8 @@ def install() -> bool:
     _replace(torch.cuda, "synchronize", lambda device=None: None)
     _replace(torch.cuda, "empty_cache", lambda: None)
     logging.getLogger(mc_random.__name__).addFilter(_log_filter)
+    # Advice for CUDA streams, printed by every rank: there are none on the CPU.
+    warnings.filterwarnings("ignore", message=".*CUDA_DEVICE_MAX_CONNECTIONS", category=UserWarning)
     logger.info("CUDA not available: megatron-core runs on the CPU (native_megatron.training.cpu_compat)")
     return True
 

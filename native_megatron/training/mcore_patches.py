@@ -7,6 +7,8 @@ makes that test fail, the fix is no longer needed: delete it.
 - Distributed optimizer + torch's Adam (no apex, no transformer-engine):
   loading a ``fully_reshardable`` checkpoint fails, and resuming corrupts Adam's
   ``step`` (see :func:`fix_set_main_param_and_optimizer_states`).
+- Deprecation warnings megatron-core's own calls into torch raise on every rank at
+  every checkpoint load (:data:`UPSTREAM_DEPRECATIONS`): nothing a user can act on.
 - The checkpoint writer's results queue lives in a helper process that a SIGTERM
   to the worker's process group kills, so the save a signal asks for fails
   (see :func:`shielded_write_results_queue`).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import warnings
 from typing import Callable
 
 MCORE_VERSION = "0.16"
@@ -96,12 +99,21 @@ def shielded_write_results_queue(original: Callable) -> Callable:
     return _get_write_results_queue
 
 
+# (message regex, category) of warnings about megatron-core 0.16's calls into torch 2.13, not about ours.
+UPSTREAM_DEPRECATIONS = (
+    (r"`load_state_dict` is deprecated", FutureWarning),  # dist_checkpointing/strategies/torch.py
+    (r"Please use DTensor instead and we are deprecating ShardedTensor", FutureWarning),
+)
+
+
 def install() -> list[str]:
     """Apply the fixes this installation needs; returns their names. Idempotent."""
     from megatron.core.optimizer import distrib_optimizer as mc_do
 
     if _REPLACED:
         return [name for _, name, _ in _REPLACED]
+    for message, category in UPSTREAM_DEPRECATIONS:
+        warnings.filterwarnings("ignore", message=message, category=category)
     if not getattr(mc_do, "HAVE_APEX_OR_TE", True):
         cls, name = mc_do.DistributedOptimizer, "_set_main_param_and_optimizer_states"
         original = getattr(cls, name)

@@ -412,5 +412,6 @@ def test_resume_with_another_data_setup_is_one_line_unless_allowed(copy_of):
     out = run([*args, "--schedule.global_batch_size=16", "--checkpoint.allow_data_change=true"])
     assert out.returncode == 0, out.stderr[-3000:]
     assert "the first 32 samples of the new data order are skipped" in out.stderr
+    assert "FutureWarning" not in out.stderr  # megatron-core's deprecated torch calls while loading
     assert json.loads((copy_of / "checkpoints" / "iter_0000005" / "data_setup.json").read_text())[
         "schedule.global_batch_size"] == 16
