@@ -208,6 +208,11 @@ class OptimConfig:
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
+    # The loss a step's gradient comes from. mean: over every loss token of the global batch (each token
+    # weighs the same; megatron-core's per-token loss). sum: summed over tokens, divided only by the
+    # microbatches x data-parallel ranks, as open-instruct's --reduce_loss sum (Tulu 3's SFT): the
+    # gradient then grows with the tokens per sequence, so the learning rate means something else.
+    loss_reduction: Literal["mean", "sum"] = "mean"
 
     def validate(self) -> None:
         if not 0 <= self.min_lr <= self.lr:

@@ -81,8 +81,10 @@ class TrainResult:
         return "done: " + " | ".join(parts)
 
 
-def forward_step(data_iterator: Iterator[dict], model: torch.nn.Module, device: torch.device, thd: bool = False):
-    """One microbatch forward; the loss is a sum over tokens (megatron-core divides by their count).
+def forward_step(data_iterator: Iterator[dict], model: torch.nn.Module, device: torch.device, thd: bool = False,
+                 loss_reduction: str = "mean"):
+    """One microbatch forward; the loss is a sum over tokens, which megatron-core divides by the count
+    returned with it (see :func:`_loss_func`).
 
     A batch with ``segment_ids`` holds packed conversations: attention stays within each, by a
     block-diagonal mask, or with ``thd`` (the te spec) by THD cu_seqlens (see ``packing``).
@@ -100,14 +102,20 @@ def forward_step(data_iterator: Iterator[dict], model: torch.nn.Module, device: 
         else:
             attention_mask = packing.block_causal_mask(segments)
     output = model(tokens, position_ids, attention_mask, labels=labels, packed_seq_params=packed)
-    return output, partial(_loss_func, loss_mask)
+    return output, partial(_loss_func, loss_mask, loss_reduction)
 
 
-def _loss_func(loss_mask: torch.Tensor, output: torch.Tensor):
+def _loss_func(loss_mask: torch.Tensor, loss_reduction: str, output: torch.Tensor):
+    """(loss sum, divisor, report). megatron-core adds the divisors of every microbatch and data-parallel
+    rank and scales the gradients by one over the total: the loss tokens for ``mean``; one per
+    microbatch for ``sum`` (open-instruct's ``--reduce_loss sum``, where accelerate divides by the
+    accumulation steps and DDP averages over ranks). The report is the per-token mean either way."""
     losses = output.float().view(-1)
     mask = loss_mask.view(-1).float()
     loss_sum = torch.sum(losses * mask)
     num_tokens = mask.sum().to(torch.int)
+    if loss_reduction == "sum":
+        num_tokens = torch.ones_like(num_tokens)
     report = torch.stack([loss_sum.detach(), mask.sum().detach()])
     return loss_sum, num_tokens, {"lm loss": report}
 
@@ -371,7 +379,8 @@ class Trainer:
         s = self.cfg.schedule
         with cuda_to_cpu():
             reports = self.forward_backward(
-                forward_step_func=partial(forward_step, device=self.device, thd=self.thd), data_iterator=data_iterator,
+                forward_step_func=partial(forward_step, device=self.device, thd=self.thd,
+                                          loss_reduction=self.cfg.optim.loss_reduction), data_iterator=data_iterator,
                 model=self.model if len(self.model) > 1 else self.model[0], num_microbatches=self.microbatches,
                 seq_length=self.cfg.data.seq_length, micro_batch_size=s.micro_batch_size, forward_only=forward_only)
         return self._reduce_loss(reports)
