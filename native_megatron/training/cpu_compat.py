@@ -2,7 +2,7 @@
 
 megatron-core 0.16 assumes CUDA in a few places. On a torch without CUDA,
 :func:`install` redirects exactly those, and :func:`cuda_to_cpu` (a context
-manager our trainer wraps around megatron-core calls) maps their ``"cuda"``
+manager the trainer enters once, for its whole life) maps their ``"cuda"``
 tensors to the CPU. Both are no-ops when CUDA is available, so GPU runs use
 megatron-core unchanged.
 
@@ -72,7 +72,19 @@ class _CudaToCpu(TorchFunctionMode):
             return args[0]
         elif func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
             args = (args[0], "cpu", *args[2:])
+        elif _is_grad_getter(func):
+            # megatron-core's zero_grad reads .grad of its optimizer's shard views (not leaves) by design;
+            # read through this mode, torch's warning about it names this file on every rank.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf",
+                                        category=UserWarning)
+                return func(*args, **kwargs)
         return func(*args, **kwargs)
+
+
+def _is_grad_getter(func) -> bool:
+    return getattr(func, "__name__", "") == "__get__" and getattr(getattr(func, "__self__", None), "__name__", "") \
+        == "grad"
 
 
 @contextlib.contextmanager
