@@ -415,3 +415,22 @@ def test_resume_with_another_data_setup_is_one_line_unless_allowed(copy_of):
     assert "FutureWarning" not in out.stderr  # megatron-core's deprecated torch calls while loading
     assert json.loads((copy_of / "checkpoints" / "iter_0000005" / "data_setup.json").read_text())[
         "schedule.global_batch_size"] == 16
+
+
+def test_a_checkpoint_from_before_data_setup_json_is_compared_by_its_config_yaml(tmp_path, caplog):
+    import yaml
+
+    from native_megatron.training.checkpoint_manager import check_data_setup
+    from native_megatron.training.checkpointing import ResumePoint
+    from native_megatron.utils.config import ConfigError, config_to_dict
+
+    a = write_dataset(tmp_path / "a_text_document", random_docs(40, 8000))
+    ckpt = tmp_path / "iter_0000010"
+    ckpt.mkdir()
+    (ckpt / "config.yaml").write_text(yaml.safe_dump(config_to_dict(_data_cfg([a]))))  # no data_setup.json
+    point = ResumePoint(10, ckpt)
+    with caplog.at_level("WARNING"):
+        assert check_data_setup(_data_cfg([a]), point)[1] is False
+    assert "records no data_setup.json" in caplog.text
+    with pytest.raises(ConfigError, match="data.split checkpoint=90,10,0 config=80,20,0"):
+        check_data_setup(_data_cfg([a], "80,20,0"), point)
