@@ -86,8 +86,8 @@ def check_data_setup(cfg: TrainConfig, point: checkpointing.ResumePoint) -> tupl
 class CheckpointManager:
     """Loads the run's starting point into the model and saves it; collective calls (every rank).
 
-    ``parts``: a callable giving (model chunks, optimizer, scheduler, trainer state), the
-    objects a checkpoint holds, once the trainer has built them.
+    Made before the model exists (it holds what was decided from the checkpoint); :meth:`attach`
+    hands it the objects a checkpoint holds once the trainer has built them.
     """
 
     def __init__(self, cfg: TrainConfig, point: checkpointing.ResumePoint, config_dict: dict, config_yaml: str,
