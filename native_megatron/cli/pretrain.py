@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from native_megatron.cli import add_config_help, cli_main, print_config
 from native_megatron.training.config import TrainConfig
-from native_megatron.utils.config import given_keys, load_config, split_overrides, top_level_keys
+from native_megatron.utils.config import ConfigError, given_keys, load_config, split_overrides, top_level_keys
 from native_megatron.utils.logging import setup_logging
 
 logger = logging.getLogger("pretrain_arabic")
@@ -39,7 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv, top_level_keys(TrainConfig))
     args = build_parser().parse_args(rest)
     setup_logging(args.log_level)
-    cfg = load_config(TrainConfig, args.config, overrides)
+    try:
+        cfg = load_config(TrainConfig, args.config, overrides)
+    except ConfigError:
+        if int(os.environ.get("RANK", "0")) != 0:
+            return 2  # every rank reads the same files and fails alike: rank 0 prints the one line
+        raise
     if args.print_config:
         return print_config(cfg)
 
@@ -51,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(cfg, given_keys(args.config, overrides))
         result = trainer.train()
         logger.info(result.summary())
+    except ConfigError as exc:
+        if getattr(exc, "shown_by_rank0", False):  # decided on rank 0, which prints it
+            return 2
+        raise
     except KeyboardInterrupt:  # before the trainer's handler was installed
         print("interrupted", file=sys.stderr)
         return 130

@@ -31,6 +31,7 @@ of a broken one.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
@@ -52,6 +53,7 @@ LATEST = "latest"
 PARTIAL = ".partial"
 TOKENIZER_DIR = "tokenizer"
 CONFIG_FILE = "config.yaml"
+DATA_SETUP_FILE = "data_setup.json"  # what decides the sample order, compared on resume (training.data.data_setup)
 _ITER_RE = re.compile(r"^iter_(\d{7,})$")
 # megatron-core's distributed-optimizer format that reshards across TP, PP and DP.
 SHARDING_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
@@ -88,7 +90,6 @@ def checkpoint_problem(path: str | Path) -> str | None:
     loads, and every shard file it names is there and long enough for the
     byte ranges it records (a truncated ``__0_0.distcp`` fails here).
     """
-    import json
 
     from torch.distributed.checkpoint import FileSystemReader
 
@@ -253,7 +254,8 @@ def _materialise_optimizer_state(optimizer) -> None:
             opt._init_optimizer_states_with_dummy_values()
 
 
-def _save_atomically(final: Path, state_dict: dict, config_yaml: str, tokenizer: str | None) -> None:
+def _save_atomically(final: Path, state_dict: dict, config_yaml: str, tokenizer: str | None,
+                     data_setup: dict | None = None) -> None:
     """Write into ``final.partial`` and rename it to ``final`` once every rank is done."""
     from megatron.core import dist_checkpointing
 
@@ -268,6 +270,8 @@ def _save_atomically(final: Path, state_dict: dict, config_yaml: str, tokenizer:
     _barrier()
     if _rank0():
         atomic_write_text(partial / CONFIG_FILE, config_yaml)
+        if data_setup is not None:
+            atomic_write_text(partial / DATA_SETUP_FILE, json.dumps(data_setup, indent=1) + "\n")
         if tokenizer:
             copy_tokenizer(tokenizer, partial / TOKENIZER_DIR)
         if final.exists():  # re-saving a step (e.g. after a resume): the new one wins
@@ -276,14 +280,14 @@ def _save_atomically(final: Path, state_dict: dict, config_yaml: str, tokenizer:
 
 
 def save(root: str | Path, step: int, state_dict: dict, config_yaml: str, keep_last: int,
-         written: list[int], tokenizer: str | None = None) -> Path:
+         written: list[int], tokenizer: str | None = None, data_setup: dict | None = None) -> Path:
     """Save atomically as ``iter_{step}`` and point ``latest`` at it. Collective: every rank calls it.
 
     ``written``: the steps this run has saved so far (``step`` is added); rotation
     only ever deletes checkpoints older than the newest of them.
     """
     final = iter_dir(root, step)
-    _save_atomically(final, state_dict, config_yaml, tokenizer)
+    _save_atomically(final, state_dict, config_yaml, tokenizer, data_setup)
     written.append(step)
     if _rank0():
         atomic_write_text(Path(root) / LATEST, f"{step}\n")
@@ -320,6 +324,20 @@ def read_saved_config(path: str | Path) -> SavedConfig | None:
     if saved.unknown:
         _warn_unknown_keys(str(file), saved.unknown)
     return saved
+
+
+def read_data_setup(path: str | Path) -> dict | None:
+    """The data setup saved with checkpoint ``path`` (None: saved by a version that did not write it)."""
+    file = Path(path) / DATA_SETUP_FILE
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{file} is unreadable ({type(exc).__name__}): repair or delete it") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file} is not a JSON object: repair or delete it")
+    return data
 
 
 @functools.lru_cache(maxsize=None)

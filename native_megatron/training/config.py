@@ -208,6 +208,11 @@ class OptimConfig:
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
+    # The loss a step's gradient comes from. mean: over every loss token of the global batch (each token
+    # weighs the same; megatron-core's per-token loss). sum: summed over tokens, divided only by the
+    # microbatches x data-parallel ranks, as open-instruct's --reduce_loss sum (Tulu 3's SFT): the
+    # gradient then grows with the tokens per sequence, so the learning rate means something else.
+    loss_reduction: Literal["mean", "sum"] = "mean"
 
     def validate(self) -> None:
         if not 0 <= self.min_lr <= self.lr:
@@ -259,6 +264,12 @@ class CheckpointConfig:
     # Save the initial weights to DIR/initial before the first step: ablations
     # (raw vs aligned vs blends) and other TP/PP layouts can start from the same model.
     save_initial: bool = False
+    # Resume although the data setup (blend, files, split, seq_length, seed, global batch size) differs
+    # from the checkpoint's: the run goes on after the checkpoint's consumed samples in the new order.
+    allow_data_change: bool = False
+    # Take every model setting the checkpoint (resumed or init_from) holds, even those the config sets
+    # otherwise (Megatron-LM's --use-checkpoint-args); false: a differing setting given by the user stops the run.
+    model_from_checkpoint: bool = False
 
     def validate(self) -> None:
         if self.save_interval < 0 or self.keep_last < 1:
@@ -390,7 +401,7 @@ def adopt_checkpoint_model(cfg: TrainConfig, saved: SavedConfig, given: set[str]
 
     Only keys the checkpoint's file holds are taken. A key in ``given`` (set by the
     user; None: all keys count as set) that differs from the checkpoint is an error
-    listing every such key with both values.
+    listing every such key with both values, unless ``checkpoint.model_from_checkpoint``.
     """
     conflicts, updates = [], {}
     for key in CHECKPOINT_MODEL_KEYS:
@@ -399,13 +410,14 @@ def adopt_checkpoint_model(cfg: TrainConfig, saved: SavedConfig, given: set[str]
         theirs, ours = getattr(saved.config.model, key), getattr(cfg.model, key)
         if _same(ours, theirs):
             continue
-        if given is None or f"model.{key}" in given:
+        if (given is None or f"model.{key}" in given) and not cfg.checkpoint.model_from_checkpoint:
             conflicts.append(f"model.{key} checkpoint={theirs!r} config={ours!r}")
         else:
             updates[key] = theirs
     if conflicts:
         raise ConfigError(f"{source} was trained with other model settings: {', '.join(conflicts)}; "
-                          f"drop these keys from the config to use the checkpoint's values")
+                          f"set them to the checkpoint's values, or pass --checkpoint.model_from_checkpoint=true "
+                          f"to take every model setting from the checkpoint")
     if not updates:
         return cfg
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **updates))

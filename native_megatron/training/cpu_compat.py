@@ -2,7 +2,7 @@
 
 megatron-core 0.16 assumes CUDA in a few places. On a torch without CUDA,
 :func:`install` redirects exactly those, and :func:`cuda_to_cpu` (a context
-manager our trainer wraps around megatron-core calls) maps their ``"cuda"``
+manager the trainer enters once, for its whole life) maps their ``"cuda"``
 tensors to the CPU. Both are no-ops when CUDA is available, so GPU runs use
 megatron-core unchanged.
 
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from typing import Iterator
 
 import torch
@@ -71,7 +72,19 @@ class _CudaToCpu(TorchFunctionMode):
             return args[0]
         elif func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
             args = (args[0], "cpu", *args[2:])
+        elif _is_grad_getter(func):
+            # megatron-core's zero_grad reads .grad of its optimizer's shard views (not leaves) by design;
+            # read through this mode, torch's warning about it names this file on every rank.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf",
+                                        category=UserWarning)
+                return func(*args, **kwargs)
         return func(*args, **kwargs)
+
+
+def _is_grad_getter(func) -> bool:
+    return getattr(func, "__name__", "") == "__get__" and getattr(getattr(func, "__self__", None), "__name__", "") \
+        == "grad"
 
 
 @contextlib.contextmanager
@@ -154,6 +167,8 @@ def install() -> bool:
     _replace(torch.cuda, "synchronize", lambda device=None: None)
     _replace(torch.cuda, "empty_cache", lambda: None)
     logging.getLogger(mc_random.__name__).addFilter(_log_filter)
+    # Advice for CUDA streams, printed by every rank: there are none on the CPU.
+    warnings.filterwarnings("ignore", message=".*CUDA_DEVICE_MAX_CONNECTIONS", category=UserWarning)
     logger.info("CUDA not available: megatron-core runs on the CPU (native_megatron.training.cpu_compat)")
     return True
 

@@ -8,13 +8,16 @@ uninterrupted run would have read next.
 
 from __future__ import annotations
 
+import functools
+import glob
+import hashlib
 import logging
 import math
 import os
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -203,8 +206,34 @@ def log_blend(cfg: TrainConfig, sizes: dict[str, tuple[int, int]]) -> None:
                     f"{read:,.0f}", epochs)
 
 
+def dataset_identity(prefix: str) -> dict[str, Any]:
+    """What ties facts recorded about a dataset to its files: both sizes and a blake2b of the ``.idx``.
+
+    The contract with preprocessing, whose ``_stats.json`` records the same under
+    ``"dataset_files"`` -> prefix basename. The ``.idx`` (document lengths and offsets)
+    changes with any change of content that matters here, and is small next to the ``.bin``.
+    """
+    bin_stat, idx_stat = os.stat(prefix + ".bin"), os.stat(prefix + ".idx")
+    return dict(_identity(prefix, bin_stat.st_size, idx_stat.st_size, idx_stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=None)
+def _identity(prefix: str, bin_bytes: int, idx_bytes: int, idx_mtime_ns: int) -> tuple:
+    # Cached on size and mtime: the vocabulary check, the data setup and every save ask for it.
+    digest = hashlib.blake2b()
+    with open(prefix + ".idx", "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return ("bin_bytes", bin_bytes), ("idx_bytes", idx_bytes), ("idx_blake2b", digest.hexdigest())
+
+
 def recorded_vocabulary(prefix: str) -> tuple[int | None, int | None]:
-    """(vocabulary size, largest token id) that preprocessing recorded beside ``prefix``, where it did."""
+    """(vocabulary size, largest token id) that preprocessing recorded beside ``prefix``, where it did.
+
+    Trusted only while the stats name these very files (``dataset_files``, see
+    :func:`dataset_identity`): a stats file copied beside other data, or one older
+    than the contract, gives (None, None) with a log line saying why, and the caller scans.
+    """
     import json
 
     suffix = "_text_document"
@@ -216,15 +245,94 @@ def recorded_vocabulary(prefix: str) -> tuple[int | None, int | None]:
             data = json.load(f)
     except (OSError, ValueError):
         return None, None
+    recorded = (data.get("dataset_files") or {}).get(os.path.basename(prefix)) if isinstance(data, dict) else None
+    if not isinstance(recorded, dict):
+        logger.info("%s: %s does not record these files' sizes and checksum (older preprocessing?); "
+                    "not trusting its vocabulary or largest id", prefix, os.path.basename(stats))
+        return None, None
+    actual = dataset_identity(prefix)
+    differ = [k for k in actual if recorded.get(k) != actual[k]]
+    if differ:
+        logger.warning("%s: %s was written for other files (%s differ): not trusting its vocabulary or largest id",
+                       prefix, os.path.basename(stats), ", ".join(differ))
+        return None, None
     vocab = (data.get("tokenizer") or {}).get("vocab_size")
     max_id = data.get("max_token_id")
     return (int(vocab) if isinstance(vocab, int) else None), (int(max_id) if isinstance(max_id, int) else None)
 
 
+# ---- the data setup a checkpoint was trained on ------------------------------------------------------------
+
+def data_setup(cfg: TrainConfig, with_files: bool = True) -> dict[str, Any]:
+    """Everything that decides which samples step N reads, as flat ``key: value`` pairs.
+
+    Saved with each checkpoint (``data_setup.json``) and compared on resume: the
+    consumed-sample count in a checkpoint only means the same samples under the same setup.
+    ``with_files``: add each dataset's :func:`dataset_identity` (needs the files).
+    """
+    d, s = cfg.data, cfg.schedule
+    setup: dict[str, Any] = {"schedule.global_batch_size": s.global_batch_size, "data.seq_length": d.seq_length,
+                             "data.seed": d.seed}
+    if d.sft_dir:
+        setup.update({"data.sft_dir": d.sft_dir, "data.pack": d.pack})
+        prefixes = sorted(p[:-4] for p in glob.glob(os.path.join(d.sft_dir, "*.idx")))
+        weights = [None] * len(prefixes)
+    elif d.mock:
+        setup["data.mock"] = True
+        weights, prefixes = [], []
+    else:
+        setup["data.split"] = d.split
+        weights, prefixes = parse_blend(d.paths)
+        weights = weights or [1.0] * len(prefixes)
+        total = sum(weights)
+        weights = [round(w / total, 6) for w in weights]
+    for weight, prefix in zip(weights, prefixes):
+        if weight is not None:
+            setup[f"data.weight[{prefix}]"] = weight
+        if with_files:
+            ident = dataset_identity(prefix)
+            setup[f"data.files[{prefix}]"] = (f"{ident['bin_bytes']}+{ident['idx_bytes']} bytes, "
+                                              f"idx blake2b {ident['idx_blake2b'][:16]}")
+    return setup
+
+
+def data_setup_changes(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(changes as ``key checkpoint=A config=B``, datasets that only moved) between two :func:`data_setup` s.
+
+    A dataset whose prefix changed but whose files and weight did not (the data was moved
+    or mounted elsewhere) is not a change.
+    """
+    def prefix_of(key: str) -> str:
+        return key[key.index("[") + 1:-1]
+
+    gone = {prefix_of(k): v for k, v in saved.items() if k.startswith("data.files[") and k not in current}
+    new = {prefix_of(k): v for k, v in current.items() if k.startswith("data.files[") and k not in saved}
+    moved: list[str] = []
+    saved, current = dict(saved), dict(current)
+    for old, files in gone.items():
+        match = next((p for p, f in new.items() if f == files
+                      and saved.get(f"data.weight[{old}]") == current.get(f"data.weight[{p}]")), None)
+        if match is not None:
+            del new[match]
+            for kind in ("files", "weight"):
+                saved.pop(f"data.{kind}[{old}]", None)
+                current.pop(f"data.{kind}[{match}]", None)
+            moved.append(f"{old} -> {match}")
+    changes = []
+    for key in [*saved, *(k for k in current if k not in saved)]:
+        weighted = f"data.weight[{key[11:-1]}]" in saved or f"data.weight[{key[11:-1]}]" in current
+        if key.startswith("data.files[") and (key not in saved or key not in current) and weighted:
+            continue  # a dataset added to or dropped from a blend shows as its weight
+        theirs, ours = saved.get(key, "absent"), current.get(key, "absent")
+        if theirs != ours:
+            changes.append(f"{key} checkpoint={theirs} config={ours}")
+    return changes, moved
+
+
 def _scan_max_id(prefix: str, dtype) -> int:
     import numpy as np
 
-    logger.info("%s: no _stats.json records its largest token id; scanning the .bin", prefix)
+    logger.info("%s: scanning the .bin for its largest token id", prefix)
     tokens = np.memmap(prefix + ".bin", dtype=dtype, mode="r")
     return max((int(tokens[i:i + _SCAN_CHUNK].max()) for i in range(0, len(tokens), _SCAN_CHUNK)), default=0)
 

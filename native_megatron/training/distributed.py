@@ -117,6 +117,8 @@ def decided_on_rank0(fn):
     dist.broadcast_object_list(box, src=0)
     kind, value = box[0]
     if kind == "error":
+        if dist.get_rank() != 0:
+            value.shown_by_rank0 = True  # rank 0 raises the same error: the command line prints it once
         raise value
     if kind == "crash":
         raise RuntimeError(f"rank 0 failed: {value}")

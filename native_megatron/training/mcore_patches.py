@@ -7,10 +7,18 @@ makes that test fail, the fix is no longer needed: delete it.
 - Distributed optimizer + torch's Adam (no apex, no transformer-engine):
   loading a ``fully_reshardable`` checkpoint fails, and resuming corrupts Adam's
   ``step`` (see :func:`fix_set_main_param_and_optimizer_states`).
+- Deprecation warnings megatron-core's own calls into torch raise on every rank at
+  every checkpoint load (:data:`UPSTREAM_DEPRECATIONS`): nothing a user can act on.
+- The checkpoint writer's results queue lives in a helper process that a SIGTERM
+  to the worker's process group kills, so the save a signal asks for fails
+  (see :func:`shielded_write_results_queue`).
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import signal
+import warnings
 from typing import Callable
 
 MCORE_VERSION = "0.16"
@@ -51,17 +59,71 @@ def fix_set_main_param_and_optimizer_states(original: Callable) -> Callable:
     return _set_main_param_and_optimizer_states
 
 
+# What a cluster sends to every process of a job (torchrun to each worker's process group, scancel and
+# SLURM's --signal to the whole step) when it wants a save; the trainer, not a helper, must act on it.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
+
+
+def _ignore_stop_signals() -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def shielded_write_results_queue(original: Callable) -> Callable:
+    """``filesystem_async._get_write_results_queue`` whose helper process outlives a stop signal.
+
+    megatron-core's checkpoint writer returns its results through a queue held by a
+    ``multiprocessing`` Manager process it spawns on the first save. That process is in the
+    worker's process group and keeps the default SIGTERM action, so when torchrun (which
+    signals each worker's group) or ``scancel`` stops a run, the helper dies at once and the
+    save the trainer then makes fails with BrokenPipeError, leaving ``iter_N.partial``. The
+    fix starts the same Manager with the stop signals ignored; the trainer still gets them.
+    """
+    from megatron.core.dist_checkpointing.strategies import filesystem_async as fa
+
+    def _get_write_results_queue():
+        if fa._results_queue is None:
+            from multiprocessing.managers import SyncManager
+
+            manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
+            # Blocked while it starts, so a signal arriving before its initializer runs is not fatal.
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                manager.start(initializer=_ignore_stop_signals)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            fa._results_queue = manager.Queue()
+        return fa._results_queue
+
+    _get_write_results_queue.__wrapped__ = original
+    return _get_write_results_queue
+
+
+# (message regex, category) of warnings about megatron-core 0.16's calls into torch 2.13, not about ours.
+UPSTREAM_DEPRECATIONS = (
+    (r"`load_state_dict` is deprecated", FutureWarning),  # dist_checkpointing/strategies/torch.py
+    (r"Please use DTensor instead and we are deprecating ShardedTensor", FutureWarning),
+)
+
+
 def install() -> list[str]:
     """Apply the fixes this installation needs; returns their names. Idempotent."""
     from megatron.core.optimizer import distrib_optimizer as mc_do
 
     if _REPLACED:
         return [name for _, name, _ in _REPLACED]
+    for message, category in UPSTREAM_DEPRECATIONS:
+        warnings.filterwarnings("ignore", message=message, category=category)
     if not getattr(mc_do, "HAVE_APEX_OR_TE", True):
         cls, name = mc_do.DistributedOptimizer, "_set_main_param_and_optimizer_states"
         original = getattr(cls, name)
         _REPLACED.append((cls, name, original))
         setattr(cls, name, fix_set_main_param_and_optimizer_states(original))
+    from megatron.core.dist_checkpointing.strategies import filesystem_async as fa
+
+    original = fa._get_write_results_queue
+    _REPLACED.append((fa, "_get_write_results_queue", original))
+    fa._get_write_results_queue = shielded_write_results_queue(original)
     return [name for _, name, _ in _REPLACED]
 
 

@@ -1,33 +1,39 @@
-"""The training loop, readable top to bottom: set up, resume, step, log, evaluate, save.
+"""The training loop, readable top to bottom: build, resume, step, log, evaluate, save.
 
 Built on megatron-core: GPTModel chunks wrapped in its DistributedDataParallel,
 its (distributed) optimizer and LR scheduler, ``get_forward_backward_func()``
-for no-pipelining / 1F1B / interleaved 1F1B, ``finalize_model_grads`` for the
-gradient all-reduces, and dist_checkpointing through ``checkpointing``.
+for no-pipelining / 1F1B / interleaved 1F1B, and ``finalize_model_grads`` for the
+gradient all-reduces. Checkpoints go through :mod:`checkpoint_manager` (resume point,
+init_from, saves), metrics through :mod:`metrics_logger`, as torchtitan's components.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
 import yaml
 
-from native_megatron.training import checkpointing, megatron_config, packing
-from native_megatron.training.config import TrainConfig, adopt_checkpoint_model, with_absolute_paths
+from native_megatron.training import megatron_config, packing
+from native_megatron.training.checkpoint_manager import (
+    CheckpointManager,
+    adopt_start_model,
+    check_data_setup,
+    find_resume_point,
+)
+from native_megatron.training.config import TrainConfig, with_absolute_paths
 from native_megatron.training.cpu_compat import cuda_to_cpu
 from native_megatron.training.data import build_datasets, microbatch_iterator
 from native_megatron.training.distributed import Placement, decided_on_rank0, init_distributed
-from native_megatron.training.memory import format_bytes, model_state_bytes
-from native_megatron.training.metrics import ModelShape, ScalarWriter, StepMetrics, memory_gib, peak_tflops, throughput
+from native_megatron.training.metrics import ModelShape, peak_tflops, throughput
+from native_megatron.training.metrics_logger import MetricsLogger
 from native_megatron.training.model import build_model_chunks, padded_vocab_size, resolve_spec_name
 from native_megatron.training.preemption import PreemptionHandler
 from native_megatron.utils.config import ConfigError, config_to_dict
@@ -81,8 +87,10 @@ class TrainResult:
         return "done: " + " | ".join(parts)
 
 
-def forward_step(data_iterator: Iterator[dict], model: torch.nn.Module, device: torch.device, thd: bool = False):
-    """One microbatch forward; the loss is a sum over tokens (megatron-core divides by their count).
+def forward_step(data_iterator: Iterator[dict], model: torch.nn.Module, device: torch.device, thd: bool = False,
+                 loss_reduction: str = "mean"):
+    """One microbatch forward; the loss is a sum over tokens, which megatron-core divides by the count
+    returned with it (see :func:`_loss_func`).
 
     A batch with ``segment_ids`` holds packed conversations: attention stays within each, by a
     block-diagonal mask, or with ``thd`` (the te spec) by THD cu_seqlens (see ``packing``).
@@ -100,75 +108,66 @@ def forward_step(data_iterator: Iterator[dict], model: torch.nn.Module, device: 
         else:
             attention_mask = packing.block_causal_mask(segments)
     output = model(tokens, position_ids, attention_mask, labels=labels, packed_seq_params=packed)
-    return output, partial(_loss_func, loss_mask)
+    return output, partial(_loss_func, loss_mask, loss_reduction)
 
 
-def _loss_func(loss_mask: torch.Tensor, output: torch.Tensor):
+def _loss_func(loss_mask: torch.Tensor, loss_reduction: str, output: torch.Tensor):
+    """(loss sum, divisor, report). megatron-core adds the divisors of every microbatch and data-parallel
+    rank and scales the gradients by one over the total: the loss tokens for ``mean``; one per
+    microbatch for ``sum`` (open-instruct's ``--reduce_loss sum``, where accelerate divides by the
+    accumulation steps and DDP averages over ranks). The report is the per-token mean either way."""
     losses = output.float().view(-1)
     mask = loss_mask.view(-1).float()
     loss_sum = torch.sum(losses * mask)
     num_tokens = mask.sum().to(torch.int)
+    if loss_reduction == "sum":
+        num_tokens = torch.ones_like(num_tokens)
     report = torch.stack([loss_sum.detach(), mask.sum().detach()])
     return loss_sum, num_tokens, {"lm loss": report}
 
 
 class Trainer:
-    """Owns the model, optimizer, data and checkpoints of one run. ``close()`` always."""
+    """Owns the model, optimizer and data of one run; checkpoints and metrics go through their managers.
+
+    Reads as torchtitan's: build (``__init__``), loop (:meth:`train`), evaluate. ``close()`` always.
+    """
 
     def __init__(self, cfg: TrainConfig, given_keys: set[str] | None = None) -> None:
         """``given_keys``: the config keys the user set (None: all), see :func:`adopt_checkpoint_model`."""
         # First: a Ctrl-C or SIGTERM during set-up (a long resume) then saves after the first step.
         self.preemption = PreemptionHandler()
+        self._scope = contextlib.ExitStack()
+        try:
+            # One CPU-compatibility scope for the trainer's life (a no-op with CUDA): megatron-core's
+            # "cuda" tensors land on the CPU wherever the trainer calls it (see cpu_compat).
+            self._scope.enter_context(cuda_to_cpu())
+            self._setup(cfg, given_keys)
+        except BaseException:
+            self._scope.close()
+            self.preemption.restore()
+            raise
+
+    def _setup(self, cfg: TrainConfig, given_keys: set[str] | None) -> None:
         self.layout: Placement = init_distributed(cfg)
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.layout.on_gpu \
             else torch.device("cpu")
         self.state = TrainState()
-        self.resume_point = decided_on_rank0(partial(self._find_resume_point, cfg))
-        self.cfg = cfg = self._adopt_checkpoint_model(with_absolute_paths(cfg), given_keys)
-        self.config_dict = config_to_dict(cfg)
-        self.config_yaml = yaml.safe_dump(self.config_dict, sort_keys=False, allow_unicode=True)
-        self.saved_steps: list[int] = []
-        self._prepare_run_dir()
-        self._build()
-        self._memory_reported = False
-        resumed = self.resume_point.step is not None
-        self.writer = ScalarWriter(cfg.logging.run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project,
-                                   self.config_dict, enabled=self.layout.is_logging_rank,
-                                   purge_step=self.resume_point.step + 1 if resumed else None)
-
-    # ---- set-up --------------------------------------------------------------------
-
-    def _find_resume_point(self, cfg: TrainConfig) -> checkpointing.ResumePoint:
-        """The newest loadable checkpoint (scanned, not trusting ``latest``), before anything is built."""
-        root = cfg.checkpoint_dir()
-        if not cfg.checkpoint.resume:
-            steps = checkpointing.checkpoint_steps(root)
-            if steps:
-                raise ConfigError(f"checkpoint.resume=false, but {root} already holds checkpoints "
-                                  f"(iter_{steps[-1]:07d} the newest) that this run would overwrite and rotate "
-                                  f"away: give a new checkpoint.dir (or logging.run_dir), or move them")
-            return checkpointing.ResumePoint(None, None)
-        point = checkpointing.find_resumable(root)
-        if point.step is not None and point.skipped and self.layout.is_logging_rank:
-            logger.warning("resuming from %s, skipping: %s", point.path, point.describe_skipped())
-        return point
-
-    def _adopt_checkpoint_model(self, cfg: TrainConfig, given_keys: set[str] | None) -> TrainConfig:
-        """Model settings from the checkpoint we start from (resume, else init_from), as Megatron-LM's
-        ``--use-checkpoint-args`` would take them."""
-        source = self.resume_point.path or (Path(cfg.checkpoint.init_from) if cfg.checkpoint.init_from else None)
-        if source is None:
-            return cfg
-        saved = checkpointing.read_saved_config(source)
-        if saved is None:
-            logger.warning("%s has no %s: its model settings cannot be checked", source, checkpointing.CONFIG_FILE)
-            return cfg
-        return adopt_checkpoint_model(cfg, saved, given_keys, f"checkpoint {source}")
-
-    def _prepare_run_dir(self) -> None:
+        point = decided_on_rank0(partial(find_resume_point, cfg, self.layout.is_logging_rank))
+        # Decided once: one read of the checkpoint's config, and one error line rather than one per rank.
+        self.cfg = cfg = decided_on_rank0(partial(adopt_start_model, with_absolute_paths(cfg), point, given_keys))
+        config_dict = config_to_dict(cfg)
+        config_yaml = yaml.safe_dump(config_dict, sort_keys=False, allow_unicode=True)
+        setup, changed = decided_on_rank0(partial(check_data_setup, cfg, point))
+        self.checkpoints = CheckpointManager(cfg, point, config_dict, config_yaml, setup, changed)
         if self.layout.is_logging_rank:
-            os.makedirs(self.cfg.logging.run_dir, exist_ok=True)
-            atomic_write_text(os.path.join(self.cfg.logging.run_dir, "config.yaml"), self.config_yaml)
+            os.makedirs(cfg.logging.run_dir, exist_ok=True)
+            atomic_write_text(os.path.join(cfg.logging.run_dir, "config.yaml"), config_yaml)
+        self._build()
+        self.checkpoints.attach(self._unwrapped(), self.optimizer, self.scheduler, self.state)
+        self.metrics = MetricsLogger(cfg, config_dict, self.layout.is_logging_rank, point.step,
+                                     self.flops_per_token, self.layout.world_size, self.peak)
+
+    # ---- build -----------------------------------------------------------------------
 
     def _build(self) -> None:
         from megatron.core.distributed import DistributedDataParallel
@@ -191,17 +190,15 @@ class Trainer:
 
             install_rope()  # before TransformerConfig: it checks that a fused RoPE is present
         self.tf_config = megatron_config.transformer_config(cfg, on_gpu, self.spec_name, training=True)
-        with cuda_to_cpu():  # tied embeddings under PP: megatron-core moves the last stage's copy to CUDA
-            chunks = build_model_chunks(cfg, self.tf_config, self.vocab_size, self.spec_name)
+        chunks = build_model_chunks(cfg, self.tf_config, self.vocab_size, self.spec_name)
         if on_gpu:
             for c in chunks:
                 c.cuda(torch.cuda.current_device())
         ddp_cfg = megatron_config.ddp_config(cfg, on_gpu)
-        with cuda_to_cpu():
-            self.model = [DistributedDataParallel(config=self.tf_config, ddp_config=ddp_cfg, module=c,
-                                                  disable_bucketing=i > 0)
-                          for i, c in enumerate(chunks)]
-            self.optimizer = get_megatron_optimizer(megatron_config.optimizer_config(cfg, on_gpu), self.model)
+        self.model = [DistributedDataParallel(config=self.tf_config, ddp_config=ddp_cfg, module=c,
+                                              disable_bucketing=i > 0)
+                      for i, c in enumerate(chunks)]
+        self.optimizer = get_megatron_optimizer(megatron_config.optimizer_config(cfg, on_gpu), self.model)
         self.scheduler = OptimizerParamScheduler(self.optimizer, **megatron_config.scheduler_kwargs(cfg))
         megatron_config.wire_model_hooks(self.tf_config, self.model)
         self.forward_backward = get_forward_backward_func()
@@ -216,102 +213,6 @@ class Trainer:
 
     def _unwrapped(self) -> list[torch.nn.Module]:
         return [m.module for m in self.model]
-
-    # ---- checkpoints -----------------------------------------------------------------
-
-    def _state_dict(self, is_loading: bool, with_optimizer: bool = True, with_rng: bool = True) -> dict:
-        return checkpointing.build_state_dict(self._unwrapped(), self.optimizer, self.scheduler,
-                                              self.state.state_dict(), self.config_dict, is_loading,
-                                              with_optimizer=with_optimizer, with_rng=with_rng)
-
-    def save_checkpoint(self) -> str:
-        root = self.cfg.checkpoint_dir()
-        start = time.monotonic()
-        with cuda_to_cpu():
-            sd = self._state_dict(is_loading=False)
-            path = checkpointing.save(root, self.state.step, sd, self.config_yaml, self.cfg.checkpoint.keep_last,
-                                      self.saved_steps, tokenizer=self._tokenizer_to_copy())
-        logger.info("saved checkpoint %s in %.1fs", path, time.monotonic() - start)
-        return str(path)
-
-    def _tokenizer_to_copy(self) -> str | None:
-        return None if self.cfg.data.mock or not self.cfg.data.tokenizer else self.cfg.data.tokenizer
-
-    def save_initial_weights(self) -> str:
-        path = os.path.join(self.cfg.checkpoint_dir(), "initial")
-        with cuda_to_cpu():
-            sd = self._state_dict(is_loading=False, with_optimizer=False, with_rng=False)
-            checkpointing.save_weights(path, sd, self.config_yaml, tokenizer=self._tokenizer_to_copy())
-        logger.info("saved the initial weights to %s (use it as checkpoint.init_from)", path)
-        return path
-
-    def maybe_resume(self) -> None:
-        """Resume from the latest checkpoint, or start from ``init_from`` weights, or from scratch."""
-        if self.resume_point.path is not None:
-            self._load_full(self.resume_point.path)
-            self._truncate_metrics(self.state.step)
-        elif self.cfg.checkpoint.init_from:
-            problem = checkpointing.checkpoint_problem(self.cfg.checkpoint.init_from)
-            if problem:
-                raise checkpointing.CheckpointError(f"checkpoint.init_from {self.cfg.checkpoint.init_from}: "
-                                                    f"{problem}")
-            self._load_weights(self.cfg.checkpoint.init_from)
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop metrics.jsonl rows past the resumed step: the killed run logged them, this run logs them again."""
-        path = os.path.join(self.cfg.logging.run_dir, "metrics.jsonl")
-        if not self.layout.is_logging_rank or not os.path.exists(path):
-            return
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-        kept = []
-        for line in lines:
-            try:
-                row = json.loads(line)
-            except ValueError:  # a line cut short by the kill
-                continue
-            if row.get("step", 0) <= step:
-                kept.append(line)
-        if len(kept) != len(lines):
-            atomic_write_text(path, "".join(k + "\n" for k in kept))
-            logger.info("metrics.jsonl: dropped %d row(s) past step %d from the interrupted run",
-                        len(lines) - len(kept), step)
-
-    def _load_full(self, path) -> None:
-        logger.info("loading checkpoint %s ...", path)
-        start = time.monotonic()
-        same_layout = checkpointing.saved_layout_matches(path)
-        with cuda_to_cpu():
-            sd = self._state_dict(is_loading=True, with_rng=same_layout)
-            loaded = checkpointing.load(path, sd)
-            self._load_model(loaded)
-            self.optimizer.load_state_dict(loaded["optimizer"])
-        self.scheduler.load_state_dict(loaded["scheduler"])
-        self.state.load_state_dict(loaded["trainer"])
-        if same_layout:
-            checkpointing.restore_rng_state(loaded["rng_state"])
-        else:
-            logger.warning("checkpoint %s was saved at another TP/PP layout: weights and optimizer resharded, "
-                           "RNG states (dropout) start afresh", path)
-        logger.info("resumed from %s at step %d (%d samples consumed) in %.1fs", path, self.state.step,
-                    self.state.consumed_samples, time.monotonic() - start)
-
-    def _load_weights(self, path) -> None:
-        logger.info("loading weights from %s ...", path)
-        with cuda_to_cpu():
-            sd = checkpointing.model_sharded_state_dict(self._unwrapped())
-            loaded = checkpointing.load(path, sd)
-            self._load_model(loaded)
-            self.optimizer.reload_model_params()
-        logger.info("initialised weights from %s (fresh optimizer, step 0)", path)
-
-    def _load_model(self, loaded: dict) -> None:
-        chunks = self._unwrapped()
-        if len(chunks) == 1:
-            chunks[0].load_state_dict(loaded["model"])
-        else:
-            for i, c in enumerate(chunks):
-                c.load_state_dict(loaded[f"model{i}"])
 
     # ---- steps -----------------------------------------------------------------------
 
@@ -329,11 +230,11 @@ class Trainer:
     def _run_microbatches(self, data_iterator, forward_only: bool) -> tuple[float, float]:
         """Forward (and backward) over one global batch; returns (loss sum, tokens) over all ranks."""
         s = self.cfg.schedule
-        with cuda_to_cpu():
-            reports = self.forward_backward(
-                forward_step_func=partial(forward_step, device=self.device, thd=self.thd), data_iterator=data_iterator,
-                model=self.model if len(self.model) > 1 else self.model[0], num_microbatches=self.microbatches,
-                seq_length=self.cfg.data.seq_length, micro_batch_size=s.micro_batch_size, forward_only=forward_only)
+        reports = self.forward_backward(
+            forward_step_func=partial(forward_step, device=self.device, thd=self.thd,
+                                      loss_reduction=self.cfg.optim.loss_reduction), data_iterator=data_iterator,
+            model=self.model if len(self.model) > 1 else self.model[0], num_microbatches=self.microbatches,
+            seq_length=self.cfg.data.seq_length, micro_batch_size=s.micro_batch_size, forward_only=forward_only)
         return self._reduce_loss(reports)
 
     def _reduce_loss(self, reports: list[dict]) -> tuple[float, float]:
@@ -353,8 +254,7 @@ class Trainer:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
         loss_sum, tokens = self._run_microbatches(data_iterator, forward_only=False)
-        with cuda_to_cpu():
-            ok, grad_norm, _ = self.optimizer.step()
+        ok, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(increment=1)
         if not ok:
             logger.warning("step %d skipped by the optimizer (inf/nan gradients)", self.state.step + 1)
@@ -377,21 +277,27 @@ class Trainer:
             m.train()
         return loss_sum / max(tokens, 1.0)
 
+    def _validate(self) -> float | None:
+        loss = self.evaluate()
+        self.metrics.validation(self.state.step, loss)
+        return loss
+
     # ---- the loop --------------------------------------------------------------------
 
     def train(self) -> TrainResult:
         cfg, s = self.cfg, self.cfg.schedule
         began = time.perf_counter()
-        self.maybe_resume()
+        self.checkpoints.load()
+        if self.checkpoints.resumed_step is not None:
+            self.metrics.truncate(self.state.step)
         result = TrainResult(self.state.step)
         if s.skip_train:
-            result.valid_losses[self.state.step] = self._log_eval(os.path.join(cfg.logging.run_dir, "metrics.jsonl"))
+            result.valid_losses[self.state.step] = self._validate()
             return result
         if cfg.checkpoint.save_initial and self.state.step == 0:
-            self.save_initial_weights()
+            self.checkpoints.save_initial()
         data = self._data_iterator(self.datasets.train, self.state.consumed_samples)
         tokens_per_step = s.global_batch_size * cfg.data.seq_length
-        metrics_path = os.path.join(cfg.logging.run_dir, "metrics.jsonl")
         saved_step = None
         for m in self.model:
             m.train()
@@ -405,23 +311,24 @@ class Trainer:
             self.state.consumed_samples += s.global_batch_size
             self.state.tokens += tokens_per_step
             result.losses[self.state.step] = loss
-            if not self._memory_reported:
-                self._report_memory()
+            if not self.metrics.memory_reported:
+                self.metrics.memory(self.state.step, self.model, self.optimizer, self.layout.rank)
             if self.state.step % cfg.logging.log_interval == 0 or self.state.step == s.train_steps:
-                self._log_step(loss, grad_norm, seconds, tokens_per_step, metrics_path)
+                self.metrics.step(self.state.step, loss, self.optimizer.param_groups[0]["lr"], grad_norm, seconds,
+                                  tokens_per_step, self.state.tokens)
             if s.eval_interval and self.state.step % s.eval_interval == 0:
-                result.valid_losses[self.state.step] = self._log_eval(metrics_path)
+                result.valid_losses[self.state.step] = self._validate()
             if cfg.checkpoint.save_interval and self.state.step % cfg.checkpoint.save_interval == 0:
-                result.checkpoint, saved_step = self.save_checkpoint(), self.state.step
+                result.checkpoint, saved_step = self.checkpoints.save(), self.state.step
             if self.preemption.should_stop(self.device):
                 result.stopped_by_signal = True
                 break
         if s.eval_interval and self.state.step % s.eval_interval and not result.stopped_by_signal \
                 and self.state.step > result.final_step:  # the last steps get a validation too
-            result.valid_losses[self.state.step] = self._log_eval(metrics_path)
+            result.valid_losses[self.state.step] = self._validate()
         must_save = result.stopped_by_signal or (cfg.checkpoint.save_at_end and self.state.step > result.final_step)
         if must_save and saved_step != self.state.step:
-            result.checkpoint = self.save_checkpoint()
+            result.checkpoint = self.checkpoints.save()
         result.final_step = self.state.step
         result.seconds = time.perf_counter() - began
         if result.tokens:
@@ -429,59 +336,8 @@ class Trainer:
                                                             self.layout.world_size, self.peak)
         return result
 
-    def _log_step(self, loss: float, grad_norm: float, seconds: float, tokens: int, metrics_path: str) -> None:
-        tok_s, tflops, mfu = throughput(tokens, seconds, self.flops_per_token, self.layout.world_size, self.peak)
-        lr = self.optimizer.param_groups[0]["lr"]
-        m = StepMetrics(self.state.step, loss, lr, grad_norm, tok_s, tflops, mfu, memory_gib(), seconds)
-        if self.layout.is_logging_rank:
-            logger.info(m.line(self.cfg.schedule.train_steps))
-            self.writer.scalars(self.state.step, {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
-                                                  "perf/tokens_per_s": tok_s, "perf/tflops_per_device": tflops,
-                                                  "perf/mfu": mfu, "perf/memory_gib": m.memory_gib})
-            self._append_metrics(metrics_path, {"step": self.state.step, "loss": loss, "lr": lr,
-                                                "grad_norm": grad_norm, "tokens_per_s": tok_s,
-                                                "tflops_per_device": tflops, "mfu": mfu,
-                                                "memory_gib": m.memory_gib, "tokens": self.state.tokens})
-
-    def _report_memory(self) -> None:
-        """Weights, gradient buffers and optimizer states of every rank, measured after the first step.
-
-        Collective (all ranks call it). Rank 0 logs the largest rank's figures and
-        writes them all to RUN_DIR/memory.json, which tools/plan.py's estimates are checked against.
-        """
-        from megatron.core import parallel_state
-
-        self._memory_reported = True
-        mine = {"rank": self.layout.rank, "tp_rank": parallel_state.get_tensor_model_parallel_rank(),
-                "pp_rank": parallel_state.get_pipeline_model_parallel_rank(),
-                "dp_rank": parallel_state.get_data_parallel_rank(),
-                **model_state_bytes(self.model, self.optimizer)}
-        ranks = [mine]
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            ranks = [None] * dist.get_world_size()
-            dist.all_gather_object(ranks, mine)
-        if not self.layout.is_logging_rank:
-            return
-        worst = max(ranks, key=lambda r: r["weights"] + r["grads"] + r["optimizer"])
-        logger.info("model state per rank (largest, rank %d): weights %s, gradients %s, optimizer states %s; "
-                    "peak memory so far %.2f GiB", worst["rank"], format_bytes(worst["weights"]),
-                    format_bytes(worst["grads"]), format_bytes(worst["optimizer"]), memory_gib())
-        atomic_write_text(os.path.join(self.cfg.logging.run_dir, "memory.json"),
-                          json.dumps({"step": self.state.step, "ranks": ranks}, indent=1))
-
-    def _log_eval(self, metrics_path: str) -> float | None:
-        loss = self.evaluate()
-        if loss is not None and self.layout.is_logging_rank:
-            logger.info("step %d | validation loss %.4f", self.state.step, loss)
-            self.writer.scalars(self.state.step, {"valid/loss": loss})
-            self._append_metrics(metrics_path, {"step": self.state.step, "valid_loss": loss})
-        return loss
-
-    @staticmethod
-    def _append_metrics(path: str, row: dict[str, Any]) -> None:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-
     def close(self) -> None:
-        self.writer.close()
+        if hasattr(self, "metrics"):
+            self.metrics.close()
+        self._scope.close()
         self.preemption.restore()

@@ -72,3 +72,51 @@ def random_docs(count: int, vocab: int, seed: int = 0, length: tuple[int, int] =
 
     rng = random.Random(seed)
     return [[rng.randrange(4, vocab) for _ in range(rng.randint(*length))] + [2] for _ in range(count)]
+
+
+def start_in_session(cmd: list[str], log: Path) -> subprocess.Popen:
+    """``cmd`` in a session of its own (as a job or a pod runs it), its output going to ``log``."""
+    with open(log, "w") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env(), cwd=ROOT,
+                                start_new_session=True)
+
+
+def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, log: Path, timeout: float = 240) -> None:
+    """Until ``run_dir``'s metrics.jsonl has a loss for ``step``; fails with the log if ``proc`` ends first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while max(losses(run_dir), default=0) < step:
+        assert proc.poll() is None, log.read_text()[-6000:]
+        assert time.monotonic() < deadline, log.read_text()[-6000:]
+        time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen, signum: int, log: Path, pids: list[int] | None = None, timeout: float = 180) -> str:
+    """Send ``signum`` to ``proc`` (or to ``pids``), wait for it to end, return its log; kills it if it hangs."""
+    import signal
+
+    for pid in pids or [proc.pid]:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return log.read_text()
+
+
+def assert_saved_at_last_step(run_dir: Path, log_text: str) -> int:
+    """The newest checkpoint is whole, is the last step trained, and nothing ``.partial`` is left."""
+    ckpts = run_dir / "checkpoints"
+    last = max(losses(run_dir))
+    assert (ckpts / "latest").read_text().strip() == str(last), log_text[-6000:]
+    assert [p.name for p in ckpts.iterdir() if p.name.endswith(".partial")] == [], log_text[-6000:]
+    assert f"saved checkpoint {ckpts}/iter_{last:07d}" in log_text, log_text[-6000:]
+    # No worker traceback (torchrun prints its own SignalException, see test_signals.py).
+    assert "BrokenPipeError" not in log_text and "]: Traceback" not in log_text, log_text[-6000:]
+    return last

@@ -60,3 +60,36 @@ def test_uninstall_puts_upstream_back():
     assert DistributedOptimizer._set_main_param_and_optimizer_states is _upstream()
     if before is not _upstream():  # installed by an earlier in-process test: leave it so
         mcore_patches.install()
+
+
+
+_WRITER_QUEUE = """
+import multiprocessing, os, signal, time
+from megatron.core.dist_checkpointing.strategies import filesystem_async as fa
+from native_megatron.training import mcore_patches
+for name, make in [("upstream", fa._get_write_results_queue),
+                   ("shielded", mcore_patches.shielded_write_results_queue(fa._get_write_results_queue))]:
+    fa._results_queue = None
+    queue = make()
+    helper = multiprocessing.active_children()[-1]
+    os.kill(helper.pid, signal.SIGTERM)  # what torchrun's killpg and scancel do to it
+    time.sleep(0.5)
+    try:
+        queue.put("written")
+        print(name, queue.get())
+    except (BrokenPipeError, EOFError, ConnectionError) as exc:
+        print(name, "lost")
+"""
+
+
+@pytest.mark.slow
+def test_the_checkpoint_writer_queue_survives_sigterm_only_when_shielded():
+    import subprocess
+    import sys
+
+    from tests.helpers.training import ROOT, env
+
+    out = subprocess.run([sys.executable, "-c", _WRITER_QUEUE], capture_output=True, text=True, env=env(),
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split("\n")[:2] == ["upstream lost", "shielded written"], out.stdout

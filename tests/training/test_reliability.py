@@ -249,11 +249,25 @@ def test_resume_with_another_num_layers_is_one_line_listing_it(copy_of):
 @pytest.mark.slow
 def test_init_from_with_another_rope_base_is_one_line_listing_it(four_steps, tmp_path):
     out = run([f"--logging.run_dir={tmp_path / 'cpt'}", *MOCK_TINY, "--model.rotary_base=10000",
-               "--model.rope_scaling=true", f"--checkpoint.init_from={four_steps / 'checkpoints' / 'initial'}"])
+               "--model.rope_scaling=true", f"--checkpoint.init_from={four_steps / 'checkpoints' / 'initial'}"],
+              nproc=2)
     assert out.returncode != 0
-    (line,) = error_lines(out)
+    (line,) = error_lines(out)  # once, not once per rank
     assert "model.rotary_base checkpoint=500000.0 config=10000.0" in line
     assert "model.rope_scaling checkpoint=False config=True" in line
+    assert "--checkpoint.model_from_checkpoint=true" in line
+
+
+def test_model_from_checkpoint_takes_the_checkpoints_values_over_the_configs():
+    from native_megatron.training.config import SavedConfig, TrainConfig, adopt_checkpoint_model
+    from native_megatron.utils.config import given_keys, load_config
+
+    args = ["--data.mock=true", "--data.paths=[]", "--model.rotary_base=10000",
+            "--checkpoint.model_from_checkpoint=true"]
+    cfg = load_config(TrainConfig, TINY, args)
+    saved = SavedConfig.from_dict({"model": {"rotary_base": 500000.0, "num_layers": 2}})
+    adopted = adopt_checkpoint_model(cfg, saved, given_keys(TINY, args), "ckpt")
+    assert (adopted.model.rotary_base, adopted.model.num_layers) == (500000.0, 2)
 
 
 def test_init_from_a_checkpoint_whose_config_yaml_is_broken_is_one_line(tmp_path):
@@ -304,22 +318,48 @@ def test_an_empty_dataset_and_a_missing_tokenizer_are_one_line(tmp_path):
         load_config(TrainConfig, TINY, [f"--data.paths=[{prefix}]", f"--data.tokenizer={tmp_path}/nowhere.model"])
 
 
+def _stats(prefix: str, vocab: int, max_id: int) -> str:
+    """A preprocessing ``_stats.json`` for ``prefix`` as the data engineer writes it (the contract)."""
+    import hashlib
+
+    name = os.path.basename(prefix)
+    files = {name: {"bin_bytes": os.path.getsize(prefix + ".bin"), "idx_bytes": os.path.getsize(prefix + ".idx"),
+                    "idx_blake2b": hashlib.blake2b(Path(prefix + ".idx").read_bytes()).hexdigest()}}
+    return json.dumps({"tokenizer": {"vocab_size": vocab}, "max_token_id": max_id, "dataset_files": files})
+
+
 def test_data_from_another_vocabulary_is_refused(tmp_path):
     from native_megatron.training.data import check_data
     from native_megatron.utils.config import ConfigError
 
     # Recorded by preprocessing: made with a 30,000-token tokenizer, not data.tokenizer's 8,000.
     prefix = write_dataset(tmp_path / "other_text_document", random_docs(50, 8000))
-    (tmp_path / "other_stats.json").write_text(json.dumps({"tokenizer": {"vocab_size": 30000},
-                                                           "max_token_id": 7999}))
+    (tmp_path / "other_stats.json").write_text(_stats(prefix, 30000, 7999))
     with pytest.raises(ConfigError) as exc:
         check_data(_data_cfg([prefix]), 8000, 8000)
     assert "tokenized with a 30,000-token vocabulary" in str(exc.value) and "has 8,000" in str(exc.value)
     # Recorded max id beyond the model's rows.
-    (tmp_path / "other_stats.json").write_text(json.dumps({"tokenizer": {"vocab_size": 8000},
-                                                           "max_token_id": 9000}))
+    (tmp_path / "other_stats.json").write_text(_stats(prefix, 8000, 9000))
     with pytest.raises(ConfigError, match="holds token id 9,000, but the model's vocabulary has 8,000"):
         check_data(_data_cfg([prefix]), 8000, 8000)
+
+
+@pytest.mark.parametrize("stats", ["stale", "older"])
+def test_stats_not_tied_to_the_files_are_not_trusted_and_the_bin_is_scanned(tmp_path, caplog, stats):
+    from native_megatron.training.data import check_data
+    from native_megatron.utils.config import ConfigError
+
+    prefix = write_dataset(tmp_path / "data_text_document", random_docs(200, 8000))
+    stale = _stats(prefix, 8000, 7999)  # true of the files as first written
+    prefix = write_dataset(tmp_path / "data_text_document", random_docs(200, 30000) + [[29999, 2]])
+    if stats == "older":  # stats from before the contract: no dataset_files
+        stale = json.dumps({k: v for k, v in json.loads(stale).items() if k != "dataset_files"})
+    (tmp_path / "data_stats.json").write_text(stale)
+    with caplog.at_level("INFO"), pytest.raises(ConfigError, match="holds token id 29,999"):
+        check_data(_data_cfg([prefix]), 8000, 8000)
+    why = "written for other files (bin_bytes, idx_bytes, idx_blake2b differ)" if stats == "stale" \
+        else "does not record these files' sizes and checksum"
+    assert why in caplog.text and "scanning the .bin" in caplog.text
 
 
 @pytest.mark.slow
@@ -333,3 +373,64 @@ def test_ids_beyond_the_model_vocabulary_stop_a_tp2_run_before_any_step(tmp_path
     assert "step      1/" not in out.stdout + out.stderr
     line = error_lines(out)[0]
     assert prefix in line and "token id 29,999" in line and "8,000 ids" in line
+
+
+# ---- the data setup a checkpoint was trained on -----------------------------------------------------------------
+
+def test_data_setup_changes_name_each_key_and_a_moved_dataset_is_not_one(tmp_path):
+    from native_megatron.training.data import data_setup, data_setup_changes
+
+    a = write_dataset(tmp_path / "a_text_document", random_docs(40, 8000, seed=1))
+    b = write_dataset(tmp_path / "b_text_document", random_docs(40, 8000, seed=2))
+    saved = data_setup(_data_cfg([0.5, a, 0.5, b]))
+    assert data_setup_changes(saved, data_setup(_data_cfg([1, a, 1, b]))) == ([], [])  # the same weights
+    changes, _ = data_setup_changes(saved, data_setup(_data_cfg([0.7, a, 0.3, b])))
+    assert changes == [f"data.weight[{a}] checkpoint=0.5 config=0.7", f"data.weight[{b}] checkpoint=0.5 config=0.3"]
+    changes, _ = data_setup_changes(saved, data_setup(_data_cfg([a])))  # a dataset less
+    assert changes == [f"data.weight[{a}] checkpoint=0.5 config=1.0", f"data.weight[{b}] checkpoint=0.5 config=absent"]
+    write_dataset(tmp_path / "b_text_document", random_docs(41, 8000, seed=2))  # the same path, other content
+    (changes,), _ = data_setup_changes(saved, data_setup(_data_cfg([0.5, a, 0.5, b])))
+    assert changes.startswith(f"data.files[{b}] checkpoint=") and "idx blake2b" in changes
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    for suffix in (".bin", ".idx"):
+        shutil.copy(a + suffix, moved / ("a_text_document" + suffix))
+    new_a = str(moved / "a_text_document")
+    saved = data_setup(_data_cfg([0.5, a, 0.5, b]))
+    assert data_setup_changes(saved, data_setup(_data_cfg([0.5, new_a, 0.5, b]))) == ([], [f"{a} -> {new_a}"])
+
+
+@pytest.mark.slow
+def test_resume_with_another_data_setup_is_one_line_unless_allowed(copy_of):
+    args = [f"--logging.run_dir={copy_of}", *MOCK_TINY, "--schedule.train_steps=5"]
+    out = run([*args, "--schedule.global_batch_size=16", "--data.seq_length=64"])
+    assert out.returncode != 0, out.stderr[-3000:]
+    (line,) = error_lines(out)
+    assert "iter_0000004 with another data setup" in line and "--checkpoint.allow_data_change=true" in line
+    assert "schedule.global_batch_size checkpoint=8 config=16" in line
+    assert "data.seq_length checkpoint=32 config=64" in line
+    out = run([*args, "--schedule.global_batch_size=16", "--checkpoint.allow_data_change=true"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "the first 32 samples of the new data order are skipped" in out.stderr
+    assert "FutureWarning" not in out.stderr  # megatron-core's deprecated torch calls while loading
+    assert json.loads((copy_of / "checkpoints" / "iter_0000005" / "data_setup.json").read_text())[
+        "schedule.global_batch_size"] == 16
+
+
+def test_a_checkpoint_from_before_data_setup_json_is_compared_by_its_config_yaml(tmp_path, caplog):
+    import yaml
+
+    from native_megatron.training.checkpoint_manager import check_data_setup
+    from native_megatron.training.checkpointing import ResumePoint
+    from native_megatron.utils.config import ConfigError, config_to_dict
+
+    a = write_dataset(tmp_path / "a_text_document", random_docs(40, 8000))
+    ckpt = tmp_path / "iter_0000010"
+    ckpt.mkdir()
+    (ckpt / "config.yaml").write_text(yaml.safe_dump(config_to_dict(_data_cfg([a]))))  # no data_setup.json
+    point = ResumePoint(10, ckpt)
+    with caplog.at_level("WARNING"):
+        assert check_data_setup(_data_cfg([a]), point)[1] is False
+    assert "records no data_setup.json" in caplog.text
+    with pytest.raises(ConfigError, match="data.split checkpoint=90,10,0 config=80,20,0"):
+        check_data_setup(_data_cfg([a], "80,20,0"), point)

@@ -137,3 +137,19 @@ def test_the_log_says_what_the_run_reads_and_ends_with_a_summary_and_a_last_vali
     assert sorted(valid_losses(run)) == [3, 5]
     (summary,) = [line for line in log.splitlines() if "done: step 5" in line]
     assert "validation loss" in summary and "tok/s in steps" in summary and "checkpoint " in summary
+
+
+def test_loss_reduction_sum_divides_by_microbatches_and_mean_by_loss_tokens():
+    import torch
+
+    from native_megatron.training.trainer import _loss_func
+
+    # Two microbatches, 3 and 5 loss tokens; per-token losses 1, 2, ... as the model's output gives them.
+    masks = [torch.tensor([[1, 1, 1, 0, 0, 0]]), torch.tensor([[1, 1, 1, 1, 1, 0]])]
+    outputs = [torch.arange(1.0, 7.0).view(1, 6)] * 2
+    for reduction, divisor in (("mean", 8), ("sum", 2)):
+        results = [_loss_func(m, reduction, o) for m, o in zip(masks, outputs)]
+        loss = sum(r[0] for r in results) / sum(int(r[1]) for r in results)  # what megatron-core's scaling does
+        assert loss.item() == pytest.approx((6 + 15) / divisor)
+        reports = sum(r[2]["lm loss"] for r in results)
+        assert reports.tolist() == [21.0, 8.0]  # the logged loss is the per-token mean either way
