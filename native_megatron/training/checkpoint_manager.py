@@ -49,7 +49,25 @@ def adopt_start_model(cfg: TrainConfig, point: checkpointing.ResumePoint, given_
     if saved is None:
         logger.warning("%s has no %s: its model settings cannot be checked", source, checkpointing.CONFIG_FILE)
         return cfg
+    if point.path is None:
+        _warn_precision_change(cfg, saved, source)
     return adopt_checkpoint_model(cfg, saved, given_keys, f"checkpoint {source}")
+
+
+def _warn_precision_change(cfg: TrainConfig, saved, source: Path) -> None:
+    """init_from weights stored in another precision than this run trains in: say so once (issue 28.6).
+
+    An import made with ``--precision bf16`` from an fp32 model has already rounded the weights;
+    training it in fp32 cannot bring the lost bits back, which a user comparing with the HF
+    model sees as a logit difference of ~1e-3."""
+    import torch
+
+    theirs = saved.config.precision if "precision" in saved.keys else "auto"
+    ours = cfg.resolved_precision(torch.cuda.is_available())
+    if theirs != "auto" and theirs != ours:
+        logger.warning("checkpoint.init_from %s holds %s weights and this run trains in %s: the weights keep "
+                       "%s's rounding (to start from the source's exact values, import it again with "
+                       "nm-convert hf-to-megatron --precision %s)", source, theirs, ours, theirs, ours)
 
 
 def check_data_setup(cfg: TrainConfig, point: checkpointing.ResumePoint) -> tuple[dict, bool]:

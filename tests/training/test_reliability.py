@@ -434,3 +434,26 @@ def test_a_checkpoint_from_before_data_setup_json_is_compared_by_its_config_yaml
     assert "records no data_setup.json" in caplog.text
     with pytest.raises(ConfigError, match="data.split checkpoint=90,10,0 config=80,20,0"):
         check_data_setup(_data_cfg([a], "80,20,0"), point)
+
+
+@pytest.mark.parametrize("saved_precision, warned", [("bf16", True), ("fp32", False)])
+def test_init_from_weights_in_another_precision_are_named_once(tmp_path, caplog, saved_precision, warned):
+    """Issue 28.6: a bf16 import trained in fp32 starts from rounded weights; the run says so."""
+    import logging
+
+    from native_megatron.training.checkpoint_manager import adopt_start_model
+    from native_megatron.training.checkpointing import ResumePoint
+    from native_megatron.training.config import TrainConfig
+    from native_megatron.utils.config import load_config
+
+    ckpt = tmp_path / "imported"
+    ckpt.mkdir()
+    (ckpt / "config.yaml").write_text(f"precision: {saved_precision}\n")
+    cfg = load_config(TrainConfig, TINY, ["--data.mock=true", "--data.paths=[]", "--precision=fp32",
+                                          f"--checkpoint.init_from={ckpt}"])
+    with caplog.at_level(logging.WARNING, logger="native_megatron.training.checkpoint_manager"):
+        adopt_start_model(cfg, ResumePoint(None, None), None)
+    lines = [r.getMessage() for r in caplog.records if "init_from" in r.getMessage()]
+    assert len(lines) == int(warned)
+    if warned:
+        assert "holds bf16 weights and this run trains in fp32" in lines[0] and "--precision fp32" in lines[0]
