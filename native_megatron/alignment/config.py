@@ -82,7 +82,7 @@ class RewriteConfig:
     # openai streams (see docs/alignment.md, "Streaming").
     batch_size: int = 64
     # Processes for the client's CPU work while streaming (chunking, prompts, validation): 0 does it in this
-    # process; null: 1 when this machine has a core for it, else 0.
+    # process; null: 1 for a fleet of 2,048+ requests in flight when this machine has a core for it, else 0.
     client_workers: int | None = None
     # Seconds between progress log lines when stderr is not a terminal (batch jobs); a bar otherwise.
     progress_interval_s: float = 30.0

@@ -23,6 +23,8 @@ setup, and its "aligned" dataset would be the raw text under another name.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
 import json
 import logging
@@ -145,7 +147,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _results(rewriter: Rewriter, rows, pool, progress: RewriteProgress):
-    """The shard's DocResults in input order: streamed when the backend can, else in batches."""
+    """DocResults in input order: streamed when the backend can, else in batches."""
     if rewriter.backend.window() > 0:
         yield from Stream(rewriter, pool, on_progress=progress.show).run(rows)
         return
@@ -155,40 +157,92 @@ def _results(rewriter: Rewriter, rows, pool, progress: RewriteProgress):
         progress.show(0)
 
 
-def rewrite_shard(rewriter: Rewriter, source: str, index: int, out_dir: Path, signature: str,
-                  progress: RewriteProgress, pool=None) -> dict:
-    """Rewrite one shard; returns its counts (also in its done marker)."""
-    aligned, manifest = _shard_paths(out_dir, index)
-    start = time.monotonic()
-    counts: Counter = Counter()
-    checks: Counter = Counter()
-    tokens = Counter()
-    live = LiveRows(_rewrites_path(out_dir, index))
+class ShardWriter:
+    """One shard's outputs while its documents come back: the aligned shard and its manifest (atomic),
+    the rewrites file (live, see :class:`LiveRows`); :meth:`commit` puts them in place and writes the
+    done marker last."""
+
+    def __init__(self, rewriter: Rewriter, source: str, index: int, out_dir: Path, signature: str) -> None:
+        self.rewriter, self.source, self.index, self.out_dir, self.signature = rewriter, source, index, out_dir, \
+            signature
+        self.start = time.monotonic()
+        self.counts: Counter = Counter()
+        self.checks: Counter = Counter()
+        self.tokens: Counter = Counter()
+        self._files = contextlib.ExitStack()
+        aligned, manifest = _shard_paths(out_dir, index)
+        self.af = self._files.enter_context(atomic_open(aligned, "w"))
+        self.mf = self._files.enter_context(atomic_open(manifest, "w"))
+        self.live = LiveRows(_rewrites_path(out_dir, index))
+
+    def write(self, r: DocResult) -> None:
+        self.counts[r.status] += 1
+        self.checks.update(r.failed)
+        self.counts["retried"] += int(r.retried)
+        self.tokens["prompt"] += r.prompt_tokens
+        self.tokens["completion"] += r.completion_tokens
+        self.tokens["chars_in"] += len(r.row["text"])
+        self.tokens["chars_out"] += len(r.text or "")
+        self.mf.write(json.dumps(self.rewriter.manifest_row(r), ensure_ascii=False) + "\n")
+        if r.text is not None:
+            self.af.write(json.dumps({"id": r.row["id"], "file": r.row["file"], "line": r.row["line"],
+                                      "text": r.text}, ensure_ascii=False) + "\n")
+        self.live.write(self.rewriter.attempt_rows(r))
+
+    def commit(self) -> dict:
+        self._files.close()     # the aligned shard and manifest, renamed into place
+        self.live.commit()
+        return _shard_task(self.out_dir, self.index, self.signature, self.source).mark_done(
+            {"counts": dict(self.counts), "failed_checks": dict(self.checks), "tokens": dict(self.tokens),
+             "seconds": round(time.monotonic() - self.start, 3),
+             "rewrites_bytes": _rewrites_path(self.out_dir, self.index).stat().st_size, **self.rewriter.meta})
+
+    def discard(self, exc: BaseException) -> None:
+        self.live.discard()
+        self._files.__exit__(type(exc), exc, exc.__traceback__)   # atomic_open removes its temporary files
+
+
+def rewrite_shards(rewriter: Rewriter, shards: list[str], todo: list[int], out_dir: Path, signature: str,
+                   progress: RewriteProgress, pool=None) -> None:
+    """Rewrite the ``todo`` shards as one flow of documents (no barrier between shards either); each
+    shard is committed, with its done marker, as soon as its last document is written."""
+    owners: collections.deque[int] = collections.deque()   # the shard of each document read, in order
+
+    def rows():
+        for i in todo:
+            for row in read_shard_texts(shards[i]):
+                owners.append(i)
+                yield row
+
+    pending = list(todo)        # shards not committed, in order
+    writer: ShardWriter | None = None
     try:
-        with atomic_open(aligned, "w") as af, atomic_open(manifest, "w") as mf:
-            for r in _results(rewriter, read_shard_texts(source), pool, progress):
-                counts[r.status] += 1
-                checks.update(r.failed)
-                counts["retried"] += int(r.retried)
-                tokens["prompt"] += r.prompt_tokens
-                tokens["completion"] += r.completion_tokens
-                tokens["chars_in"] += len(r.row["text"])
-                tokens["chars_out"] += len(r.text or "")
-                mf.write(json.dumps(rewriter.manifest_row(r), ensure_ascii=False) + "\n")
-                if r.text is not None:
-                    af.write(json.dumps({"id": r.row["id"], "file": r.row["file"], "line": r.row["line"],
-                                         "text": r.text}, ensure_ascii=False) + "\n")
-                live.write(rewriter.attempt_rows(r))
-                progress.document(r.completion_tokens, r.status == REWRITTEN)
-        live.commit()
-    except BaseException:
-        live.discard()
+        for r in _results(rewriter, rows(), pool, progress):
+            i = owners.popleft()
+            while pending[0] != i:          # the shards before this one are complete (an empty one too)
+                _finish(writer or ShardWriter(rewriter, shards[pending[0]], pending[0], out_dir, signature))
+                writer = None
+                pending.pop(0)
+            if writer is None:
+                writer = ShardWriter(rewriter, shards[i], i, out_dir, signature)
+            writer.write(r)
+            progress.document(r.completion_tokens, r.status == REWRITTEN)
+        while pending:
+            _finish(writer or ShardWriter(rewriter, shards[pending[0]], pending[0], out_dir, signature))
+            writer = None
+            pending.pop(0)
+    except BaseException as exc:
+        if writer is not None:
+            writer.discard(exc)
         raise
-    seconds = time.monotonic() - start
-    return _shard_task(out_dir, index, signature, source).mark_done(
-        {"counts": dict(counts), "failed_checks": dict(checks), "tokens": dict(tokens),
-         "seconds": round(seconds, 3), "rewrites_bytes": _rewrites_path(out_dir, index).stat().st_size,
-         **rewriter.meta})
+
+
+def _finish(writer: ShardWriter) -> None:
+    try:
+        writer.commit()
+    except BaseException as exc:
+        writer.discard(exc)
+        raise
 
 
 def _count_lines(path: str) -> int:
@@ -242,13 +296,12 @@ def run_rewrite(shards: list[str], out_dir: Path, config: RewriteConfig, validat
         backend = backend or build_backend(config)
         rewriter = Rewriter(config, validation, backend, guidelines)
         # Before any HTTP thread starts: the pool's processes are spawned from a quiet process.
-        pool = start_pool(rewriter, client_workers(config)) if backend.window() > 0 else None
+        pool = start_pool(rewriter, client_workers(config, backend.window())) if backend.window() > 0 else None
         total_docs = sum(_count_lines(shards[i]) for i in todo)
         try:
             with RewriteProgress(total_docs, config.progress_interval_s, show_progress,
                                  out_dir / f"progress-rank-{rank:05d}.json") as progress:
-                for i in todo:
-                    rewrite_shard(rewriter, shards[i], i, out_dir, signature, progress, pool)
+                rewrite_shards(rewriter, shards, todo, out_dir, signature, progress, pool)
         except BackendUnavailable as exc:
             raise BackendUnavailable(f"rewrite stopped: {exc}. Finished shards are kept; rerun the same "
                                      f"command to continue.") from None

@@ -55,12 +55,19 @@ def _judge(source: str, chunks, gens: list[Generation], number: int) -> Attempt:
     return _WORK.judge(source, chunks, gens, number)
 
 
-def client_workers(config: RewriteConfig) -> int:
-    """Processes for the client's CPU work: rewrite.client_workers, else 1 when there is a core for it."""
+# Requests in flight from which the client's CPU work moves to a worker process by default. Measured
+# (docs/alignment.md, "Streaming"): this process does ~3 ms of CPU per document, enough for about 14
+# GPUs at 6,000 tokens/s; the pool's own cost (pickling, a second interpreter) pays only beyond that.
+POOL_FROM_WINDOW = 2048
+
+
+def client_workers(config: RewriteConfig, window: int) -> int:
+    """Processes for the client's CPU work: rewrite.client_workers, else 1 for a fleet whose windows add
+    up to POOL_FROM_WINDOW when this machine has a core to spare, else 0 (done in this process)."""
     if config.client_workers is not None:
         return config.client_workers
-    return 1 if (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) > 1 \
-        else 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 1 if cores > 1 and window >= POOL_FROM_WINDOW else 0
 
 
 def start_pool(rewriter: Rewriter, workers: int) -> ProcessPoolExecutor | None:
