@@ -4,6 +4,7 @@ model saved to a temp directory), with faults: 5xx answers, slow answers, a serv
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -60,9 +61,16 @@ def statuses(prefix):
 
 
 def test_rewrites_through_a_real_server_and_accounts_for_every_document(tmp_path, server, inputs, tiny_model,
-                                                                          sample_tokenizer):
+                                                                          sample_tokenizer, caplog):
     prefix = tmp_path / "a"
-    stats = run_preprocess_aligned(cfg(inputs, prefix, sample_tokenizer, tiny_model, [server.url]))
+    caplog.set_level(logging.INFO, logger="native_megatron.alignment.progress")
+    stats = run_preprocess_aligned(cfg(inputs, prefix, sample_tokenizer, tiny_model, [server.url],
+                                       "--run.progress=true", "--rewrite.progress_interval_s=0.3"))
+    # Progress per document, not per batch: a line at the first answer, then lines that move.
+    lines = [r.getMessage() for r in caplog.records if r.name == "native_megatron.alignment.progress"]
+    assert lines and lines[0].startswith("rewrite: 1/") and "in flight" in lines[0] and "ETA" in lines[0]
+    done = [int(line.split()[1].split("/")[0]) for line in lines]
+    assert len(set(done)) >= 3 and done == sorted(done)
     rows = statuses(prefix)
     assert sorted(r["line"] for r in rows) == list(range(1, N_DOCS + 1))
     sent = [r for r in rows if r.get("backend") == "openai"]      # the documents that reached the rewriter
