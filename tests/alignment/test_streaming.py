@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from native_megatron.alignment.pipeline import AlignedPreprocessConfig, run_preprocess_aligned
+from native_megatron.alignment.progress import main as array_progress_main
 from native_megatron.alignment.validation import CHECKS
 from native_megatron.utils.config import load_config
 from tests.helpers.engine_sim import SimulatedEngine
@@ -118,7 +120,7 @@ def sample_docs(tmp_path: Path, sample_corpus, n: int) -> Path:
     return write_jsonl(tmp_path / "docs.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(texts)])
 
 
-def test_sigkill_mid_shard_then_rerun_loses_and_repeats_nothing(tmp_path, sample_corpus, sample_tokenizer):
+def test_sigkill_mid_shard_then_rerun_loses_and_repeats_nothing(tmp_path, sample_corpus, sample_tokenizer, capsys):
     src = sample_docs(tmp_path, sample_corpus, 10)
     common = ["--rewrite.backend=openai", "--rewrite.model=sim", "--rewrite.openai.window=4",
               "--output.shard_size=2", "--rewrite.progress_interval_s=0.2"]
@@ -153,6 +155,9 @@ def test_sigkill_mid_shard_then_rerun_loses_and_repeats_nothing(tmp_path, sample
         log.seek(0)
         progress = [line for line in log.read().splitlines() if "rewrite: " in line and " docs" in line]
         assert progress and all("output tokens/s" in p and "in flight" in p and "ETA" in p for p in progress)
+        # The array's summary sums what each task last reported (here the one killed task).
+        assert array_progress_main(["--prefix", str(prefix)]) == 0
+        assert re.match(r"rewrite: 1 tasks: \d+/\d+ docs", capsys.readouterr().out)
 
         # The same command again: it finds the finished shards and redoes the one that was in flight.
         rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
