@@ -104,7 +104,7 @@ class Stream:
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.docs: dict[int, _Doc] = {}
         self.in_flight = 0       # requests sent and not answered
-        self.pending_cpu = 0     # documents in the process pool
+        self.pending_cpu = 0     # documents being prepared or validated (in the pool, or queued here)
 
     def run(self, rows: Iterable[dict]) -> Iterator[DocResult]:
         rows = iter(rows)
@@ -144,14 +144,15 @@ class Stream:
                 d.gens.clear()
 
     def _cpu(self, tag: tuple, remote, local, *args) -> None:
-        """Run one piece of CPU work in the pool (its answer comes back as an event) or here."""
+        """Run one piece of CPU work in the pool (its answer comes back as an event) or here. Either way it
+        counts against the window until handled, so that reading never runs ahead of the servers."""
+        self.pending_cpu += 1
         if self.pool is None:
             try:
                 self.events.put((*tag, local(*args), None))
             except Exception as exc:   # surfaced by _handle, in order with the rest
                 self.events.put((*tag, None, exc))
             return
-        self.pending_cpu += 1
         self.pool.submit(remote, *args).add_done_callback(
             lambda f: self.events.put((*tag, None if f.exception() else f.result(), f.exception())))
 
@@ -182,8 +183,7 @@ class Stream:
                           d.gens, number)
             return None
         value, exc = rest
-        if self.pool is not None:
-            self.pending_cpu -= 1
+        self.pending_cpu -= 1
         if exc is not None:
             raise exc
         if kind == "prepared":

@@ -62,26 +62,33 @@ def without(rows: list[dict], *keys: str) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in keys} for r in rows]
 
 
+def prepare_and_rewrite(src, prefix, tokenizer, *overrides, backend=None) -> dict:
+    """The prepare stage, then the rewrite stage (tokenizing the aligned shards is the data path's, tested
+    there)."""
+    run_preprocess_aligned(cfg(src, prefix, tokenizer, *overrides, "--run.stage=prepare"))
+    return run_preprocess_aligned(cfg(src, prefix, tokenizer, *overrides, "--run.stage=rewrite"), backend=backend)
+
+
 def test_streaming_writes_what_the_batch_path_writes_and_keeps_every_attempt(tmp_path, sample_tokenizer):
     src = marked_corpus(tmp_path)
     batch = tmp_path / "batch" / "a"
-    run_preprocess_aligned(cfg(src, batch, sample_tokenizer, "--rewrite.backend=hf", "--rewrite.model=fake",
-                               "--rewrite.batch_size=3"), backend=PolishingBackend())
+    prepare_and_rewrite(src, batch, sample_tokenizer, "--rewrite.backend=hf", "--rewrite.model=fake",
+                        "--rewrite.batch_size=3", backend=PolishingBackend())
     streamed = tmp_path / "streamed" / "a"
     with ExpertServer() as server:
         # A window of 3 documents over 14, and the CPU work in a worker process: answers come back out of
         # order and through the pool, and must still be written in input order.
-        stats = run_preprocess_aligned(cfg(src, streamed, sample_tokenizer, "--rewrite.backend=openai",
-                                           "--rewrite.model=expert", f"--rewrite.openai.base_urls=[{server.url}]",
-                                           "--rewrite.openai.window=3", "--rewrite.client_workers=1"))
-    assert stats["rewrite"]["documents"] == 14
+        prepare_and_rewrite(src, streamed, sample_tokenizer, "--rewrite.backend=openai", "--rewrite.model=expert",
+                            f"--rewrite.openai.base_urls=[{server.url}]", "--rewrite.openai.window=3",
+                            "--rewrite.client_workers=1")
     work_a, work_b = Path(f"{batch}_work") / "rewrite", Path(f"{streamed}_work") / "rewrite"
-    for shard in sorted(p.name for p in work_a.glob("shard-?????.jsonl")):
+    shards = sorted(p.name for p in work_a.glob("shard-?????.jsonl"))
+    assert len(shards) == 3
+    for shard in shards:
         assert same_bytes(work_a / shard, work_b / shard), shard
-    for suffix in ("_text_document.bin", "_text_document.idx"):
-        assert same_bytes(f"{batch}{suffix}", f"{streamed}{suffix}"), suffix
-    assert without(jsonl(f"{batch}_manifest.jsonl"), "backend", "model") == \
-        without(jsonl(f"{streamed}_manifest.jsonl"), "backend", "model")
+        manifest = shard.replace(".jsonl", ".manifest.jsonl")
+        assert without(jsonl(work_a / manifest), "backend", "model") == \
+            without(jsonl(work_b / manifest), "backend", "model")
 
     # Every attempt, in input order, the same through both paths; the merged file is the shards' files.
     rows = jsonl(f"{streamed}_rewrites.jsonl")
@@ -127,7 +134,7 @@ def test_sigkill_mid_shard_then_rerun_loses_and_repeats_nothing(tmp_path, sample
     with SimulatedEngine(slots=4, step_s=0.004) as engine:
         url = f"--rewrite.openai.base_urls=[{engine.url}]"
         ref = tmp_path / "ref" / "a"
-        run_preprocess_aligned(cfg(src, ref, sample_tokenizer, *common, url))
+        prepare_and_rewrite(src, ref, sample_tokenizer, *common, url)
         prefix = tmp_path / "killed" / "a"
         work = Path(f"{prefix}_work") / "rewrite"
         log = open(tmp_path / "stderr.txt", "w+", encoding="utf-8")
@@ -159,12 +166,18 @@ def test_sigkill_mid_shard_then_rerun_loses_and_repeats_nothing(tmp_path, sample
         assert array_progress_main(["--prefix", str(prefix)]) == 0
         assert re.match(r"rewrite: 1 tasks: \d+/\d+ docs", capsys.readouterr().out)
 
-        # The same command again: it finds the finished shards and redoes the one that was in flight.
-        rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        # The same command again (its rewrite stage: tokenizing is the data path's): it keeps the finished
+        # shards and redoes the one that was in flight.
+        rerun = subprocess.run(command + ["--stage", "rewrite"], capture_output=True, text=True, env=env,
+                               timeout=300)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
-    for suffix in ("_text_document.bin", "_text_document.idx", "_manifest.jsonl", "_rewrites.jsonl"):
-        assert same_bytes(f"{ref}{suffix}", f"{prefix}{suffix}"), suffix
-    sent = [r["id"] for r in jsonl(f"{prefix}_manifest.jsonl") if r.get("backend") == "openai"]
+    ref_work = Path(f"{ref}_work") / "rewrite"
+    names = sorted(p.name for p in ref_work.glob("shard-?????.*jsonl"))
+    assert len(names) == 3 * 5
+    for name in names:
+        assert same_bytes(ref_work / name, work / name), name
+    assert same_bytes(f"{ref}_rewrites.jsonl", f"{prefix}_rewrites.jsonl")
+    sent = [r["id"] for name in names if name.endswith(".manifest.jsonl") for r in jsonl(work / name)]
     assert [(r["id"], r["attempt"]) for r in jsonl(f"{prefix}_rewrites.jsonl")] == [(i, 1) for i in sent]
     assert len(sent) >= 8
     assert not list(work.glob("*.tmp-*"))        # the killed writer's file is gone; nothing else is left
