@@ -181,3 +181,26 @@ def test_sigkill_mid_shard_then_rerun_loses_and_repeats_nothing(tmp_path, sample
     assert [(r["id"], r["attempt"]) for r in jsonl(f"{prefix}_rewrites.jsonl")] == [(i, 1) for i in sent]
     assert len(sent) >= 8
     assert not list(work.glob("*.tmp-*"))        # the killed writer's file is gone; nothing else is left
+
+
+def test_each_server_gets_its_window_read_from_the_server_unless_set():
+    from native_megatron.utils.openai_client import DEFAULT_WINDOW, OpenAIClient, OpenAIConfig
+
+    with SimulatedEngine(slots=8, step_s=0.002) as a, SimulatedEngine(slots=8, step_s=0.002) as b, \
+            ExpertServer() as plain:
+        found = OpenAIClient(OpenAIConfig(base_urls=[a.url, plain.url]), "sim")
+        assert found.discover_windows() == [8, DEFAULT_WINDOW]     # vLLM's /server_info; none: vLLM's default
+        found.close()
+        client = OpenAIClient(OpenAIConfig(base_urls=[a.url, b.url], window=2), "sim")
+        assert client.discover_windows() == [2, 2]
+        docs = [[{"role": "user", "content": f"<document>\n{'كلمة ' * (20 + i)}\n</document>"}] for i in range(24)]
+        try:
+            answers = [f.result(timeout=60) for f in [client.submit(m, 0.0, 1.0, 512) for m in docs]]
+        finally:
+            client.close()
+        assert [a.finish_reason for a in answers] == ["stop"] * 24
+        # Never more than its window on either engine, and both were used.
+        for engine in (a, b):
+            history = engine.stats()["history"]
+            assert history and max(n for _, n in history) <= 2
+        assert a.stats()["requests"] + b.stats()["requests"] == 24
