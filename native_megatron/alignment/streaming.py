@@ -112,36 +112,32 @@ class Stream:
         next_in = next_out = 0
         exhausted = False
         held = max(self.window * HELD_PER_SLOT, 16)
-        try:
-            while True:
-                # Keep the window full: a request in flight per slot, plus the documents being prepared.
-                while not exhausted and self.in_flight + self.pending_cpu < self.window \
-                        and next_in - next_out < held:
-                    row = next(rows, None)
-                    if row is None:
-                        exhausted = True
-                        break
-                    self.docs[next_in] = _Doc()
-                    self._cpu(("prepared", next_in), _prepare, self.rewriter.work.prepare, row)
-                    next_in += 1
-                if exhausted and next_out == next_in:
-                    return
-                try:
-                    event = self.events.get(timeout=TICK_S)
-                except queue.Empty:
-                    self.on_progress(self.in_flight)
-                    continue
-                finished = self._handle(event)
-                if finished is not None:
-                    done[finished[0]] = finished[1]
-                while next_out in done:
-                    yield done.pop(next_out)
-                    next_out += 1
-                if finished is not None:
-                    self.on_progress(self.in_flight)
-        finally:
-            for d in self.docs.values():
-                d.gens.clear()
+        while True:
+            # Keep the window full: a request in flight per slot, plus the documents being prepared.
+            while not exhausted and self.in_flight + self.pending_cpu < self.window \
+                    and next_in - next_out < held:
+                row = next(rows, None)
+                if row is None:
+                    exhausted = True
+                    break
+                self.docs[next_in] = _Doc()
+                self._cpu(("prepared", next_in), _prepare, self.rewriter.work.prepare, row)
+                next_in += 1
+            if exhausted and next_out == next_in:
+                return
+            try:
+                event = self.events.get(timeout=TICK_S)
+            except queue.Empty:
+                self.on_progress(self.in_flight)
+                continue
+            finished = self._handle(event)
+            if finished is not None:
+                done[finished[0]] = finished[1]
+            while next_out in done:
+                yield done.pop(next_out)
+                next_out += 1
+            if finished is not None:
+                self.on_progress(self.in_flight)
 
     def _cpu(self, tag: tuple, remote, local, *args) -> None:
         """Run one piece of CPU work in the pool (its answer comes back as an event) or here. Either way it

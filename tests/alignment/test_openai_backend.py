@@ -47,7 +47,8 @@ def cfg(inputs, prefix, tokenizer, model, urls, *overrides):
     base = {"input.paths": [str(inputs)], "output.prefix": str(prefix), "tokenize.tokenizer": str(tokenizer),
             "run.workers": 1, "run.progress": False, "rewrite.backend": "openai", "rewrite.model": model,
             "rewrite.guidelines": str(GUIDELINES), "rewrite.openai.base_urls": urls,
-            "rewrite.openai.concurrency": 4, "rewrite.openai.backoff_s": 0.05, "rewrite.openai.timeout_s": 60,
+            # A window of one shard: a server lost mid-run leaves the shards before it finished.
+            "rewrite.openai.window": 4, "rewrite.openai.backoff_s": 0.05, "rewrite.openai.timeout_s": 60,
             "rewrite.sampling.temperature": 0.0, "rewrite.sampling.max_new_tokens": 12,
             "rewrite.on_failure": "keep_raw", "output.shard_size": 4, "rewrite.batch_size": 4,
             # A tiny random model: every rewrite fails validation, which is what these tests count.
@@ -102,7 +103,9 @@ def test_server_killed_mid_run_then_rerun_finishes_with_every_document_once(tmp_
     doomed = ServedModel(tiny_model).start()
 
     def kill_after(n):
-        if n == 7:
+        # Streaming sends request k + 4 when one of the first k has come back (a window of 4): the 10th
+        # arrives after 6 answers, when shard 0 (documents 1-4) is done and shard 1 is not.
+        if n == 10:
             doomed.stop()
 
     prefix = tmp_path / "killed"
