@@ -49,3 +49,8 @@ if [[ "$REWRITE" != none ]]; then
 fi
 tokenize=$(submit tokenize 0 "$last" -- "$@")
 echo "$jobs tokenize=$tokenize"
+if [[ "$REWRITE" != none ]]; then
+  # The rewrite array's progress, all tasks summed (documents, output tokens/s, in flight, pass rate, ETA);
+  # on stderr, so that stdout stays the job ids.
+  echo "rewrite progress: ${PYTHON:-python} -m native_megatron.alignment.progress --prefix ${OUTPUT_PREFIX:-}" >&2
+fi

@@ -53,6 +53,9 @@ class VLLMConfig:
     max_model_len: int | None = None
     gpu_memory_utilization: float = 0.9
     dtype: str = "auto"
+    # Documents per llm.chat call (their chunks, and then their retries, in one call): enough that the
+    # engine's batch stays full while a call's slowest requests finish.
+    documents_per_call: int = 4096
 
 
 @dataclass
@@ -75,8 +78,14 @@ class RewriteConfig:
     guidelines: str = ""
     # Documents longer than this (in rewriter tokens) are rewritten in pieces.
     max_input_tokens: int = 2048
-    # Documents handed to the backend per call (their chunks all go in one batch).
+    # Documents handed to the hf backend (or the fakes) per call; vllm uses vllm.documents_per_call and
+    # openai streams (see docs/alignment.md, "Streaming").
     batch_size: int = 64
+    # Processes for the client's CPU work while streaming (chunking, prompts, validation): 0 does it in this
+    # process; null: 1 for a fleet of 2,048+ requests in flight when this machine has a core for it, else 0.
+    client_workers: int | None = None
+    # Seconds between progress log lines when stderr is not a terminal (batch jobs); a bar otherwise.
+    progress_interval_s: float = 30.0
     # A rewrite that fails validation: keep the raw text, drop the document, or
     # retry once with retry_sampling and then apply after_retry.
     on_failure: Literal["keep_raw", "drop", "retry"] = "retry"
@@ -108,6 +117,10 @@ class RewriteConfig:
             raise ConfigError(f"guidelines file not found: {self.guidelines}")
         if self.max_input_tokens < 16 or self.batch_size < 1:
             raise ConfigError("rewrite: max_input_tokens >= 16 and batch_size >= 1 required")
+        if (self.client_workers is not None and self.client_workers < 0) or self.progress_interval_s <= 0 \
+                or self.vllm.documents_per_call < 1:
+            raise ConfigError("rewrite: client_workers >= 0, progress_interval_s > 0 and "
+                              "vllm.documents_per_call >= 1 required")
         if not 0 <= self.min_rewritten_fraction <= 1:
             raise ConfigError("rewrite.min_rewritten_fraction is a share between 0 and 1 (0 accepts any run)")
         if self.on_failure == "retry":

@@ -1,14 +1,19 @@
 """The rewrite stage: cleaned shards -> aligned shards, one shard at a time, resumable.
 
 For each shard assigned to this rank (shard ``i`` goes to rank ``i % world``):
-documents are chunked to the rewriter's context, sent to the backend in
-batches, joined back, validated, and handled by the failure policy. The
-aligned shard (``shard-N.jsonl``: the rewritten or kept raw text of every
-document that was not dropped), its manifest (``shard-N.manifest.jsonl``: one
-row per document with its status, the failed checks, backend, model and
-guidelines) and last its completion marker (``shard-N.done.json``, with the
-shard's counts) are written atomically. A rerun skips finished shards; a
+documents are chunked to the rewriter's context, sent to the backend (streamed
+through a window of requests in flight for a server fleet, see streaming.py; in
+large batches for an offline engine), joined back, validated, and handled by the
+failure policy (the steps are in rewriter.py). The aligned shard
+(``shard-N.jsonl``: the rewritten or kept raw text of every document that was not
+dropped), its manifest (``shard-N.manifest.jsonl``: one row per document with its
+status, the failed checks, backend, model and guidelines), its rewrites file
+(``shard-N.rewrites.jsonl``: one row per attempt, see docs/alignment.md) and last
+its completion marker (``shard-N.done.json``, with the shard's counts and the
+rewrites file's size) are written atomically. A rerun skips finished shards; a
 killed run loses at most the shards in flight, and nothing is written twice.
+Once every shard is done, the rewrites files are merged into
+``PREFIX_rewrites.jsonl`` beside the final manifest.
 
 The finished shards must have rewritten at least ``min_rewritten_fraction`` of
 their documents, or the stage raises :class:`TooFewRewritten` before anything
@@ -18,32 +23,37 @@ setup, and its "aligned" dataset would be the raw text under another name.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import shutil
+import socket
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from native_megatron.alignment.backends import BackendUnavailable, RewriterBackend, build_backend
-from native_megatron.alignment.chunking import join_chunks, split_document
-from native_megatron.alignment.config import RewriteConfig, SamplingConfig
+from native_megatron.alignment.config import RewriteConfig
 from native_megatron.alignment.guidelines import Guidelines, load_guidelines
-from native_megatron.alignment.validation import ValidationConfig, Validator
-from native_megatron.data.manifest import DROPPED
-from native_megatron.data.pii import PiiRedactor
+from native_megatron.alignment.progress import RewriteProgress
+from native_megatron.alignment.rewriter import (  # noqa: F401  (the stage's public names, used by its callers)
+    KEPT_RAW,
+    REMOTE_BACKENDS,
+    REWRITTEN,
+    DocResult,
+    Rewriter,
+)
+from native_megatron.alignment.streaming import Stream, client_workers, start_pool
+from native_megatron.alignment.validation import ValidationConfig
 from native_megatron.data.shards import read_shard_texts
 from native_megatron.data.tasks import ShardTask, StageResult
-from native_megatron.utils.io import Progress, atomic_open
+from native_megatron.utils.io import atomic_open
 
 logger = logging.getLogger(__name__)
-
-REWRITTEN = "rewritten"
-KEPT_RAW = "kept_raw"
-# Backends that send document text out of this process, to a server that may be anyone's.
-REMOTE_BACKENDS = ("openai",)
 
 
 class TooFewRewritten(RuntimeError):
@@ -51,92 +61,14 @@ class TooFewRewritten(RuntimeError):
     The shards are kept: a rerun with a lower minimum reuses them."""
 
 
-@dataclass
-class DocResult:
-    row: dict
-    text: str | None          # what goes on to tokenization; None when dropped
-    status: str
-    failed: list[str] = field(default_factory=list)
-    retried: bool = False
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    chunks: int = 0
-
-
-class Rewriter:
-    """Rewrites batches of documents with one backend under one set of guidelines."""
-
-    def __init__(self, config: RewriteConfig, validation: ValidationConfig, backend: RewriterBackend,
-                 guidelines: Guidelines) -> None:
-        self.config, self.backend, self.guidelines = config, backend, guidelines
-        self.validator = Validator(validation, guidelines)
-        self.meta = {"backend": backend.kind, "model": backend.model, "guidelines": guidelines.tag}
-        # The prepare stage redacted what it kept; this is for text that never went through it
-        # (seed pairs from raw files, clean.redact_pii off) before it leaves the machine.
-        remote = backend.kind in REMOTE_BACKENDS and config.redact_pii
-        self.redactor = PiiRedactor() if remote else None
-
-    def _generate(self, texts: list[str], sampling: SamplingConfig) -> list[tuple[str, bool, int, int, int]]:
-        """For each text: (joined rewrite, any chunk truncated, prompt tokens, completion tokens, chunks)."""
-        plans = [split_document(t, self.config.max_input_tokens, self.backend.count_tokens) for t in texts]
-        requests = [self.guidelines.messages(c.text) for chunks in plans for c in chunks]
-        outputs = iter(self.backend.generate(requests, sampling))
-        results = []
-        for chunks in plans:
-            gens = [next(outputs) for _ in chunks]
-            results.append((join_chunks([g.text for g in gens], chunks),
-                            any(g.finish_reason == "length" for g in gens),
-                            sum(g.prompt_tokens for g in gens), sum(g.completion_tokens for g in gens), len(chunks)))
-        return results
-
-    def rewrite(self, rows: list[dict]) -> list[DocResult]:
-        c = self.config
-        if self.redactor is not None:
-            # The redacted text is the document from here on: what is validated, kept raw or paired.
-            rows = [dict(r, text=self.redactor.redact(r["text"])[0]) for r in rows]
-        results = []
-        for row, (text, truncated, p_tok, c_tok, n) in zip(rows, self._generate([r["text"] for r in rows],
-                                                                                 c.sampling)):
-            failed = self.validator.check(row["text"], text, "length" if truncated else "stop")
-            results.append(DocResult(row, text, REWRITTEN, failed, False, p_tok, c_tok, n))
-        if c.on_failure == "retry":
-            again = [i for i, r in enumerate(results) if r.failed]
-            if again:
-                redo = self._generate([rows[i]["text"] for i in again], c.retry())
-                for i, (text, truncated, p_tok, c_tok, n) in zip(again, redo):
-                    r = results[i]
-                    failed = self.validator.check(rows[i]["text"], text, "length" if truncated else "stop")
-                    r.retried, r.prompt_tokens, r.completion_tokens = True, r.prompt_tokens + p_tok, \
-                        r.completion_tokens + c_tok
-                    r.failed = failed if failed else []
-                    if not failed:
-                        r.text = text
-        policy = c.after_retry if c.on_failure == "retry" else c.on_failure
-        for r in results:
-            if r.failed:
-                r.status = KEPT_RAW if policy == "keep_raw" else DROPPED
-                r.text = r.row["text"] if policy == "keep_raw" else None
-        return results
-
-    def manifest_row(self, r: DocResult) -> dict:
-        row = {"id": r.row["id"], "file": r.row["file"], "line": r.row["line"], "status": r.status}
-        if r.failed:
-            row["reason"] = "rewrite_failed_validation"
-            row["failed_checks"] = r.failed
-        if r.retried:
-            row["retried"] = True
-        row.update(self.meta)
-        row["chunks"] = r.chunks
-        return row
-
-
 def stage_signature(config: RewriteConfig, validation: ValidationConfig, guidelines: Guidelines) -> str:
     """What must match for a finished shard to be reused."""
-    skip = ("rank", "world_size", "batch_size", "min_rewritten_fraction")
+    skip = ("rank", "world_size", "batch_size", "min_rewritten_fraction", "client_workers", "progress_interval_s")
     relevant = {k: v for k, v in asdict(config).items() if k not in skip}
     relevant["retry_sampling"] = asdict(config.retry())  # what the retry uses, however it was set
     relevant["openai"] = {"api": "openai"}  # where the model is served does not change the output
     relevant["hf"] = {"dtype": config.hf.dtype}
+    relevant["vllm"] = {k: v for k, v in asdict(config.vllm).items() if k != "documents_per_call"}
     relevant["validation"] = asdict(validation)
     relevant["guidelines"] = guidelines.sha256
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
@@ -147,6 +79,10 @@ def _shard_paths(out_dir: Path, index: int) -> tuple[Path, Path]:
     return Path(f"{base}.jsonl"), Path(f"{base}.manifest.jsonl")
 
 
+def _rewrites_path(out_dir: Path, index: int) -> Path:
+    return out_dir / f"shard-{index:05d}.rewrites.jsonl"
+
+
 def _shard_task(out_dir: Path, index: int, signature: str, source: str) -> ShardTask:
     st = os.stat(source)
     return ShardTask(out_dir / f"shard-{index:05d}.done.json",
@@ -154,38 +90,159 @@ def _shard_task(out_dir: Path, index: int, signature: str, source: str) -> Shard
                       "source": {"source": os.path.abspath(source), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}})
 
 
-def rewrite_shard(rewriter: Rewriter, source: str, index: int, out_dir: Path, signature: str,
-                  bar: Progress) -> dict:
-    """Rewrite one shard; returns its counts (also in its done marker)."""
-    aligned, manifest = _shard_paths(out_dir, index)
-    start = time.monotonic()
-    counts: Counter = Counter()
-    checks: Counter = Counter()
-    tokens = Counter()
-    with atomic_open(aligned, "w") as af, atomic_open(manifest, "w") as mf:
-        batch: list[dict] = []
-        rows = read_shard_texts(source)
-        while True:
-            batch = [r for _, r in zip(range(rewriter.config.batch_size), rows)]
-            if not batch:
-                break
-            for r in rewriter.rewrite(batch):
-                counts[r.status] += 1
-                checks.update(r.failed)
-                counts["retried"] += int(r.retried)
-                tokens["prompt"] += r.prompt_tokens
-                tokens["completion"] += r.completion_tokens
-                tokens["chars_in"] += len(r.row["text"])
-                tokens["chars_out"] += len(r.text or "")
-                mf.write(json.dumps(rewriter.manifest_row(r), ensure_ascii=False) + "\n")
-                if r.text is not None:
-                    af.write(json.dumps({"id": r.row["id"], "file": r.row["file"], "line": r.row["line"],
-                                         "text": r.text}, ensure_ascii=False) + "\n")
-            bar.update(len(batch))
-    seconds = time.monotonic() - start
-    return _shard_task(out_dir, index, signature, source).mark_done(
-        {"counts": dict(counts), "failed_checks": dict(checks), "tokens": dict(tokens),
-         "seconds": round(seconds, 3), **rewriter.meta})
+def _shard_done(out_dir: Path, index: int, signature: str, source: str) -> dict | None:
+    """The shard's done marker, when it matches and its rewrites file is there at the size it records (a
+    shard finished before rewrites were kept has none, and is redone)."""
+    marker = _shard_task(out_dir, index, signature, source).load_done()
+    path = _rewrites_path(out_dir, index)
+    if marker is None or "rewrites_bytes" not in marker or not path.exists() \
+            or path.stat().st_size != marker["rewrites_bytes"]:
+        return None
+    return marker
+
+
+class LiveRows:
+    """The shard's rewrites file while it is written: one JSON row per line, flushed row by row, so a reader
+    can follow a running job (``shard-N.rewrites.jsonl.tmp-HOST-PID``, its last line possibly cut); renamed
+    into place on success, removed on failure. A kill leaves it behind, and :func:`remove_dead_live_files`
+    clears it at the next start."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = Path(f"{path}.tmp-{socket.gethostname()}-{os.getpid()}")
+        self.f = open(self.tmp, "w", encoding="utf-8")
+
+    def write(self, rows: list[dict]) -> None:
+        self.f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        self.f.flush()
+
+    def commit(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.f.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def remove_dead_live_files(out_dir: Path) -> None:
+    """Remove rewrites files in flight (see :class:`LiveRows`) whose writer, on this host, is gone."""
+    host = socket.gethostname()
+    for path in out_dir.glob("shard-*.rewrites.jsonl.tmp-*"):
+        owner, _, pid = path.name.rpartition(".tmp-")[2].rpartition("-")
+        if owner == host and pid.isdigit() and not _pid_alive(int(pid)):
+            path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _results(rewriter: Rewriter, rows, pool, progress: RewriteProgress):
+    """DocResults in input order: streamed when the backend can, else in batches."""
+    if rewriter.backend.window() > 0:
+        yield from Stream(rewriter, pool, on_progress=progress.show).run(rows)
+        return
+    size = rewriter.backend.documents_per_call or rewriter.config.batch_size
+    while batch := [r for _, r in zip(range(size), rows)]:
+        yield from rewriter.rewrite(batch)
+        progress.show(0)
+
+
+class ShardWriter:
+    """One shard's outputs while its documents come back: the aligned shard and its manifest (atomic),
+    the rewrites file (live, see :class:`LiveRows`); :meth:`commit` puts them in place and writes the
+    done marker last."""
+
+    def __init__(self, rewriter: Rewriter, source: str, index: int, out_dir: Path, signature: str) -> None:
+        self.rewriter, self.source, self.index, self.out_dir, self.signature = rewriter, source, index, out_dir, \
+            signature
+        self.start = time.monotonic()
+        self.counts: Counter = Counter()
+        self.checks: Counter = Counter()
+        self.tokens: Counter = Counter()
+        self._files = contextlib.ExitStack()
+        aligned, manifest = _shard_paths(out_dir, index)
+        self.af = self._files.enter_context(atomic_open(aligned, "w"))
+        self.mf = self._files.enter_context(atomic_open(manifest, "w"))
+        self.live = LiveRows(_rewrites_path(out_dir, index))
+
+    def write(self, r: DocResult) -> None:
+        self.counts[r.status] += 1
+        self.checks.update(r.failed)
+        self.counts["retried"] += int(r.retried)
+        self.tokens["prompt"] += r.prompt_tokens
+        self.tokens["completion"] += r.completion_tokens
+        self.tokens["chars_in"] += len(r.row["text"])
+        self.tokens["chars_out"] += len(r.text or "")
+        self.mf.write(json.dumps(self.rewriter.manifest_row(r), ensure_ascii=False) + "\n")
+        if r.text is not None:
+            self.af.write(json.dumps({"id": r.row["id"], "file": r.row["file"], "line": r.row["line"],
+                                      "text": r.text}, ensure_ascii=False) + "\n")
+        self.live.write(self.rewriter.attempt_rows(r))
+
+    def commit(self) -> dict:
+        self._files.close()     # the aligned shard and manifest, renamed into place
+        self.live.commit()
+        return _shard_task(self.out_dir, self.index, self.signature, self.source).mark_done(
+            {"counts": dict(self.counts), "failed_checks": dict(self.checks), "tokens": dict(self.tokens),
+             "seconds": round(time.monotonic() - self.start, 3),
+             "rewrites_bytes": _rewrites_path(self.out_dir, self.index).stat().st_size, **self.rewriter.meta})
+
+    def discard(self, exc: BaseException) -> None:
+        self.live.discard()
+        self._files.__exit__(type(exc), exc, exc.__traceback__)   # atomic_open removes its temporary files
+
+
+def rewrite_shards(rewriter: Rewriter, shards: list[str], todo: list[int], out_dir: Path, signature: str,
+                   progress: RewriteProgress, pool=None) -> None:
+    """Rewrite the ``todo`` shards as one flow of documents (no barrier between shards either); each
+    shard is committed, with its done marker, as soon as its last document is written."""
+    owners: collections.deque[int] = collections.deque()   # the shard of each document read, in order
+
+    def rows():
+        for i in todo:
+            for row in read_shard_texts(shards[i]):
+                owners.append(i)
+                yield row
+
+    pending = list(todo)        # shards not committed, in order
+    writer: ShardWriter | None = None
+    try:
+        for r in _results(rewriter, rows(), pool, progress):
+            i = owners.popleft()
+            while pending[0] != i:          # the shards before this one are complete (an empty one too)
+                _finish(writer or ShardWriter(rewriter, shards[pending[0]], pending[0], out_dir, signature))
+                writer = None
+                pending.pop(0)
+            if writer is None:
+                writer = ShardWriter(rewriter, shards[i], i, out_dir, signature)
+            writer.write(r)
+            progress.document(r.completion_tokens, r.status == REWRITTEN)
+        while pending:
+            _finish(writer or ShardWriter(rewriter, shards[pending[0]], pending[0], out_dir, signature))
+            writer = None
+            pending.pop(0)
+    except BaseException as exc:
+        if writer is not None:
+            writer.discard(exc)
+        raise
+
+
+def _finish(writer: ShardWriter) -> None:
+    try:
+        writer.commit()
+    except BaseException as exc:
+        writer.discard(exc)
+        raise
 
 
 def _count_lines(path: str) -> int:
@@ -193,17 +250,40 @@ def _count_lines(path: str) -> int:
         return sum(1 for _ in f)
 
 
+def final_rewrites_path(out_dir: Path) -> Path | None:
+    """``PREFIX_rewrites.jsonl`` for a stage directory ``PREFIX_work/rewrite``; None for another layout."""
+    work = out_dir.resolve().parent
+    if not work.name.endswith("_work"):
+        return None
+    return work.parent / (work.name[: -len("_work")] + "_rewrites.jsonl")
+
+
+def merge_rewrites(out_dir: Path, n_shards: int, final: Path) -> None:
+    """Concatenate the shards' rewrites files, in shard order, into ``final`` (atomically), unless it is
+    already their concatenation."""
+    parts = [_rewrites_path(out_dir, i) for i in range(n_shards)]
+    size = sum(p.stat().st_size for p in parts)
+    if final.exists() and final.stat().st_size == size \
+            and final.stat().st_mtime_ns >= max((p.stat().st_mtime_ns for p in parts), default=0):
+        return
+    with atomic_open(final, "wb") as out:
+        for p in parts:
+            with open(p, "rb") as f:
+                shutil.copyfileobj(f, out)
+
+
 def run_rewrite(shards: list[str], out_dir: Path, config: RewriteConfig, validation: ValidationConfig,
                 show_progress: bool = True, backend: RewriterBackend | None = None,
                 do_work: bool = True) -> StageResult:
     """Rewrite this rank's unfinished shards (unless ``do_work`` is False); report whether every
-    shard, of all ranks, is done."""
+    shard, of all ranks, is done. Once all are, their rewrites files are merged into
+    ``PREFIX_rewrites.jsonl`` beside the manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
     guidelines = load_guidelines(config.guidelines)
     signature = stage_signature(config, validation, guidelines)
     rank, world = config.work_split()
     mine = [i for i in range(len(shards)) if i % world == rank]
-    todo = [i for i in mine if not _shard_task(out_dir, i, signature, shards[i]).done()]
+    todo = [i for i in mine if _shard_done(out_dir, i, signature, shards[i]) is None]
     if not do_work:
         todo = []
     else:
@@ -211,23 +291,31 @@ def run_rewrite(shards: list[str], out_dir: Path, config: RewriteConfig, validat
                     len(todo), len(mine), len(shards))
     start = time.monotonic()
     if todo:
+        remove_dead_live_files(out_dir)
         owns_backend = backend is None
         backend = backend or build_backend(config)
         rewriter = Rewriter(config, validation, backend, guidelines)
+        # Before any HTTP thread starts: the pool's processes are spawned from a quiet process.
+        pool = start_pool(rewriter, client_workers(config, backend.window())) if backend.window() > 0 else None
         total_docs = sum(_count_lines(shards[i]) for i in todo)
         try:
-            with Progress(total_docs, "rewrite", enabled=show_progress) as bar:
-                for i in todo:
-                    rewrite_shard(rewriter, shards[i], i, out_dir, signature, bar)
+            with RewriteProgress(total_docs, config.progress_interval_s, show_progress,
+                                 out_dir / f"progress-rank-{rank:05d}.json") as progress:
+                rewrite_shards(rewriter, shards, todo, out_dir, signature, progress, pool)
         except BackendUnavailable as exc:
             raise BackendUnavailable(f"rewrite stopped: {exc}. Finished shards are kept; rerun the same "
                                      f"command to continue.") from None
         finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
             if owns_backend:
                 backend.close()
     seconds = time.monotonic() - start
-    infos = [_shard_task(out_dir, i, signature, shards[i]).load_done() for i in range(len(shards))]
+    infos = [_shard_done(out_dir, i, signature, shards[i]) for i in range(len(shards))]
     complete = all(info is not None for info in infos)
+    final = final_rewrites_path(out_dir)
+    if complete and final is not None:
+        merge_rewrites(out_dir, len(shards), final)
     stats = _aggregate([i for i in infos if i is not None], seconds, len(shards))
     _check_rewritten(stats, config.min_rewritten_fraction, out_dir)
     paths = [_shard_paths(out_dir, i) for i in range(len(shards))]

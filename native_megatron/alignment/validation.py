@@ -104,31 +104,57 @@ class Validator:
 
     def check(self, source: str, output: str, finish_reason: str | None) -> list[str]:
         """Names of the failed checks (empty when the rewrite is acceptable)."""
+        return failed_checks(self.check_details(source, output, finish_reason))
+
+    def check_details(self, source: str, output: str, finish_reason: str | None) -> dict[str, dict]:
+        """Every enabled check's ``{"value", "threshold", "passed"}``, in the order they run.
+
+        An empty output runs only ``empty``: the other measures mean nothing on no text. The
+        threshold is the number the value was compared with (for ``length_ratio``, the bound nearer
+        the value; for ``repetition`` and ``garbled``, the source's own level when that is higher),
+        or None for a yes/no check.
+        """
         c, on = self.config, self.enabled
-        failed = []
-        if "empty" in on and not output.strip():
-            return ["empty"]
-        if "truncated" in on and finish_reason == "length":
-            failed.append("truncated")
-        if "arabic_ratio" in on and arabic_ratio(source) >= c.min_arabic_ratio \
-                and arabic_ratio(output) < c.min_arabic_ratio:
-            failed.append("arabic_ratio")
+        out: dict[str, dict] = {}
+
+        def put(name: str, value, threshold, passed: bool) -> None:
+            out[name] = {"value": value, "threshold": threshold, "passed": bool(passed)}
+
+        if "empty" in on:
+            put("empty", len(output.strip()), None, bool(output.strip()))
+            if not output.strip():
+                return out
+        if "truncated" in on:
+            put("truncated", finish_reason == "length", None, finish_reason != "length")
+        if "arabic_ratio" in on:
+            value = arabic_ratio(output)
+            applies = arabic_ratio(source) >= c.min_arabic_ratio  # a non-Arabic source may stay non-Arabic
+            put("arabic_ratio", round(value, 4), c.min_arabic_ratio, not applies or value >= c.min_arabic_ratio)
         if "length_ratio" in on:
             ratio = len(output.strip()) / max(1, len(source.strip()))
-            if not c.min_length_ratio <= ratio <= c.max_length_ratio:
-                failed.append("length_ratio")
-        if "refusal" in on and any(p.search(output) and not p.search(source) for p in self._refusal):
-            failed.append("refusal")
+            nearer = c.min_length_ratio if ratio < (c.min_length_ratio + c.max_length_ratio) / 2 \
+                else c.max_length_ratio
+            put("length_ratio", round(ratio, 4), nearer, c.min_length_ratio <= ratio <= c.max_length_ratio)
+        if "refusal" in on:
+            hit = any(p.search(output) and not p.search(source) for p in self._refusal)
+            put("refusal", hit, None, not hit)
         if "repetition" in on:
             frac = repeated_fraction(output)
-            if frac > c.max_repeated_fraction and frac > repeated_fraction(source):
-                failed.append("repetition")
-        if "garbled" in on and len(_GARBLED.findall(output)) > len(_GARBLED.findall(source)):
-            failed.append("garbled")
-        if "knowledge" in on and content_recall(source, output) < c.min_content_recall:
-            failed.append("knowledge")
+            limit = max(c.max_repeated_fraction, repeated_fraction(source))
+            put("repetition", round(frac, 4), round(limit, 4), frac <= limit)
+        if "garbled" in on:
+            bad, src_bad = len(_GARBLED.findall(output)), len(_GARBLED.findall(source))
+            put("garbled", bad, src_bad, bad <= src_bad)
+        if "knowledge" in on:
+            recall = content_recall(source, output)
+            put("knowledge", round(recall, 4), c.min_content_recall, recall >= c.min_content_recall)
         if "prompt_leak" in on:
-            out, src = normalise(output), normalise(source)
-            if any(f in out and f not in src for f in self._fragments):
-                failed.append("prompt_leak")
-        return failed
+            text, src = normalise(output), normalise(source)
+            leak = any(f in text and f not in src for f in self._fragments)
+            put("prompt_leak", leak, None, not leak)
+        return out
+
+
+def failed_checks(details: dict[str, dict]) -> list[str]:
+    """The names of the failed checks in ``details`` (see :meth:`Validator.check_details`), in order."""
+    return [name for name, d in details.items() if not d["passed"]]

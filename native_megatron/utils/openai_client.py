@@ -1,8 +1,13 @@
 """The one client for OpenAI-compatible chat endpoints (`vllm serve` fleets, `transformers serve`, hosted
 APIs), shared by the rewriter (alignment/backends/openai_http.py) and the safety judge (evaluation/safety.py).
 
-Requests go round-robin over ``base_urls`` with at most ``concurrency`` in
-flight. 429, 5xx, timeouts and refused connections are retried (tenacity) with
+:meth:`OpenAIClient.chat_many` sends a list with at most ``concurrency`` in
+flight (the judge); :meth:`OpenAIClient.submit` streams: each request returns
+a future at once and runs as soon as a server has a free place in its window
+(``window`` requests in flight per server, by default what the server says it
+batches, see :meth:`OpenAIClient.discover_windows`). Each request goes to the
+server with the fewest in flight, so no server holds more than its window.
+429, 5xx, timeouts and refused connections are retried (tenacity) with
 exponential backoff and jitter, so a fleet that comes back is not hit all at
 once; after ``max_retries`` a request raises :class:`EndpointUnavailable`. The
 first request to spend its retries stops the others, and failures are logged at
@@ -22,10 +27,11 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 import time
 import urllib.parse
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import httpx
@@ -40,6 +46,10 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 WARN_EVERY_S = 60.0       # at most one warning about failing requests per minute
 CHECK_TIMEOUT_S = 10.0    # the health check's patience with one server
 MAX_REDIRECTS = 10        # same-origin hops followed, as urllib did
+DEFAULT_WINDOW = 256      # vLLM's default max_num_seqs: the sequences one engine decodes at once
+# Where an engine says how many sequences it batches: vLLM's /server_info (its config, text or JSON) and
+# SGLang's /get_server_info.
+_WINDOW_KEYS = re.compile(r"[\"']?(max_num_seqs|max_running_requests)[\"']?\s*[:=]\s*(\d+)")
 
 Messages = list[dict[str, str]]
 
@@ -50,7 +60,11 @@ class OpenAIConfig:
     base_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:8000/v1"])
     # The API key is read from this environment variable, never from a file or flag.
     api_key_env: str = "OPENAI_API_KEY"
+    # chat_many's requests in flight over all servers (the judge).
     concurrency: int = 16
+    # Streamed requests (the rewriter) in flight PER SERVER: as many as the engine batches, so that it never
+    # waits for the client. null: what the server reports (vLLM's max_num_seqs), else 256, vLLM's default.
+    window: int | None = None
     timeout_s: float = 300.0
     max_retries: int = 6
     backoff_s: float = 1.0
@@ -60,6 +74,8 @@ class OpenAIConfig:
             raise ConfigError("rewrite.openai.base_urls is empty")
         if self.concurrency < 1 or self.max_retries < 0 or self.timeout_s <= 0:
             raise ConfigError("rewrite.openai: concurrency >= 1, max_retries >= 0, timeout_s > 0 required")
+        if self.window is not None and self.window < 1:
+            raise ConfigError("rewrite.openai.window must be at least 1 (or null: ask the server)")
 
 
 @dataclass
@@ -111,6 +127,10 @@ class OpenAIClient:
         self._pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix=f"{name}-http")
         self._next_url = itertools.cycle(range(len(self.urls)))
         self._lock = threading.Lock()
+        # Requests on the wire per server; a request goes to the least loaded (see _pick_url).
+        self.in_flight = [0] * len(self.urls)
+        self.windows = [config.window or DEFAULT_WINDOW] * len(self.urls)
+        self._stream_pool: ThreadPoolExecutor | None = None
         self.retries = 0
         # Set, with the reason, once one request has spent its retries: the others stop at once.
         self._stopped = threading.Event()
@@ -225,12 +245,15 @@ class OpenAIClient:
     def _attempt(self, data: bytes) -> Completion:
         if self._stopped.is_set():
             raise EndpointUnavailable(self._stop_reason)
-        with self._lock:
-            url = self.urls[next(self._next_url)]
+        i = self._pick_url()
+        url = self.urls[i]
         try:
             resp = self._send("POST", f"{url}/chat/completions", content=data)
         except httpx.TransportError as exc:
             raise _Retry(f"{url}: {_reason(exc)}") from None
+        finally:
+            with self._lock:
+                self.in_flight[i] -= 1
         if resp.status_code in RETRY_STATUS:
             raise _Retry(f"HTTP {resp.status_code} from {url}")
         if not resp.is_success:
@@ -240,6 +263,47 @@ class OpenAIClient:
             return _parse(json.loads(resp.content.decode("utf-8")))
         except (json.JSONDecodeError, KeyError, IndexError) as exc:
             raise _Retry(f"{url}: unreadable answer ({type(exc).__name__}: {exc})") from None
+
+    def _pick_url(self) -> int:
+        """The server with the fewest requests in flight (round-robin among equals), counted as one more.
+        With no more requests in flight than the windows add up to, none goes over its window."""
+        with self._lock:
+            start = next(self._next_url)
+            n = len(self.urls)
+            i = min(((start + k) % n for k in range(n)), key=lambda j: self.in_flight[j] / self.windows[j])
+            self.in_flight[i] += 1
+            return i
+
+    # ---- streaming ------------------------------------------------------------------------------------
+
+    def discover_windows(self) -> list[int]:
+        """Each server's window: ``window`` when set, else the number of sequences the server says it
+        batches (vLLM ``/server_info``, SGLang ``/get_server_info``), else DEFAULT_WINDOW."""
+        if self.config.window is None:
+            with ThreadPoolExecutor(max_workers=min(len(self.urls), 16)) as pool:
+                self.windows = list(pool.map(self._server_window, self.urls))
+        return list(self.windows)
+
+    def _server_window(self, url: str) -> int:
+        root = url[: -len("/v1")] if url.endswith("/v1") else url
+        for path in ("/server_info", "/get_server_info"):
+            try:
+                resp = self._send("GET", root + path, timeout=min(self.config.timeout_s, CHECK_TIMEOUT_S))
+            except (httpx.HTTPError, ConfigError):
+                continue
+            match = _WINDOW_KEYS.search(resp.text) if resp.is_success else None
+            if match and int(match.group(2)) > 0:
+                return int(match.group(2))
+        return DEFAULT_WINDOW
+
+    def submit(self, messages: Messages, temperature: float, top_p: float, max_tokens: int,
+               seed: int | None = None) -> "Future[Completion]":
+        """Send one request without waiting: a future of its completion (or of EndpointUnavailable /
+        ConfigError). At most the sum of the windows run at once; the rest wait their turn here."""
+        if self._stream_pool is None:
+            self._stream_pool = ThreadPoolExecutor(max_workers=sum(self.windows),
+                                                   thread_name_prefix=f"{self.name}-stream")
+        return self._stream_pool.submit(self.chat, messages, temperature, top_p, max_tokens, seed)
 
     def _sleep(self, seconds: float) -> None:
         """The backoff, cut short when another request has spent its retries."""
@@ -259,6 +323,8 @@ class OpenAIClient:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._stream_pool is not None:
+            self._stream_pool.shutdown(wait=False, cancel_futures=True)
         self._http.close()
 
 

@@ -4,6 +4,7 @@ model saved to a temp directory), with faults: 5xx answers, slow answers, a serv
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,8 @@ def cfg(inputs, prefix, tokenizer, model, urls, *overrides):
     base = {"input.paths": [str(inputs)], "output.prefix": str(prefix), "tokenize.tokenizer": str(tokenizer),
             "run.workers": 1, "run.progress": False, "rewrite.backend": "openai", "rewrite.model": model,
             "rewrite.guidelines": str(GUIDELINES), "rewrite.openai.base_urls": urls,
-            "rewrite.openai.concurrency": 4, "rewrite.openai.backoff_s": 0.05, "rewrite.openai.timeout_s": 60,
+            # A window of one shard: a server lost mid-run leaves the shards before it finished.
+            "rewrite.openai.window": 4, "rewrite.openai.backoff_s": 0.05, "rewrite.openai.timeout_s": 60,
             "rewrite.sampling.temperature": 0.0, "rewrite.sampling.max_new_tokens": 12,
             "rewrite.on_failure": "keep_raw", "output.shard_size": 4, "rewrite.batch_size": 4,
             # A tiny random model: every rewrite fails validation, which is what these tests count.
@@ -60,9 +62,16 @@ def statuses(prefix):
 
 
 def test_rewrites_through_a_real_server_and_accounts_for_every_document(tmp_path, server, inputs, tiny_model,
-                                                                          sample_tokenizer):
+                                                                          sample_tokenizer, caplog):
     prefix = tmp_path / "a"
-    stats = run_preprocess_aligned(cfg(inputs, prefix, sample_tokenizer, tiny_model, [server.url]))
+    caplog.set_level(logging.INFO, logger="native_megatron.alignment.progress")
+    stats = run_preprocess_aligned(cfg(inputs, prefix, sample_tokenizer, tiny_model, [server.url],
+                                       "--run.progress=true", "--rewrite.progress_interval_s=0.3"))
+    # Progress per document, not per batch: a line at the first answer, then lines that move.
+    lines = [r.getMessage() for r in caplog.records if r.name == "native_megatron.alignment.progress"]
+    assert lines and lines[0].startswith("rewrite: 1/") and "in flight" in lines[0] and "ETA" in lines[0]
+    done = [int(line.split()[1].split("/")[0]) for line in lines]
+    assert len(set(done)) >= 3 and done == sorted(done)
     rows = statuses(prefix)
     assert sorted(r["line"] for r in rows) == list(range(1, N_DOCS + 1))
     sent = [r for r in rows if r.get("backend") == "openai"]      # the documents that reached the rewriter
@@ -94,7 +103,9 @@ def test_server_killed_mid_run_then_rerun_finishes_with_every_document_once(tmp_
     doomed = ServedModel(tiny_model).start()
 
     def kill_after(n):
-        if n == 7:
+        # Streaming sends request k + 4 when one of the first k has come back (a window of 4): the 10th
+        # arrives after 6 answers, when shard 0 (documents 1-4) is done and shard 1 is not.
+        if n == 10:
             doomed.stop()
 
     prefix = tmp_path / "killed"

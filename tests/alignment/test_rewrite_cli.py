@@ -47,7 +47,7 @@ def arguments(inputs, prefix, tokenizer, url, *extra) -> list[str]:
     return [str(a) for a in ["--input", inputs, "--output-prefix", prefix, "--tokenizer", tokenizer,
                              "--workers", "1", "--no-progress", "--rewrite", "openai", "--model", "expert",
                              "--guidelines", GUIDELINES, f"--rewrite.openai.base_urls=[{url}]",
-                             "--output.shard_size=4", "--rewrite.batch_size=4", *extra]]
+                             "--output.shard_size=4", "--rewrite.openai.window=4", *extra]]
 
 
 def preprocess(capsys, *args) -> tuple[int, str, list[str], float]:

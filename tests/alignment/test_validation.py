@@ -60,3 +60,24 @@ def test_content_recall_and_config():
     assert set(ValidationConfig().checks) == set(CHECKS)
     with pytest.raises(ConfigError, match="unknown check"):
         load_config(ValidationConfig, overrides=["--checks=[nope]"])
+
+
+def test_every_check_reports_its_value_and_the_threshold_it_was_held_to(validator):
+    passed = validator.check_details(SOURCE, GOOD, "stop")
+    assert list(passed) == ["empty", "truncated", "arabic_ratio", "length_ratio", "refusal", "repetition", "garbled",
+                            "knowledge", "prompt_leak"]
+    assert all(c["passed"] for c in passed.values())
+    assert passed["knowledge"]["threshold"] == 0.35 and 0.35 <= passed["knowledge"]["value"] <= 1
+    assert passed["refusal"] == {"value": False, "threshold": None, "passed": True}
+    short = validator.check_details(SOURCE, "أعلنت وزارة الصحة عن حملة.", "length")
+    assert short["length_ratio"]["threshold"] == 0.5 and short["length_ratio"]["value"] < 0.5
+    assert short["truncated"] == {"value": True, "threshold": None, "passed": False}
+    assert short["knowledge"]["value"] < 0.35 and not short["knowledge"]["passed"]
+    assert validator.check(SOURCE, "أعلنت وزارة الصحة عن حملة.", "length") == \
+        [k for k, c in short.items() if not c["passed"]]
+    long = validator.check_details(SOURCE, GOOD + " " + GOOD, "stop")
+    assert long["length_ratio"]["threshold"] == 1.6 and long["length_ratio"]["value"] > 1.6
+    garbled = validator.check_details(SOURCE, GOOD.replace("وطنية", "وط\ufffdنية"), "stop")
+    assert garbled["garbled"] == {"value": 1, "threshold": 0, "passed": False}
+    assert validator.check_details(SOURCE, "  ", "stop") == {"empty": {"value": 0, "threshold": None,
+                                                                        "passed": False}}

@@ -67,11 +67,16 @@ class _QuietHandler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
+class _Server(ThreadingHTTPServer):
+    # A streaming client opens a window of connections at once; the default backlog of 5 resets some.
+    request_queue_size = 1024
+
+
 class _LocalServer:
     """A threaded HTTP server on a free localhost port, run as a context manager."""
 
     def _serve(self, handler: type) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server = _Server(("127.0.0.1", 0), handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._closing = threading.Lock()

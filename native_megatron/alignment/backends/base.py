@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from abc import ABC, abstractmethod
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from native_megatron.alignment.config import SamplingConfig
@@ -27,10 +28,17 @@ class BackendUnavailable(RuntimeError):
 
 
 class RewriterBackend(ABC):
-    """Turns chat requests into completions; one call handles a batch."""
+    """Turns chat requests into completions; one call handles a batch.
+
+    A backend that can take requests one at a time without a barrier (an HTTP fleet) also
+    implements :meth:`submit` and :meth:`window`; the rewrite stage then streams documents
+    through it (alignment/streaming.py) instead of calling :meth:`generate` per batch.
+    """
 
     kind: str
     model: str
+    # Documents per generate() call when the stage cannot stream: None is rewrite.batch_size.
+    documents_per_call: int | None = None
 
     @abstractmethod
     def generate(self, requests: list[Messages], sampling: SamplingConfig) -> list[Generation]:
@@ -38,6 +46,19 @@ class RewriterBackend(ABC):
 
     def count_tokens(self, text: str) -> int:
         return max(1, len(text) // 3)
+
+    def submit(self, messages: Messages, sampling: SamplingConfig) -> "Future[Generation]":
+        """One request, not waited for: a future of its Generation (or of BackendUnavailable)."""
+        raise NotImplementedError(f"the {self.kind} backend does not stream")
+
+    def window(self) -> int:
+        """Requests worth keeping in flight at once (over all servers); 0: this backend does not stream."""
+        return 0
+
+    def token_counter_source(self) -> tuple[bool, str | None]:
+        """(whether another process can rebuild count_tokens, the tokenizer it loads or None for the
+        3-characters-per-token estimate): what lets the stage's process pool chunk documents."""
+        return False, None
 
     def close(self) -> None:
         pass

@@ -17,13 +17,16 @@ class VLLMBackend(RewriterBackend):
             raise ConfigError(VLLM_MISSING) from None
         v = config.vllm
         self.model = config.model
+        # Thousands of documents per llm.chat call: the engine schedules them all with continuous batching,
+        # and the guideline prompt that starts every request is computed once (prefix caching).
+        self.documents_per_call = v.documents_per_call
         kwargs = dict(model=config.model, tensor_parallel_size=v.tensor_parallel_size,
                       gpu_memory_utilization=v.gpu_memory_utilization, dtype=v.dtype)
         if config.tokenizer:
             kwargs["tokenizer"] = config.tokenizer
         if v.max_model_len:
             kwargs["max_model_len"] = v.max_model_len
-        self.llm = LLM(**kwargs)
+        self.llm = LLM(enable_prefix_caching=True, **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
 
     def count_tokens(self, text: str) -> int:
