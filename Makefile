@@ -44,6 +44,7 @@ demo: install
 		--output-prefix $(DEMO)/data/sample_ar_aligned \
 		--rewrite hf --model $(DEMO)/tiny_rewriter --guidelines examples/guidelines/native_alignment_ar.yaml \
 		--rewrite.sampling.max_new_tokens=16 --rewrite.on_failure=keep_raw --rewrite.min_rewritten_fraction=0
+	$(BIN)/python tools/review_rewrites.py --prefix $(DEMO)/data/sample_ar_aligned --out $(DEMO)/review.html
 	rm -rf $(DEMO)/tiny_cpu
 	$(BIN)/python pretrain_arabic.py --config examples/configs/tiny_cpu.yaml
 	$(BIN)/python tools/evaluate.py --model demo=$(DEMO)/tiny_cpu/checkpoints --out $(DEMO)/eval --log-samples \
