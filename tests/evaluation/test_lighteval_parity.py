@@ -5,13 +5,16 @@ documents from the shipped sample rows and ``TransformersModel.loglikelihood`` s
 chat template off and on (on is its default for a tokenizer that has one); ours are the per-choice
 log-likelihoods ``--log-samples`` writes. lighteval is not in the dev extra: installing 0.13.0 into our
 environment downgrades fsspec and nltk (docs/evaluation.md), so this test runs where it is importable,
-e.g. ``pip install --no-deps --target DIR lighteval`` and its imports put on PYTHONPATH, and skips
-otherwise. EXAMS is left out: our sample is the EXAMS JSONL layout, lighteval reads OALL's flat copy.
+as .ci/run does: ``pip install --no-deps --target DIR -r tests/evaluation/lighteval_side.txt`` and
+``NM_LIGHTEVAL_PATH=DIR``; it skips elsewhere, and fails where ``NM_REQUIRE_LIGHTEVAL=1`` (CI). EXAMS is left
+out: our sample is the EXAMS JSONL layout, lighteval reads OALL's flat copy.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import pytest
 
@@ -22,10 +25,15 @@ from native_megatron.evaluation.tasks import _is_dev, _read_table, _tables, load
 from tests.helpers.paths import ROOT
 
 pytestmark = pytest.mark.slow
+if os.environ.get("NM_LIGHTEVAL_PATH"):
+    # Appended, not prepended: the venv's own packages win; only what it lacks comes from there.
+    sys.path.append(os.environ["NM_LIGHTEVAL_PATH"])
 try:
     from lighteval.models.transformers.transformers_model import TransformersModel, TransformersModelConfig
     from lighteval.tasks.multilingual.tasks import arabic
 except ImportError as exc:  # not installed, or installed without what its imports need
+    if os.environ.get("NM_REQUIRE_LIGHTEVAL") == "1":  # CI installs it (.ci/run): there it must run
+        raise
     pytest.skip(f"lighteval is not importable ({exc}); not in the dev extra: docs/evaluation.md says why",
                 allow_module_level=True)
 
