@@ -130,7 +130,7 @@ def write_fingerprints(task: int, num_tasks: int, items: Iterable[tuple], run_di
     info = {"signature": signature, "task": task, "num_tasks": num_tasks, "config": sig, "docs": len(keys),
             "min_key": int(key_arr[0]) if len(keys) else None, "max_key": int(key_arr[-1]) if len(keys) else None,
             "seconds": round(time.monotonic() - start, 3)}
-    write_done(done, info)
+    write_done(done, info, sorted(p for p in tdir.iterdir() if p.suffix in (".npy", ".bin")))
     return {**info, "reused": False}
 
 
