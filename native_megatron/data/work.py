@@ -159,13 +159,22 @@ class Lease:
         return tmp
 
     def _try_create(self) -> bool:
-        """Create the lease with its whole content at once (a hard link fails if it exists)."""
+        """Create the lease with its whole content at once (a hard link fails if it exists); on a file
+        system without hard links, create it exclusively and then write it."""
         tmp = self._write_temp()
         try:
             os.link(tmp, self.path)
             return True
         except FileExistsError:
             return False
+        except OSError:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self._content(), f)
+            return True
         finally:
             os.unlink(tmp)
 
