@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog=EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", metavar="FILE", help="JSONL (.gz/.bz2/.zst) or Parquet files, directories or globs")
+    p.add_argument("--input", nargs="+", metavar="FILE",
+                   help="JSONL (.gz/.bz2/.zst) or Parquet files, directories or globs")
     p.add_argument("--output-prefix", metavar="PREFIX", help="write PREFIX_text_document.bin/.idx, manifest and stats")
     p.add_argument("--tokenizer", metavar="PATH", help="sentencepiece .model, tokenizer.json, or a model directory")
     p.add_argument("--rewrite", choices=["none", "vllm", "openai", "hf"],
