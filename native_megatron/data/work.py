@@ -136,11 +136,18 @@ class Lease:
     """A lock file held while a unit is worked on; see the module docstring.
 
     ``stale_s``: a holder on another host that has not renewed its heartbeat for this long is
-    taken for dead (its lease is renewed every ``heartbeat_s``).
+    taken for dead (its lease is renewed every ``heartbeat_s``); by default ``NM_LEASE_STALE_S``
+    or 600. A cluster whose requeued jobs land on other nodes may want it shorter; it must stay
+    well above ``heartbeat_s`` plus the file system's delay in showing a write to other hosts.
     """
 
-    def __init__(self, path: str | Path, heartbeat_s: float = 30.0, stale_s: float = 600.0) -> None:
+    def __init__(self, path: str | Path, heartbeat_s: float = 30.0, stale_s: float | None = None) -> None:
         self.path = Path(path)
+        if stale_s is None:
+            stale_s = float(os.environ.get("NM_LEASE_STALE_S", 600))
+        if stale_s <= heartbeat_s:
+            raise ConfigError(f"a lease's stale time ({stale_s:g} s, NM_LEASE_STALE_S) must exceed its heartbeat "
+                              f"({heartbeat_s:g} s)")
         self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
         self.token = uuid.uuid4().hex
         self.started = time.time()

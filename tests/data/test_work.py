@@ -52,13 +52,14 @@ def test_a_live_lease_of_another_process_makes_us_wait_and_a_dead_ones_is_taken_
     assert time.monotonic() - start < 5
 
 
-def test_another_hosts_lease_is_taken_over_only_when_its_heartbeat_is_old(tmp_path):
+def test_another_hosts_lease_is_taken_over_only_when_its_heartbeat_is_old(tmp_path, monkeypatch):
     path = tmp_path / "unit.lease"
     path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": 0, "heartbeat": time.time() - 3600}))
     with Lease(path, stale_s=600):
         assert json.loads(path.read_text())["host"] == HOST
     path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": 0, "heartbeat": time.time()}))
-    lease = Lease(path, stale_s=1.0)
+    monkeypatch.setenv("NM_LEASE_STALE_S", "1")
+    lease = Lease(path, heartbeat_s=0.5)
     start = time.monotonic()
     lease.acquire()      # waits for the heartbeat to grow old
     lease.release()
