@@ -256,10 +256,13 @@ class Lease:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
-            if not self._still_mine():
+            try:
+                if not self._still_mine():
+                    return
+                os.replace(self._write_temp(), self.path)
+            except OSError as exc:   # the directory removed under us (another run's --overwrite), a full disk
+                self.lost = f"{self.path}: this process could not renew its lease ({exc.strerror or exc})"
                 return
-            tmp = self._write_temp()
-            os.replace(tmp, self.path)
 
     def release(self) -> None:
         """Give the lease up; a lease taken over meanwhile is a lost race (:class:`WorkError`)."""

@@ -37,8 +37,9 @@ def test_a_live_lease_of_another_process_makes_us_wait_and_a_dead_ones_is_taken_
     assert (held["host"], held["pid"]) == (HOST, proc.pid) and held["heartbeat"] >= held["started"]
     start = time.monotonic()
     with Lease(path):
-        waited = time.monotonic() - start
-        assert proc.poll() == 0      # we got it only once the holder had let go
+        waited = time.monotonic() - start      # we got it only once the holder had let go (it holds 1.5 s)
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert proc.wait(timeout=60) == 0
     assert waited > 0.5 and not path.exists()
 
     # kill -9: the lease file stays, naming a pid that is gone; the next process takes it over.

@@ -95,27 +95,32 @@ def test_work_files_cut_or_damaged_between_steps_are_redone_or_named(straight, t
     run_preprocess(cfg(mine))
     assert outputs(mine) == expected
     task = [Path(f"{mine}_work") / "prepare" / f"task-{t:05d}" for t in range(3)]
+    with open(task[1] / "part.bin", "r+b") as f:
+        f.truncate(1000)
+    # A later step alone names the damaged file and the step to rerun.
+    with pytest.raises(ConfigError, match=r"part.bin is 1,000 bytes, its step wrote [\d,]+: rerun --stage filter "
+                                          r"\(task 1\)"):
+        run_preprocess(cfg(mine, "--run.stage=tokenize"))
     with open(task[0] / "candidates.tokens", "r+b") as f:
         f.truncate(1000)
     band = Path(f"{mine}_work") / "prepare" / "dedup" / "signatures" / "task-00002" / "band-000.npy"
     data = bytearray(band.read_bytes())
     data[-5] ^= 0xFF
     band.write_bytes(bytes(data))
-    with open(task[1] / "part.bin", "r+b") as f:
-        f.truncate(1000)
     (task[1] / "clean.json").write_text('{"identity": "')
     idx = bytearray((task[2] / "part.idx").read_bytes())
     idx[-3] ^= 0xFF
     (task[2] / "part.idx").write_bytes(bytes(idx))
     (task[2] / "filter.json").write_bytes(b"\xff\xfe not json")
-    # A later step alone names the damaged file and what to rerun.
+    # Filter, given a candidates file cut since clean, names it (an array's --stage filter).
+    (task[0] / "filter.json").unlink()
     with pytest.raises(ConfigError, match=r"candidates.tokens is 1,000 bytes, its step wrote [\d,]+: rerun --stage "
                                           r"clean \(task 0\)"):
-        run_preprocess(cfg(mine, "--run.stage=tokenize"))
+        run_preprocess(cfg(mine, "--run.stage=filter", "--run.task=0"))
     stats = run_preprocess(cfg(mine))
     assert outputs(mine) == expected
-    # Every clean unit redone; task 0's filter reused: its redone candidates are the bytes it read before.
-    assert stats["timing"]["prepare_reused"]["clean"] == 0 and stats["timing"]["prepare_reused"]["filter"] == 1
+    # Every clean unit and every filter redone (task 0's filter marker was removed above).
+    assert stats["timing"]["prepare_reused"]["clean"] == 0 and stats["timing"]["prepare_reused"]["filter"] == 0
 
     # A merge unit to redo reads a band file damaged since stage 1: one line naming it, not a numpy traceback.
     dedup = Path(f"{mine}_work") / "prepare" / "dedup"
