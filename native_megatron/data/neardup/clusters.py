@@ -29,7 +29,6 @@ from native_megatron.data.neardup.store import (
     Run,
     StagesConfig,
     Strings,
-    digest,
     is_done,
     load_npy,
     read_json,
@@ -37,7 +36,7 @@ from native_megatron.data.neardup.store import (
     save_strings,
     write_done,
 )
-from native_megatron.data.work import Lease
+from native_megatron.data.work import Lease, identity
 from native_megatron.utils.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -88,7 +87,7 @@ def build_clusters(run_dir: str | Path, config: DedupConfig, stages: StagesConfi
         if not marker.exists():
             raise ConfigError(f"{run_dir}: stage 2 unit {p.name} is unfinished; rerun stage 2 first")
         part_digests.append(read_json(marker)["signature"])
-    signature = digest(part_digests)
+    signature = identity(part_digests)
     done = out / "DONE.json"
     if is_done(done, signature):
         return {**read_json(done), "reused": True}

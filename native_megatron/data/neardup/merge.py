@@ -29,7 +29,6 @@ from native_megatron.data.neardup.store import (
     band_path,
     check_task_file,
     config_signature,
-    digest,
     is_done,
     load_npy,
     read_json,
@@ -37,7 +36,7 @@ from native_megatron.data.neardup.store import (
     save_npy,
     write_done,
 )
-from native_megatron.data.work import Lease
+from native_megatron.data.work import Lease, identity
 from native_megatron.utils.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -117,7 +116,7 @@ class Against:
 
 def _part_signature(part: Part, config: DedupConfig, stages: StagesConfig, run: Run,
                     against: Against | None) -> str:
-    return digest({"config": config_signature(config), "part": part.name, "verify": config.verify,
+    return identity({"config": config_signature(config), "part": part.name, "verify": config.verify,
                    "threshold": config.threshold, "max_candidates": stages.max_candidates,
                    "tasks": [(t.index, t.docs, t.min_key, t.max_key) for t in run.tasks],
                    "against": against.digest if against else None})

@@ -23,9 +23,9 @@ from native_megatron.data.manifest import DROPPED, PASSED
 from native_megatron.data.neardup.clusters import Decisions, build_clusters
 from native_megatron.data.neardup.merge import merge_buckets
 from native_megatron.data.neardup.signatures import write_signatures
-from native_megatron.data.neardup.store import StagesConfig, digest, is_done, make_key, read_json, write_done
+from native_megatron.data.neardup.store import StagesConfig, is_done, make_key, read_json, write_done
 from native_megatron.data.readers import RecordSkip, iter_records, parse_document
-from native_megatron.data.work import Lease
+from native_megatron.data.work import Lease, identity
 from native_megatron.utils.config import ConfigError
 from native_megatron.utils.io import atomic_open
 from native_megatron.utils.parallel import mp_context
@@ -95,7 +95,7 @@ def _kept_line(rec, doc) -> str:
 def run_filter(spec: InputSpec, run_dir: Path, task: int, num_tasks: int) -> dict:
     """Stage 4 for one task: its kept lines and its manifest rows."""
     done = run_dir / "manifest" / f"part-{task:05d}.done.json"
-    signature = digest({"clusters": read_json(run_dir / "clusters" / "DONE.json")["signature"],
+    signature = identity({"clusters": read_json(run_dir / "clusters" / "DONE.json")["signature"],
                         "task": task, "num_tasks": num_tasks})
     if is_done(done, signature):
         return {**read_json(done), "reused": True}

@@ -23,7 +23,6 @@ from native_megatron.data.neardup.store import (
     EXACT_DTYPE,
     band_path,
     config_signature,
-    digest,
     is_done,
     load_npy,
     make_key,
@@ -35,7 +34,7 @@ from native_megatron.data.neardup.store import (
     task_dir,
     write_done,
 )
-from native_megatron.data.work import Lease
+from native_megatron.data.work import Lease, identity
 from native_megatron.utils.config import ConfigError
 from native_megatron.utils.parallel import batched, ordered_map
 
@@ -68,7 +67,7 @@ def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 
 def _task_signature(config: DedupConfig, task: int, num_tasks: int) -> str:
-    return digest({"config": config_signature(config), "task": task, "num_tasks": num_tasks})
+    return identity({"config": config_signature(config), "task": task, "num_tasks": num_tasks})
 
 
 def write_fingerprints(task: int, num_tasks: int, items: Iterable[tuple], run_dir: str | Path,

@@ -18,8 +18,6 @@ marker exists, so a killed stage is rerun by redoing the units without one.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -76,10 +74,6 @@ def config_signature(config: DedupConfig) -> dict[str, Any]:
     return {"exact": config.exact, "near": config.near, "shingle_unit": config.shingle_unit,
             "shingle_size": config.shingle_size, "num_perm": config.num_perm, "seed": config.seed,
             "bands": bands, "rows": rows, "scheme": MINHASH_SCHEME}
-
-
-def digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
