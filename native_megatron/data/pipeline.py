@@ -397,54 +397,7 @@ def run_preprocess(cfg: PreprocessConfig, middle: MiddleStage | None = None) -> 
         tok_stats, token_manifests = _tokenize(cfg, prepare, shards, paths, tok)
         counts = _finish_manifest(paths, prepare, middle_manifests, token_manifests)
         elapsed = time.monotonic() - start
-        input_bytes = sum(os.path.getsize(f) for f in files if os.path.exists(f))
-        whole = stage == "all"
-        stats = {
-            "inputs": files,
-            "outputs": {"dataset": paths.dataset if tok_stats["documents"] else None, "manifest": paths.manifest,
-                        "config": paths.config},
-            "documents_in": prepare_stats["documents_in"],
-            "documents_by_status": counts["status"],
-            "dropped_by_reason": counts["reasons"],
-            "cleaning_steps": prepare_stats["cleaning_steps"],
-            # Pulled out of cleaning_steps: what the language identifier found, and the PII redacted per kind.
-            "languages": _prefixed(prepare_stats["cleaning_steps"], "language:"),
-            "pii_redacted": _prefixed(prepare_stats["cleaning_steps"], "pii:"),
-            "empty_files": prepare_stats["empty_files"],
-            "read_errors": prepare_stats["read_errors"],
-            "dedup": prepare_stats["dedup"],
-            "prepare_tasks": prepare_stats["tasks"],
-            "one_pass": prepare_stats["one_pass"],
-            "tokenizer": tok_stats["tokenizer"],
-            "documents_written": tok_stats["documents"],
-            "tokens_written": tok_stats["tokens"],
-            # Checked by the trainer against the model's vocabulary (training/data.py: check_data).
-            "max_token_id": tok_stats["max_token_id"],
-            "partitions": tok_stats["partitions"],
-            # What the trainer checks before it reads the dataset (training side): each file's size, and the
-            # index's checksum.
-            "dataset_files": dataset_files(paths.dataset) if tok_stats["documents"] else {},
-            # Everything that depends on the clock lives under "timing": the rest is
-            # identical between reruns of the same command.
-            "timing": {
-                "seconds_total": round(elapsed, 3),
-                # The stage this command ran ("all": the whole path; the rates below are over it).
-                "stage": stage,
-                "seconds_prepare": prepare_stats["seconds"],
-                "seconds_tokenize": tok_stats["seconds"],
-                "partitions_reused": tok_stats["partitions_reused"],
-                # Prepare tasks found finished (per step) and not redone; None: prepare ran earlier.
-                "prepare_reused": prepare_stats.get("reused"),
-                "workers": cfg.run.workers,
-                # Rates over the inputs only when this command read them (--stage tokenize did not: None).
-                "input_mb_per_second": round(input_bytes / 1e6 / elapsed, 3) if elapsed > 0 and whole else None,
-                "documents_per_second": round(prepare_stats["documents_in"] / elapsed, 1)
-                if elapsed > 0 and whole else None,
-                "tokens_per_second": round(tok_stats["tokens"] / elapsed, 1) if elapsed > 0 else None,
-                # One pass: tokenizing happened inside prepare; this counts the workers' tokenizer time.
-                "tokens_per_worker_second": tok_stats["tokens_per_worker_second"],
-            },
-        }
+        stats = _run_stats(cfg, paths, files, prepare_stats, tok_stats, counts, elapsed)
         if middle_stats is not None:
             stats["timing"][middle.name] = middle_stats.pop("timing")
             stats[middle.name] = middle_stats
@@ -453,6 +406,61 @@ def run_preprocess(cfg: PreprocessConfig, middle: MiddleStage | None = None) -> 
         raise RuntimeError("manifest does not account for every input document; this is a bug")
     if not stats["documents_written"]:
         raise _nothing_kept(stats["documents_in"], stats["dropped_by_reason"], paths.manifest)
+    return stats
+
+
+def _run_stats(cfg: PreprocessConfig, paths: Paths, files: list[str], prepare_stats: dict, tok_stats: dict,
+               counts: dict, elapsed: float) -> dict[str, Any]:
+    """The run's ``_stats.json``: counts, the tokenizer and dataset files, and (under ``timing``) the clock."""
+    stage = cfg.run.stage
+    input_bytes = sum(os.path.getsize(f) for f in files if os.path.exists(f))
+    whole = stage == "all"
+    stats = {
+        "inputs": files,
+        "outputs": {"dataset": paths.dataset if tok_stats["documents"] else None, "manifest": paths.manifest,
+                    "config": paths.config},
+        "documents_in": prepare_stats["documents_in"],
+        "documents_by_status": counts["status"],
+        "dropped_by_reason": counts["reasons"],
+        "cleaning_steps": prepare_stats["cleaning_steps"],
+        # Pulled out of cleaning_steps: what the language identifier found, and the PII redacted per kind.
+        "languages": _prefixed(prepare_stats["cleaning_steps"], "language:"),
+        "pii_redacted": _prefixed(prepare_stats["cleaning_steps"], "pii:"),
+        "empty_files": prepare_stats["empty_files"],
+        "read_errors": prepare_stats["read_errors"],
+        "dedup": prepare_stats["dedup"],
+        "prepare_tasks": prepare_stats["tasks"],
+        "one_pass": prepare_stats["one_pass"],
+        "tokenizer": tok_stats["tokenizer"],
+        "documents_written": tok_stats["documents"],
+        "tokens_written": tok_stats["tokens"],
+        # Checked by the trainer against the model's vocabulary (training/data.py: check_data).
+        "max_token_id": tok_stats["max_token_id"],
+        "partitions": tok_stats["partitions"],
+        # What the trainer checks before it reads the dataset (training side): each file's size, and the
+        # index's checksum.
+        "dataset_files": dataset_files(paths.dataset) if tok_stats["documents"] else {},
+        # Everything that depends on the clock lives under "timing": the rest is
+        # identical between reruns of the same command.
+        "timing": {
+            "seconds_total": round(elapsed, 3),
+            # The stage this command ran ("all": the whole path; the rates below are over it).
+            "stage": stage,
+            "seconds_prepare": prepare_stats["seconds"],
+            "seconds_tokenize": tok_stats["seconds"],
+            "partitions_reused": tok_stats["partitions_reused"],
+            # Prepare tasks found finished (per step) and not redone; None: prepare ran earlier.
+            "prepare_reused": prepare_stats.get("reused"),
+            "workers": cfg.run.workers,
+            # Rates over the inputs only when this command read them (--stage tokenize did not: None).
+            "input_mb_per_second": round(input_bytes / 1e6 / elapsed, 3) if elapsed > 0 and whole else None,
+            "documents_per_second": round(prepare_stats["documents_in"] / elapsed, 1)
+            if elapsed > 0 and whole else None,
+            "tokens_per_second": round(tok_stats["tokens"] / elapsed, 1) if elapsed > 0 else None,
+            # One pass: tokenizing happened inside prepare; this counts the workers' tokenizer time.
+            "tokens_per_worker_second": tok_stats["tokens_per_worker_second"],
+        },
+    }
     return stats
 
 
