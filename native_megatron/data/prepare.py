@@ -579,6 +579,16 @@ def run_prepare(settings: PrepareSettings, work_dir: Path, show_progress: bool =
 def collect(settings: PrepareSettings, work_dir: Path, verify: bool = True) -> PrepareResult:
     """The finished stage, from every task's markers; a ConfigError names unfinished tasks, a WorkError
     a file that is not what its step wrote (``verify=False``: the caller has just checked them)."""
+    clean, filtered = _finished_tasks(settings, work_dir, verify)
+    return PrepareResult(
+        shards=[s for f in filtered for s in f["shards"]],
+        partitions=[f["partition"] for f in filtered if f["partition"]],
+        manifests=[str(task_dir(work_dir, t) / "manifest.jsonl") for t in range(settings.tasks)],
+        stats=_prepare_stats(settings, work_dir, clean, filtered))
+
+
+def _finished_tasks(settings: PrepareSettings, work_dir: Path, verify: bool) -> tuple[list[dict], list[dict]]:
+    """Every task's clean and filter markers, or one line naming what is unfinished or damaged."""
     clean, filtered, missing = [], [], []
     try:
         clusters = _clusters_signature(settings, work_dir)
@@ -586,15 +596,12 @@ def collect(settings: PrepareSettings, work_dir: Path, verify: bool = True) -> P
     except ConfigError:     # no clusters step yet: no task can have filtered
         clusters, clustered = None, False
     for t in range(settings.tasks):
-        cm = clean_marker(settings, work_dir, t)
         # Clean's files were checked by the filter that read them (its identity holds their checksums).
-        c = cm.load(verify=False)
+        c = clean_marker(settings, work_dir, t).load(verify=False)
         fm = filter_marker(settings, work_dir, t, c, clusters) if c and clustered else None
         f = fm.load(verify) if fm is not None else None
-        for m in (cm, fm):
-            if m is not None and m.problem is not None:
-                step = "clean" if m is cm else "filter"
-                raise WorkError(f"{m.problem}: rerun --stage {step} (task {t}), or the whole command, to redo it")
+        if fm is not None and fm.problem is not None:
+            raise WorkError(f"{fm.problem}: rerun --stage filter (task {t}), or the whole command, to redo it")
         if c is None or f is None:
             missing.append(t)
         clean.append(c)
@@ -603,6 +610,11 @@ def collect(settings: PrepareSettings, work_dir: Path, verify: bool = True) -> P
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         raise ConfigError(f"prepare: {len(missing)} of {settings.tasks} tasks are unfinished ({shown}); "
                           f"run the remaining steps (--stage clean, merge, clusters, filter) first")
+    return clean, filtered
+
+
+def _prepare_stats(settings: PrepareSettings, work_dir: Path, clean: list[dict], filtered: list[dict]) -> dict:
+    """The stage's counts, summed over its tasks' markers."""
     reasons: Counter = Counter()
     steps: Counter = Counter()
     read_errors: dict = {}
@@ -637,11 +649,7 @@ def collect(settings: PrepareSettings, work_dir: Path, verify: bool = True) -> P
         stats["tokens"] = sum(f["tokens"] for f in filtered)
         stats["tokenize_seconds"] = round(sum(c["tokenize_seconds"] for c in clean), 3)
         stats["max_token_id"] = max((f["max_token_id"] for f in filtered), default=-1)
-    return PrepareResult(
-        shards=[s for f in filtered for s in f["shards"]],
-        partitions=[f["partition"] for f in filtered if f["partition"]],
-        manifests=[str(task_dir(work_dir, t) / "manifest.jsonl") for t in range(settings.tasks)],
-        stats=stats)
+    return stats
 
 
 def settings_digest(settings: PrepareSettings) -> dict:
