@@ -82,6 +82,9 @@ setup(
         "ftfy>=6.1",
         "pyarrow",
         "zstandard",
+        # Done-markers checksum every work file they vouch for (native_megatron/data/work.py): xxh3 reads at
+        # memory speed, where hashlib's blake2b would add minutes per pass over a 100M-document run.
+        "xxhash>=3.0",
         # megatron-core's checkpoint writer needs it and hangs (its writer process dies) without it.
         "psutil",
         "tensorboard",

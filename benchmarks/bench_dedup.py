@@ -22,10 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from native_megatron.data.dedup import DedupConfig, lsh_bands_rows, normalize_for_match
 
-from native_megatron.data.dedup import DedupConfig, lsh_bands_rows, normalize_for_match  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PY = sys.executable
 CLI = [PY, "-m", "native_megatron.cli.dedup"]

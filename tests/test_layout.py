@@ -137,3 +137,21 @@ def test_the_checks_see_a_cycle_a_lazy_import_and_a_relative_one():
         [("native_megatron.training.model", 4), ("native_megatron.training.trainer", 3)]
     assert layer_of("native_megatron.alignment.backends.hf") == "alignment"
     assert layer_of("native_megatron._C") == "ops"
+
+
+def test_no_script_edits_sys_path_and_the_data_benchmarks_start():
+    """Issue 28 item 18: scripts import the installed package (or PYTHONPATH), never a path they insert."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for path in sorted([*root.glob("benchmarks/*.py"), *root.glob("tools/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", "") == "sys":
+                offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not offenders
+    for script in ("bench_dedup.py", "bench_prepare_steps.py"):
+        out = subprocess.run([sys.executable, str(root / "benchmarks" / script), "--help"], capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0 and "usage:" in out.stdout, out.stderr[-2000:]

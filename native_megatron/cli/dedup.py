@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=["signatures", "merge", "clusters", "filter", "all"])
     p.add_argument("--input", nargs="+", default=[], metavar="FILE",
-                   help="JSONL (.gz/.zst) or Parquet files, directories or globs (signatures, filter, all)")
+                   help="JSONL (.gz/.bz2/.zst) or Parquet files, directories or globs (signatures, filter, all)")
     p.add_argument("--run-dir", required=True, help="where the stages write (shared by every task)")
     p.add_argument("--tasks", type=int, help="tasks in this stage (default: the SLURM array's size, else 1)")
     p.add_argument("--task", type=int, help="this task's index (default: SLURM_ARRAY_TASK_ID's index, else 0)")

@@ -16,6 +16,7 @@ key can be set as ``--section.key=value`` (e.g. ``--clean.remove_diacritics=true
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 
@@ -35,7 +36,8 @@ EXIT_STATUS = """exit status:
   0  done
   2  a setup mistake: one line, before any work
   3  the rewriter's backend does not answer; finished shards are kept: rerun the same command
-  4  less than rewrite.min_rewritten_fraction of the documents was rewritten; nothing tokenized, shards kept"""
+  4  less than rewrite.min_rewritten_fraction of the documents was rewritten; nothing tokenized, shards kept
+  5  the disk is full (or over quota); finished work is kept: free space and rerun the same command"""
 
 # The config sections set by --section.key=value: (dataclass, key prefix).
 SETTINGS = [(AlignedPreprocessConfig, "")]
@@ -45,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog=EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", metavar="FILE", help="JSONL (.gz/.zst) or Parquet files, directories or globs")
+    p.add_argument("--input", nargs="+", metavar="FILE",
+                   help="JSONL (.gz/.bz2/.zst) or Parquet files, directories or globs")
     p.add_argument("--output-prefix", metavar="PREFIX", help="write PREFIX_text_document.bin/.idx, manifest and stats")
     p.add_argument("--tokenizer", metavar="PATH", help="sentencepiece .model, tokenizer.json, or a model directory")
     p.add_argument("--rewrite", choices=["none", "vllm", "openai", "hf"],
@@ -90,8 +93,25 @@ def config_from_args(argv: list[str]) -> tuple[AlignedPreprocessConfig, argparse
     return cfg, args
 
 
-# The exit status of each failure the user can act on (EXIT_STATUS); a ConfigError is 2.
-EXIT_CODES = {(InputError, TokenizerError, PermissionError): 2, BackendUnavailable: 3, TooFewRewritten: 4}
+class DiskFull(Exception):
+    """A write failed for want of space: one line naming the file."""
+
+
+# The exit status of each failure the user can act on (EXIT_STATUS); a ConfigError (damaged work, a lost
+# lease too) is 2.
+EXIT_CODES = {(InputError, TokenizerError, PermissionError): 2, BackendUnavailable: 3, TooFewRewritten: 4,
+              DiskFull: 5}
+
+
+def _run(cfg: AlignedPreprocessConfig) -> dict:
+    try:
+        return run_preprocess_aligned(cfg)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else f" under {cfg.output.prefix}"
+        raise DiskFull(f"no space left on the device{where} ({exc.strerror}); finished work is kept: free "
+                       f"space and rerun the same command") from None
 
 
 @cli_main(exit_codes=EXIT_CODES)
@@ -99,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, args = config_from_args(sys.argv[1:] if argv is None else argv)
     if args.print_config:
         return print_config(cfg)
-    stats = run_preprocess_aligned(cfg)
+    stats = _run(cfg)
     if "prepare_step" in stats:
         step = stats["prepare_step"]
         which = "every task" if step["task"] is None else f"task {step['task']}"

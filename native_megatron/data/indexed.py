@@ -9,8 +9,8 @@ Per worker, the fast path encodes a batch of documents in one tokenizer call
 that returns arrays (no Python int per token) and hands each document to the
 builder as an array of the file's dtype already.
 
-A partition is a :class:`~native_megatron.data.tasks.ShardTask`: complete when
-its ``.done.json`` (written last) carries its signature, so a
+A partition is a unit of work (:mod:`native_megatron.data.work`): complete when
+its ``.done.json`` (written last) carries its identity and its files check, so a
 killed run resumes by redoing only the unfinished partitions, after removing
 the half-written ``.tmp{PID}`` files its killed writers left.
 """
@@ -21,6 +21,7 @@ import glob
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,8 +30,9 @@ from typing import Any, Iterable
 import numpy as np
 
 from native_megatron.data.shards import read_shard_texts
-from native_megatron.data.tasks import ShardTask, publish, remove_stale_temp_files, temp_prefix
+from native_megatron.data.tasks import publish, remove_stale_temp_files, temp_prefix
 from native_megatron.data.tokenizer import Tokenizer, load_tokenizer
+from native_megatron.data.work import Marker, identity, run_unit
 from native_megatron.utils.io import Progress, atomic_open
 from native_megatron.utils.logging import quiet_third_party
 from native_megatron.utils.parallel import batched, ordered_map
@@ -69,7 +71,15 @@ def preload_writer() -> None:
     _builder_cls()
 
 
+_WRITER_MODULE = "megatron.core.datasets.indexed_dataset"
+
+
 def _builder_cls():
+    """megatron-core's builder. Its package imports torch and megatron.core's model-parallel modules first
+    (about 4 s, 20 s on a loaded node), which a process pays once: say so rather than seem stuck."""
+    if _WRITER_MODULE not in sys.modules:
+        logger.info("loading megatron-core's indexed dataset writer (imports torch and megatron.core: a few "
+                    "seconds, once per process)")
     quiet_third_party()
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
@@ -88,10 +98,11 @@ def _tokenizer(settings: TokenizeSettings) -> Tokenizer:
     return _TOKENIZERS[key]
 
 
-def _part_signature(shard: str, settings: TokenizeSettings, tok: Tokenizer) -> dict:
+def _part_identity(shard: str, settings: TokenizeSettings, tok: Tokenizer) -> str:
     st = os.stat(shard)
-    return {"shard": os.path.abspath(shard), "shard_bytes": st.st_size, "shard_mtime_ns": st.st_mtime_ns,
-            "tokenizer": tok.describe(), "append_eod": settings.append_eod, "add_bos": settings.add_bos}
+    return identity({"step": "tokenize", "shard": os.path.abspath(shard), "shard_bytes": st.st_size,
+                     "shard_mtime_ns": st.st_mtime_ns, "tokenizer": tok.identity(), "append_eod": settings.append_eod,
+                     "add_bos": settings.add_bos})
 
 
 class DocumentEncoder:
@@ -135,24 +146,27 @@ def write_partition(documents: Iterable[tuple[dict, np.ndarray]], part_prefix: s
 
 
 def tokenize_shard(task: tuple[str, str, TokenizeSettings]) -> PartResult:
-    """Tokenize one shard into partition ``part_prefix`` (.bin/.idx/.manifest.jsonl/.done.json)."""
+    """Tokenize one shard into partition ``part_prefix`` (.bin/.idx/.manifest.jsonl), a unit of work whose
+    marker (``.done.json``) records those files."""
     shard, part_prefix, settings = task
     tok = _tokenizer(settings)
-    task = ShardTask(Path(part_prefix + ".done.json"), {"signature": _part_signature(shard, settings, tok)})
-    done = task.load_done()
-    if done is not None and "max_id" in done:
-        return PartResult(part_prefix, done["documents"], done["tokens"], 0.0, reused=True, max_id=done["max_id"])
-    start = time.monotonic()
-    encoder = DocumentEncoder(settings)
+    marker = Marker(Path(part_prefix + ".done.json"), {"identity": _part_identity(shard, settings, tok)})
 
-    def documents():
-        for batch in batched(read_shard_texts(shard), settings.batch_size):
-            yield from zip(batch, encoder.encode([r["text"] for r in batch]))
+    def work() -> tuple[dict, list]:
+        start = time.monotonic()
+        encoder = DocumentEncoder(settings)
 
-    result = write_partition(documents(), part_prefix, encoder.dtype)
-    seconds = time.monotonic() - start
-    task.mark_done({**result, "seconds": round(seconds, 3)})
-    return PartResult(part_prefix, result["documents"], result["tokens"], seconds, max_id=result["max_id"])
+        def documents():
+            for batch in batched(read_shard_texts(shard), settings.batch_size):
+                yield from zip(batch, encoder.encode([r["text"] for r in batch]))
+
+        result = write_partition(documents(), part_prefix, encoder.dtype)
+        result["seconds"] = round(time.monotonic() - start, 3)
+        return result, [part_prefix + suffix for suffix in (".bin", ".idx", ".manifest.jsonl")]
+
+    done = run_unit(marker, work)
+    return PartResult(part_prefix, done["documents"], done["tokens"], 0.0 if done["reused"] else done["seconds"],
+                      reused=done["reused"], max_id=done["max_id"])
 
 
 def _assemble(ids: np.ndarray, prefix: list[int], suffix: list[int], dtype) -> np.ndarray:

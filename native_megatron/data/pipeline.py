@@ -26,7 +26,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -46,6 +46,7 @@ from native_megatron.data.prepare import (
     PrepareSettings,
     collect,
     plan_path,
+    read_plan,
     run_prepare,
     run_step,
     settings_digest,
@@ -53,8 +54,9 @@ from native_megatron.data.prepare import (
 from native_megatron.data.readers import InputError, check_text_key, expand_inputs
 from native_megatron.data.tasks import StageResult
 from native_megatron.data.tokenizer import load_tokenizer
+from native_megatron.data.work import Lease
 from native_megatron.utils.config import ConfigError, dump_yaml
-from native_megatron.utils.io import atomic_open, atomic_write_json, check_writable_dir, read_json
+from native_megatron.utils.io import atomic_open, atomic_write_json, check_writable_dir
 from native_megatron.utils.slurm import work_share
 
 logger = logging.getLogger(__name__)
@@ -158,17 +160,14 @@ class Paths:
 AUTO_TASK_BYTES = 256 << 20
 
 
-def _input_fingerprint(files: list[str], settings: PrepareSettings, one_pass: bool, tokenizer: dict) -> str:
+def _input_fingerprint(files: list[str], settings: PrepareSettings, one_pass: bool) -> str:
+    """The identity of the prepare work: each input (path, size, modification time) and every setting
+    its output depends on (the tokenizer's content too, when tokenizing happens in prepare)."""
     h = hashlib.sha256()
     for f in files:
         st = os.stat(f)
         h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     digest = settings_digest(settings)
-    digest["tokenize"] = asdict(settings.tokenize) if settings.tokenize is not None else None
-    if settings.tokenize is not None:
-        for key in ("workers", "batch_size"):   # how fast, not what
-            digest["tokenize"].pop(key)
-        digest["tokenizer"] = tokenizer
     digest["one_pass"] = one_pass
     h.update(json.dumps(digest, sort_keys=True).encode())
     return h.hexdigest()
@@ -200,19 +199,19 @@ def _tokenize_settings(cfg: PreprocessConfig) -> TokenizeSettings:
                             cfg.tokenize.add_bos, cfg.tokenize.batch_size, cfg.run.workers)
 
 
-def _settings(cfg: PreprocessConfig, files: list[str], tasks: int, one_pass: bool,
+def _settings(cfg: PreprocessConfig, files: list[str], tasks: int, one_pass: bool, tokenizer: dict,
               fingerprint: str = "") -> PrepareSettings:
     return PrepareSettings(files, cfg.input.text_key, cfg.input.id_key, cfg.clean, cfg.dedup,
                            cfg.output.shard_size, cfg.run.workers, url_key=cfg.input.url_key or None,
                            tasks=tasks, tokenize=_tokenize_settings(cfg) if one_pass else None,
-                           fingerprint=fingerprint)
+                           fingerprint=fingerprint, tokenizer=tokenizer if one_pass else None)
 
 
 def _check_work_dir(paths: Paths, settings: PrepareSettings) -> None:
     """Refuse a work directory made from other inputs, settings or task count (one line)."""
     plan = plan_path(paths.prepare)
     if plan.exists():
-        made = read_json(plan)
+        made = read_plan(plan)
         if made.get("fingerprint") == settings.fingerprint and made.get("tasks") == settings.tasks:
             return
         what = (f"split into {made.get('tasks')} tasks (this command: {settings.tasks}; pass "
@@ -233,19 +232,19 @@ def _prepare_settings(cfg: PreprocessConfig, paths: Paths, one_pass: bool, array
     if cfg.run.stage in ("all", "prepare", "clean"):
         files = expand_inputs(cfg.input.paths)
         check_text_key(files, cfg.input.text_key)
-        settings = _settings(cfg, files, _task_count(cfg, files, array_count), one_pass)
-        settings.fingerprint = _input_fingerprint(files, settings, one_pass, tokenizer)
+        settings = _settings(cfg, files, _task_count(cfg, files, array_count), one_pass, tokenizer)
+        settings.fingerprint = _input_fingerprint(files, settings, one_pass)
         _check_work_dir(paths, settings)
         return settings
     plan = plan_path(paths.prepare)
     if not plan.exists():
         raise ConfigError(f"{paths.prepare} has no prepare plan; run --stage prepare (or clean) first")
-    made = read_json(plan)
+    made = read_plan(plan)
     files = made["files"]
-    settings = _settings(cfg, files, made["tasks"], one_pass, made["fingerprint"])
+    settings = _settings(cfg, files, made["tasks"], one_pass, tokenizer, made["fingerprint"])
     changed = _changed_keys(made.get("settings", {}), settings_digest(settings))
     if changed:
-        shown = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
+        shown = "; ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
         raise ConfigError(f"{paths.prepare} was prepared with other settings ({shown}); give every step the "
                           f"same settings, or run prepare again (--overwrite)")
     if made.get("one_pass") != one_pass:
@@ -257,14 +256,19 @@ def _prepare_settings(cfg: PreprocessConfig, paths: Paths, one_pass: bool, array
 
 
 def _changed_keys(made: dict, now: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two settings digests."""
+    """``key: earlier value -> this command's value`` for each dotted key that differs between two
+    settings digests."""
+    def shown(value: Any) -> str:
+        text = json.dumps(value, ensure_ascii=False)
+        return text if len(text) <= 70 else text[:67] + "..."
+
     out = []
     for key in sorted(set(made) | set(now)):
         a, b = made.get(key), now.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _changed_keys(a, b, f"{prefix}{key}.")
         elif a != b:
-            out.append(f"{prefix}{key}")
+            out.append(f"{prefix}{key}: {shown(a)} -> {shown(b)}")
     return out
 
 
@@ -352,7 +356,7 @@ def run_preprocess(cfg: PreprocessConfig, middle: MiddleStage | None = None) -> 
     if cfg.output.overwrite and stage in ("all", "prepare", "clean"):
         shutil.rmtree(paths.work, ignore_errors=True)
     settings = _prepare_settings(cfg, paths, one_pass=middle is None, array_count=share[1],
-                                 tokenizer=tok.describe())
+                                 tokenizer=tok.identity())
     check_writable_dir(Path(paths.prefix).parent)
     files = settings.files
     dump_yaml(cfg, paths.config)
@@ -387,10 +391,30 @@ def run_preprocess(cfg: PreprocessConfig, middle: MiddleStage | None = None) -> 
                               f"--stage tokenize")
         shards, middle_manifests = result.shards, result.manifests
 
-    tok_stats, token_manifests = _tokenize(cfg, prepare, shards, paths, tok)
-    counts = _finish_manifest(paths, prepare, middle_manifests, token_manifests)
-    elapsed = time.monotonic() - start
+    # The dataset, manifest and stats are written by one process at a time: the same command started
+    # twice would otherwise replace the files the other is reading back.
+    with Lease(paths.work / "publish.lease"):
+        tok_stats, token_manifests = _tokenize(cfg, prepare, shards, paths, tok)
+        counts = _finish_manifest(paths, prepare, middle_manifests, token_manifests)
+        elapsed = time.monotonic() - start
+        stats = _run_stats(cfg, paths, files, prepare_stats, tok_stats, counts, elapsed)
+        if middle_stats is not None:
+            stats["timing"][middle.name] = middle_stats.pop("timing")
+            stats[middle.name] = middle_stats
+        atomic_write_json(paths.stats, stats)
+    if sum(stats["documents_by_status"].values()) != stats["documents_in"]:
+        raise RuntimeError("manifest does not account for every input document; this is a bug")
+    if not stats["documents_written"]:
+        raise _nothing_kept(stats["documents_in"], stats["dropped_by_reason"], paths.manifest)
+    return stats
+
+
+def _run_stats(cfg: PreprocessConfig, paths: Paths, files: list[str], prepare_stats: dict, tok_stats: dict,
+               counts: dict, elapsed: float) -> dict[str, Any]:
+    """The run's ``_stats.json``: counts, the tokenizer and dataset files, and (under ``timing``) the clock."""
+    stage = cfg.run.stage
     input_bytes = sum(os.path.getsize(f) for f in files if os.path.exists(f))
+    whole = stage == "all"
     stats = {
         "inputs": files,
         "outputs": {"dataset": paths.dataset if tok_stats["documents"] else None, "manifest": paths.manifest,
@@ -413,32 +437,38 @@ def run_preprocess(cfg: PreprocessConfig, middle: MiddleStage | None = None) -> 
         # Checked by the trainer against the model's vocabulary (training/data.py: check_data).
         "max_token_id": tok_stats["max_token_id"],
         "partitions": tok_stats["partitions"],
+        # What the trainer checks before it reads the dataset (training side): each file's size, and the
+        # index's checksum.
+        "dataset_files": dataset_files(paths.dataset) if tok_stats["documents"] else {},
         # Everything that depends on the clock lives under "timing": the rest is
         # identical between reruns of the same command.
         "timing": {
             "seconds_total": round(elapsed, 3),
+            # The stage this command ran ("all": the whole path; the rates below are over it).
+            "stage": stage,
             "seconds_prepare": prepare_stats["seconds"],
             "seconds_tokenize": tok_stats["seconds"],
             "partitions_reused": tok_stats["partitions_reused"],
             # Prepare tasks found finished (per step) and not redone; None: prepare ran earlier.
             "prepare_reused": prepare_stats.get("reused"),
             "workers": cfg.run.workers,
-            "input_mb_per_second": round(input_bytes / 1e6 / elapsed, 3) if elapsed > 0 else None,
-            "documents_per_second": round(prepare_stats["documents_in"] / elapsed, 1) if elapsed > 0 else None,
+            # Rates over the inputs only when this command read them (--stage tokenize did not: None).
+            "input_mb_per_second": round(input_bytes / 1e6 / elapsed, 3) if elapsed > 0 and whole else None,
+            "documents_per_second": round(prepare_stats["documents_in"] / elapsed, 1)
+            if elapsed > 0 and whole else None,
             "tokens_per_second": round(tok_stats["tokens"] / elapsed, 1) if elapsed > 0 else None,
             # One pass: tokenizing happened inside prepare; this counts the workers' tokenizer time.
             "tokens_per_worker_second": tok_stats["tokens_per_worker_second"],
         },
     }
-    if middle_stats is not None:
-        stats["timing"][middle.name] = middle_stats.pop("timing")
-        stats[middle.name] = middle_stats
-    atomic_write_json(paths.stats, stats)
-    if sum(stats["documents_by_status"].values()) != stats["documents_in"]:
-        raise RuntimeError("manifest does not account for every input document; this is a bug")
-    if not stats["documents_written"]:
-        raise _nothing_kept(stats["documents_in"], stats["dropped_by_reason"], paths.manifest)
     return stats
+
+
+def dataset_files(prefix: str) -> dict[str, dict]:
+    """``{basename: {bin_bytes, idx_bytes, idx_blake2b}}`` of the dataset written at ``prefix``."""
+    idx = Path(prefix + ".idx").read_bytes()
+    return {os.path.basename(prefix): {"bin_bytes": os.path.getsize(prefix + ".bin"), "idx_bytes": len(idx),
+                                       "idx_blake2b": hashlib.blake2b(idx).hexdigest()}}
 
 
 def _prefixed(counts: dict[str, int], prefix: str) -> dict[str, int]:
@@ -455,6 +485,15 @@ def _rate(per_second: float | None) -> str:
     """A rate with the digits that matter: a small run's 0.4 docs/s is not '0 docs/s'."""
     x = per_second or 0.0
     return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 1 else f"{x:.2f}"
+
+
+def _time_line(t: dict[str, Any]) -> str:
+    """The time of this command; a rate per document only when it read the documents (not a lone tokenize)."""
+    if t.get("stage", "all") != "all":
+        return (f"time:      {t['seconds_total']:.1f}s for --stage {t['stage']} alone, "
+                f"{_rate(t['tokens_per_second'])} tokens/s")
+    return (f"time:      {t['seconds_total']:.1f}s, {_rate(t['documents_per_second'])} docs/s, "
+            f"{_rate(t['tokens_per_second'])} tokens/s")
 
 
 def format_summary(stats: dict[str, Any], middle: MiddleStage | None = None) -> str:
@@ -475,8 +514,7 @@ def format_summary(stats: dict[str, Any], middle: MiddleStage | None = None) -> 
     lines += [
         f"tokens:    {stats['tokens_written']:,} ({stats['tokenizer']['dtype']}, vocab "
         f"{stats['tokenizer']['vocab_size']:,}) in {stats['partitions']} partition(s)",
-        f"time:      {t['seconds_total']:.1f}s, {_rate(t['documents_per_second'])} docs/s, "
-        f"{_rate(t['tokens_per_second'])} tokens/s",
+        _time_line(t),
         f"dataset:   {stats['outputs']['dataset']}.bin/.idx",
         f"manifest:  {stats['outputs']['manifest']}",
     ]

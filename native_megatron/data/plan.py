@@ -87,6 +87,3 @@ def plan_tasks(files: list[str], tasks: int) -> list[list[InputPiece]]:
         offset += size
     return out
 
-
-def pieces_from_json(rows: list[dict]) -> list[InputPiece]:
-    return [InputPiece(**r) for r in rows]

@@ -51,7 +51,8 @@ from native_megatron.data.manifest import DROPPED, PASSED, ManifestWriter, read_
 from native_megatron.data.plan import plan_tasks
 from native_megatron.data.readers import InputPiece, RawRecord, RecordSkip, iter_pieces, parse_document
 from native_megatron.data.shards import ShardWriter, read_shard_texts
-from native_megatron.data.tasks import ShardTask, remove_stale_temp_files
+from native_megatron.data.tasks import remove_stale_temp_files
+from native_megatron.data.work import Marker, WorkError, identity, run_unit
 from native_megatron.utils.config import ConfigError
 from native_megatron.utils.io import Progress, atomic_open, atomic_write_json, read_json
 from native_megatron.utils.parallel import batched, ordered_map
@@ -78,6 +79,8 @@ class PrepareSettings:
     tokenize: TokenizeSettings | None = None
     # What the work was made from (inputs and settings); a task's done marker carries it.
     fingerprint: str = ""
+    # With tokenize: the tokenizer's identity (content hash, vocabulary size, token width, special ids).
+    tokenizer: dict | None = None
 
     def __post_init__(self) -> None:
         if self.tasks < 1:
@@ -113,13 +116,25 @@ def plan_path(work_dir: Path) -> Path:
     return Path(work_dir) / "plan.json"
 
 
+def read_plan(path: Path) -> dict:
+    """``plan.json``, or one line saying it is damaged."""
+    try:
+        made = read_json(path)
+    except (ValueError, UnicodeDecodeError):
+        made = None
+    if not isinstance(made, dict) or not {"fingerprint", "tasks", "files", "pieces"} <= set(made):
+        raise WorkError(f"{path} is damaged; pass --overwrite to redo the preprocessing (its work cannot be "
+                        f"trusted without it)")
+    return made
+
+
 def load_plan(settings: PrepareSettings, work_dir: Path) -> list[list[InputPiece]]:
     """The task slices: read from ``plan.json``, or computed and written (identically by any task),
     with the inputs, their fingerprint and whether tokenizing happens here (``one_pass``)."""
     path = plan_path(work_dir)
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     if path.exists():
-        plan = read_json(path)
+        plan = read_plan(path)
         if plan.get("fingerprint") == settings.fingerprint and plan.get("tasks") == settings.tasks:
             return [[InputPiece(**p) for p in task] for task in plan["pieces"]]
         raise ConfigError(f"{path} was written for other inputs, settings or task count; start over with "
@@ -212,91 +227,133 @@ class SkipLog:
             logger.warning("further '%s' skips are not logged; the manifest lists every one", reason)
 
 
-def _step(work_dir: Path, task: int, step: str, settings: PrepareSettings, **extra) -> ShardTask:
-    signature = {"fingerprint": settings.fingerprint, "task": task, "tasks": settings.tasks, **extra}
-    return ShardTask(task_dir(work_dir, task) / f"{step}.json", signature)
+CLEAN_OUTPUTS = ("clean.manifest.jsonl", "candidates.jsonl", "candidates.tokens", "candidates.lengths.npy")
+FILTER_OUTPUTS = ("manifest.jsonl", "part.bin", "part.idx", "part.manifest.jsonl")
 
 
-def clean_task(settings: PrepareSettings, work_dir: Path, task: int, show_progress: bool = True) -> dict:
-    """Step 1 for one task; a finished task is not redone."""
-    marker = _step(work_dir, task, "clean", settings)
-    done = marker.load_done()
-    if done is not None:
-        return {**done, "reused": True}
-    from native_megatron.data.neardup import make_key, write_fingerprints
+def clean_marker(settings: PrepareSettings, work_dir: Path, task: int) -> Marker:
+    """The clean step's marker for ``task``: its identity is the run's fingerprint and the task's place."""
+    return Marker(task_dir(work_dir, task) / "clean.json",
+                  {"identity": identity({"step": "clean", "fingerprint": settings.fingerprint, "task": task,
+                                         "tasks": settings.tasks})})
+
+
+def _clean_files(settings: PrepareSettings, work_dir: Path, task: int) -> list[Path]:
+    """What the clean step of ``task`` wrote: its candidates, and its dedup signature files."""
+    tdir = task_dir(work_dir, task)
+    files = [tdir / name for name in CLEAN_OUTPUTS]
+    if dedup_enabled(settings.dedup):
+        from native_megatron.data.neardup.store import task_dir as signatures_dir
+
+        sdir = signatures_dir(dedup_dir(work_dir), task)
+        files += sorted(p for p in sdir.iterdir() if not p.name.startswith(".") and p.name != "DONE.json")
+    return files
+
+
+def _remove_clean_temporaries(settings: PrepareSettings, work_dir: Path, task: int) -> None:
+    """What an earlier, dead holder of this clean unit left half-written (called under its lease)."""
     from native_megatron.data.neardup.store import remove_stale_temporaries
     from native_megatron.data.neardup.store import task_dir as signatures_dir
 
-    pieces = load_plan(settings, work_dir)[task]
     tdir = task_dir(work_dir, task)
     tdir.mkdir(parents=True, exist_ok=True)
-    # What was made from an earlier attempt's candidates is made again from these.
-    (tdir / "filter.json").unlink(missing_ok=True)
-    remove_stale_temporaries(tdir)
+    for name in CLEAN_OUTPUTS:
+        remove_stale_temporaries(tdir, name)
+    if dedup_enabled(settings.dedup):
+        sdir = signatures_dir(dedup_dir(work_dir), task)
+        remove_stale_temporaries(sdir)
+        # A marker left by an earlier attempt must not stand for the signatures written now.
+        (sdir / "DONE.json").unlink(missing_ok=True)
+
+
+def clean_task(settings: PrepareSettings, work_dir: Path, task: int, show_progress: bool = True) -> dict:
+    """Step 1 for one task, under its lease; a finished task whose files check is not redone."""
+    marker = clean_marker(settings, work_dir, task)
+    return run_unit(marker, lambda: _clean(settings, work_dir, task, show_progress),
+                    cleanup=lambda: _remove_clean_temporaries(settings, work_dir, task))
+
+
+def _clean(settings: PrepareSettings, work_dir: Path, task: int, show_progress: bool) -> tuple[dict, list]:
+    from native_megatron.data.neardup import write_fingerprints
+
+    pieces = load_plan(settings, work_dir)[task]
+    tdir = task_dir(work_dir, task)
     start = time.monotonic()
     read_stats: dict[str, Any] = {}
     records = iter_pieces(pieces, settings.text_key, settings.id_key, read_stats, settings.url_key)
-    clean_counts: Counter = Counter()
-    skips = SkipLog()
-    lengths = array.array("q")
-    one_pass = settings.tokenize is not None
-    tokenize_seconds = 0.0
+    writer = _CandidateWriter(settings)
     with atomic_open(tdir / "clean.manifest.jsonl", "w") as mf, \
             atomic_open(tdir / "candidates.jsonl", "w") as cf, \
             atomic_open(tdir / "candidates.tokens", "wb") as tf, \
             Progress(None, f"clean {task + 1}/{settings.tasks}" if settings.tasks > 1 else "prepare",
                      enabled=show_progress) as bar:
-        manifest = ManifestWriter(mf)
-
-        def fingerprints() -> Iterator[tuple[int, str, Fingerprint]]:
-            """Clean the slice, writing the manifest and candidates; yields the candidates' fingerprints,
-            so that the signatures are built as documents arrive and no list of them is held."""
-            nonlocal tokenize_seconds
-            results = ordered_map(_process_chunk, batched(records, CHUNK_RECORDS), settings.workers,
-                                  initializer=_init_worker, initargs=(settings,))
-            for outcomes, counts, seconds in results:
-                clean_counts.update(counts)
-                tokenize_seconds += seconds
-                for o in outcomes:
-                    row = {"id": o.doc_id, "file": settings.files[o.file], "line": o.line}
-                    if o.reason is not None:
-                        row.update(status=DROPPED, reason=o.reason)
-                        if o.detail:
-                            row["detail"] = o.detail
-                        skips.log(row)
-                    else:
-                        row["status"] = PASSED
-                        key = make_key(o.file, o.line)
-                        candidate = {"key": key, "id": o.doc_id, "file": row["file"], "line": o.line,
-                                     "chars": len(o.text)}
-                        if one_pass:
-                            tf.write(o.tokens.tobytes())
-                            lengths.append(o.tokens.size)
-                        else:
-                            candidate["text"] = o.text
-                        cf.write(json.dumps(candidate, ensure_ascii=False) + "\n")
-                        if o.fp is not None:
-                            yield key, o.doc_id, o.fp
-                    if o.language is not None:
-                        row.update(language=o.language.language, language_score=o.language.score)
-                    manifest.write(row)
-                bar.update(len(outcomes))
-
+        fingerprints = writer.run(records, ManifestWriter(mf), cf, tf, bar)
         if dedup_enabled(settings.dedup):
-            # A marker left by a killed earlier attempt must not stand for these signatures.
-            (signatures_dir(dedup_dir(work_dir), task) / "DONE.json").unlink(missing_ok=True)
-            write_fingerprints(task, settings.tasks, fingerprints(), dedup_dir(work_dir), settings.dedup)
+            write_fingerprints(task, settings.tasks, fingerprints, dedup_dir(work_dir), settings.dedup)
         else:
-            for _ in fingerprints():
+            for _ in fingerprints:
                 pass
     with atomic_open(tdir / "candidates.lengths.npy", "wb") as f:
-        np.save(f, np.frombuffer(lengths, dtype=np.int64), allow_pickle=False)
+        np.save(f, np.frombuffer(writer.lengths, dtype=np.int64), allow_pickle=False)
+    manifest = writer.manifest
     result = {"documents_in": sum(manifest.status.values()), "candidates": manifest.status[PASSED],
               "dropped_by_reason": dict(sorted(manifest.reasons.items())),
-              "cleaning_steps": dict(sorted(clean_counts.items())),
+              "cleaning_steps": dict(sorted(writer.clean_counts.items())),
               "empty_files": read_stats.get("empty_files", []), "read_errors": read_stats.get("read_errors", {}),
-              "tokenize_seconds": round(tokenize_seconds, 3), "seconds": round(time.monotonic() - start, 3)}
-    return {**marker.mark_done(result), "reused": False}
+              # The token width of candidates.tokens: the filter reads them with it, whatever it is given.
+              "token_dtype": writer.dtype, "tokenize_seconds": round(writer.tokenize_seconds, 3),
+              "seconds": round(time.monotonic() - start, 3)}
+    return result, _clean_files(settings, work_dir, task)
+
+
+class _CandidateWriter:
+    """The clean step's loop: outcomes of the workers -> manifest rows, candidates and (one pass) tokens."""
+
+    def __init__(self, settings: PrepareSettings) -> None:
+        self.settings = settings
+        self.clean_counts: Counter = Counter()
+        self.skips = SkipLog()
+        self.lengths = array.array("q")
+        self.tokenize_seconds = 0.0
+        self.dtype = None if settings.tokenize is None else np.dtype(DocumentEncoder.dtype_of(settings.tokenize)).name
+        self.manifest: ManifestWriter | None = None
+
+    def run(self, records, manifest: ManifestWriter, cf, tf, bar) -> Iterator[tuple[int, str, Fingerprint]]:
+        """Clean the slice, writing the manifest and candidates; yields the candidates' fingerprints,
+        so that the signatures are built as documents arrive and no list of them is held."""
+        from native_megatron.data.neardup import make_key
+
+        s = self.settings
+        self.manifest = manifest
+        results = ordered_map(_process_chunk, batched(records, CHUNK_RECORDS), s.workers,
+                              initializer=_init_worker, initargs=(s,))
+        for outcomes, counts, seconds in results:
+            self.clean_counts.update(counts)
+            self.tokenize_seconds += seconds
+            for o in outcomes:
+                row = {"id": o.doc_id, "file": s.files[o.file], "line": o.line}
+                if o.reason is not None:
+                    row.update(status=DROPPED, reason=o.reason)
+                    if o.detail:
+                        row["detail"] = o.detail
+                    self.skips.log(row)
+                else:
+                    row["status"] = PASSED
+                    key = make_key(o.file, o.line)
+                    candidate = {"key": key, "id": o.doc_id, "file": row["file"], "line": o.line,
+                                 "chars": len(o.text)}
+                    if s.tokenize is not None:
+                        tf.write(o.tokens.tobytes())
+                        self.lengths.append(o.tokens.size)
+                    else:
+                        candidate["text"] = o.text
+                    cf.write(json.dumps(candidate, ensure_ascii=False) + "\n")
+                    if o.fp is not None:
+                        yield key, o.doc_id, o.fp
+                if o.language is not None:
+                    row.update(language=o.language.language, language_score=o.language.score)
+                manifest.write(row)
+            bar.update(len(outcomes))
 
 
 # ---- steps 2 and 3: merge and clusters ------------------------------------------------
@@ -346,19 +403,47 @@ def _clusters_signature(settings: PrepareSettings, work_dir: Path) -> str | None
 # ---- step 4: filter ------------------------------------------------------------------
 
 
+def filter_marker(settings: PrepareSettings, work_dir: Path, task: int, clean: dict, clusters: str | None) -> Marker:
+    """The filter step's marker: its identity covers the clean unit it reads (and that unit's files)
+    and the clusters it applies."""
+    return Marker(task_dir(work_dir, task) / "filter.json",
+                  {"identity": identity({"step": "filter", "clean": clean["identity"], "clean_files": clean["files"],
+                                         "clusters": clusters})})
+
+
+def finished_clean(settings: PrepareSettings, work_dir: Path, task: int, verify: bool = True) -> dict:
+    """The clean unit the filter of ``task`` reads; a WorkError when it is unfinished or its files changed."""
+    marker = clean_marker(settings, work_dir, task)
+    done = marker.load(verify)
+    if done is None:
+        if marker.problem is not None:
+            raise WorkError(f"{marker.problem}: rerun --stage clean (task {task}) to redo it")
+        raise WorkError(f"prepare task {task}: its clean step has not finished; run --stage clean first")
+    return done
+
+
 def filter_task(settings: PrepareSettings, work_dir: Path, task: int) -> dict:
-    """Step 4 for one task: its kept documents (shards or a token partition) and final manifest rows."""
-    if not _step(work_dir, task, "clean", settings).done():
-        raise ConfigError(f"prepare task {task}: its clean step has not finished; run --stage clean first")
-    marker = _step(work_dir, task, "filter", settings, clusters=_clusters_signature(settings, work_dir))
-    done = marker.load_done()
-    if done is not None:
-        return {**done, "reused": True}
+    """Step 4 for one task, under its lease: its kept documents (shards or a token partition) and final
+    manifest rows."""
+    clean = finished_clean(settings, work_dir, task)
+    marker = filter_marker(settings, work_dir, task, clean, _clusters_signature(settings, work_dir))
+    tdir = task_dir(work_dir, task)
+
+    def cleanup() -> None:
+        for old in tdir.glob("shard-*.jsonl"):
+            old.unlink()
+        remove_stale_temp_files(tdir, "part")
+        from native_megatron.data.neardup.store import remove_stale_temporaries
+
+        for name in ("manifest.jsonl", "part.manifest.jsonl", "shard-*.jsonl"):
+            remove_stale_temporaries(tdir, name)
+
+    return run_unit(marker, lambda: _filter(settings, work_dir, task, clean), cleanup=cleanup)
+
+
+def _filter(settings: PrepareSettings, work_dir: Path, task: int, clean: dict) -> tuple[dict, list]:
     tdir = task_dir(work_dir, task)
     start = time.monotonic()
-    for old in tdir.glob("shard-*.jsonl"):
-        old.unlink()
-    remove_stale_temp_files(tdir, "part")
     decisions = None
     pieces = load_plan(settings, work_dir)[task]
     if dedup_enabled(settings.dedup) and pieces:
@@ -384,7 +469,7 @@ def filter_task(settings: PrepareSettings, work_dir: Path, task: int) -> dict:
 
     part, shards = None, None
     if settings.tokenize is not None:
-        dtype = DocumentEncoder.dtype_of(settings.tokenize)
+        dtype = np.dtype(clean["token_dtype"]).type   # megatron-core wants the scalar type
         offsets = np.concatenate([[0], np.cumsum(np.load(tdir / "candidates.lengths.npy"))])
         tokens = np.memmap(tdir / "candidates.tokens", dtype=dtype, mode="r") if offsets[-1] else None
         part = write_partition(((row, tokens[offsets[i]:offsets[i + 1]]) for i, _, row in kept()),
@@ -409,7 +494,10 @@ def filter_task(settings: PrepareSettings, work_dir: Path, task: int) -> dict:
               "partition": str(tdir / "part") if part and part["documents"] else None,
               "tokens": part["tokens"] if part else 0, "max_token_id": part["max_id"] if part else -1,
               "seconds": round(time.monotonic() - start, 3)}
-    return {**marker.mark_done(result), "reused": False}
+    files = [tdir / "manifest.jsonl", *result["shards"]]
+    if part is not None:
+        files += [tdir / "part.bin", tdir / "part.idx", tdir / "part.manifest.jsonl"]
+    return result, files
 
 
 def _reorder(row: dict) -> dict:
@@ -481,15 +569,26 @@ def run_prepare(settings: PrepareSettings, work_dir: Path, show_progress: bool =
     for step in STEPS:
         results = run_step(step, settings, work_dir, show_progress=show_progress)
         reused[step] = sum(1 for r in results if r.get("reused"))
-    result = collect(settings, work_dir)
+    result = collect(settings, work_dir, verify=False)    # every unit was just checked or written
     result.stats["seconds"] = round(time.monotonic() - start, 3)
     # Per step, how many tasks (merge: units) were found finished and not redone.
     result.stats["reused"] = reused
     return result
 
 
-def collect(settings: PrepareSettings, work_dir: Path) -> PrepareResult:
-    """The finished stage, from every task's markers; a ConfigError names unfinished tasks."""
+def collect(settings: PrepareSettings, work_dir: Path, verify: bool = True) -> PrepareResult:
+    """The finished stage, from every task's markers; a ConfigError names unfinished tasks, a WorkError
+    a file that is not what its step wrote (``verify=False``: the caller has just checked them)."""
+    clean, filtered = _finished_tasks(settings, work_dir, verify)
+    return PrepareResult(
+        shards=[s for f in filtered for s in f["shards"]],
+        partitions=[f["partition"] for f in filtered if f["partition"]],
+        manifests=[str(task_dir(work_dir, t) / "manifest.jsonl") for t in range(settings.tasks)],
+        stats=_prepare_stats(settings, work_dir, clean, filtered))
+
+
+def _finished_tasks(settings: PrepareSettings, work_dir: Path, verify: bool) -> tuple[list[dict], list[dict]]:
+    """Every task's clean and filter markers, or one line naming what is unfinished or damaged."""
     clean, filtered, missing = [], [], []
     try:
         clusters = _clusters_signature(settings, work_dir)
@@ -497,8 +596,12 @@ def collect(settings: PrepareSettings, work_dir: Path) -> PrepareResult:
     except ConfigError:     # no clusters step yet: no task can have filtered
         clusters, clustered = None, False
     for t in range(settings.tasks):
-        c = _step(work_dir, t, "clean", settings).load_done()
-        f = _step(work_dir, t, "filter", settings, clusters=clusters).load_done() if c and clustered else None
+        # Clean's files were checked by the filter that read them (its identity holds their checksums).
+        c = clean_marker(settings, work_dir, t).load(verify=False)
+        fm = filter_marker(settings, work_dir, t, c, clusters) if c and clustered else None
+        f = fm.load(verify) if fm is not None else None
+        if fm is not None and fm.problem is not None:
+            raise WorkError(f"{fm.problem}: rerun --stage filter (task {t}), or the whole command, to redo it")
         if c is None or f is None:
             missing.append(t)
         clean.append(c)
@@ -507,6 +610,11 @@ def collect(settings: PrepareSettings, work_dir: Path) -> PrepareResult:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         raise ConfigError(f"prepare: {len(missing)} of {settings.tasks} tasks are unfinished ({shown}); "
                           f"run the remaining steps (--stage clean, merge, clusters, filter) first")
+    return clean, filtered
+
+
+def _prepare_stats(settings: PrepareSettings, work_dir: Path, clean: list[dict], filtered: list[dict]) -> dict:
+    """The stage's counts, summed over its tasks' markers."""
     reasons: Counter = Counter()
     steps: Counter = Counter()
     read_errors: dict = {}
@@ -541,17 +649,20 @@ def collect(settings: PrepareSettings, work_dir: Path) -> PrepareResult:
         stats["tokens"] = sum(f["tokens"] for f in filtered)
         stats["tokenize_seconds"] = round(sum(c["tokenize_seconds"] for c in clean), 3)
         stats["max_token_id"] = max((f["max_token_id"] for f in filtered), default=-1)
-    return PrepareResult(
-        shards=[s for f in filtered for s in f["shards"]],
-        partitions=[f["partition"] for f in filtered if f["partition"]],
-        manifests=[str(task_dir(work_dir, t) / "manifest.jsonl") for t in range(settings.tasks)],
-        stats=stats)
+    return stats
 
 
 def settings_digest(settings: PrepareSettings) -> dict:
     """What the stage's output depends on (JSON), for the caller's fingerprint and the plan."""
     out = {"clean": asdict(settings.clean), "dedup": asdict(settings.dedup), "shard_size": settings.shard_size,
            "text_key": settings.text_key, "id_key": settings.id_key, "url_key": settings.url_key}
+    if settings.tokenize is not None:
+        # One pass tokenizes here: the tokenizer's content, vocabulary and token width are settings too.
+        tokenize = asdict(settings.tokenize)
+        for key in ("workers", "batch_size", "tokenizer"):   # how fast, and where the file lies: not what
+            tokenize.pop(key)
+        out["tokenize"] = tokenize
+        out["tokenizer"] = settings.tokenizer
     out = json.loads(json.dumps(out))
     for k in ("band_ranges", "exact_ranges"):
         out["dedup"].pop(k, None)   # how the merge is split, never what it finds

@@ -8,6 +8,7 @@ be parsed is skipped with a reason, never silently.
 
 from __future__ import annotations
 
+import bz2
 import glob
 import gzip
 import io
@@ -23,7 +24,7 @@ from typing import Any, Iterable, Iterator
 logger = logging.getLogger(__name__)
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
-COMPRESSED_SUFFIXES = (".gz", ".zst", ".zstd")
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst", ".zstd")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
@@ -93,13 +94,15 @@ def input_format(path: str | Path) -> str:
         return "parquet"
     raise InputError(
         f"input {path}: unknown format; expected one of "
-        f"{', '.join(JSONL_SUFFIXES + PARQUET_SUFFIXES)} (JSONL optionally .gz or .zst)")
+        f"{', '.join(JSONL_SUFFIXES + PARQUET_SUFFIXES)} (JSONL optionally .gz, .bz2 or .zst)")
 
 
 def expand_inputs(patterns: list[str]) -> list[str]:
     """Files, directories (searched recursively) and globs -> sorted, checked file list.
 
-    Raises :class:`InputError` for a path that does not exist or cannot be read,
+    Each file is named by its absolute path (``os.path.abspath``: symbolic links are kept as
+    given), so the manifest's ``file`` field is the same whether the corpus was named by a
+    relative or an absolute path. Raises :class:`InputError` for a path that does not exist or cannot be read,
     before any work starts.
     """
     if not patterns:
@@ -130,7 +133,7 @@ def expand_inputs(patterns: list[str]) -> list[str]:
         except OSError as exc:
             raise InputError(f"input {path} cannot be opened: {exc.strerror}") from None
     seen = set()
-    unique = [f for f in files if not (f in seen or seen.add(f))]
+    unique = [f for f in map(os.path.abspath, files) if not (f in seen or seen.add(f))]
     return unique
 
 
@@ -142,15 +145,60 @@ def _known(path: Path) -> bool:
         return False
 
 
+class _ZstdReader(io.RawIOBase):
+    """A .zst file's content, frame after frame; a stream cut inside a frame raises EOFError
+    (zstandard's stream_reader ends quietly there, and the cut documents would vanish)."""
+
+    def __init__(self, path: str) -> None:
+        import zstandard
+
+        self._zstd = zstandard
+        self._raw = open(path, "rb")
+        self._d = zstandard.ZstdDecompressor().decompressobj()
+        self._pending = b""
+        self._in_frame = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("compressed stream ended inside a frame (truncated file)")
+                return 0
+            self._feed(chunk)
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def _feed(self, chunk: bytes) -> None:
+        while chunk:
+            try:
+                self._pending += self._d.decompress(chunk)
+            except self._zstd.ZstdError as exc:
+                raise ValueError(f"corrupt zstd data: {exc}") from None
+            self._in_frame = not self._d.eof
+            chunk = self._d.unused_data if self._d.eof else b""
+            if self._d.eof:
+                self._d = self._zstd.ZstdDecompressor().decompressobj()
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
 def _open_binary(path: str) -> io.BufferedIOBase:
+    """A file's bytes, decompressed; a truncated .gz/.bz2/.zst raises EOFError where it is cut."""
     lower = path.lower()
     if lower.endswith(".gz"):
         return gzip.open(path, "rb")
+    if lower.endswith(".bz2"):
+        return bz2.open(path, "rb")
     if lower.endswith((".zst", ".zstd")):
-        import zstandard
-
-        raw = open(path, "rb")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+        return io.BufferedReader(_ZstdReader(path))
     return open(path, "rb")
 
 

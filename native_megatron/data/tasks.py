@@ -1,4 +1,5 @@
-"""The resume scheme of the data stages: shard tasks with a signature and a done marker written last.
+"""The older resume scheme, kept for the rewrite stage and the dedup units: shard tasks with a signature and
+a done marker written last. New units use :mod:`native_megatron.data.work` (identity, verified files, leases).
 
 A task's outputs are written atomically (``utils.io.atomic_open``, or a
 ``{prefix}.tmp{PID}`` file renamed into place, see :func:`temp_prefix`), and its
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from native_megatron.utils.io import atomic_write_json, read_json
+from native_megatron.data.work import pid_alive, read_marker
+from native_megatron.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +36,9 @@ class ShardTask:
     signature: dict[str, Any]
 
     def read(self) -> dict | None:
-        """The done marker as written, whatever its signature; None when there is none."""
-        return read_json(self.done_path) if self.done_path.exists() else None
+        """The done marker as written, whatever its signature; None when there is none or it is damaged
+        (then the work is redone)."""
+        return read_marker(self.done_path)
 
     def load_done(self) -> dict | None:
         """The done marker, when it exists and was written with this signature."""
@@ -75,16 +78,6 @@ def publish(tmp: str, prefix: str, suffixes: tuple[str, ...]) -> None:
         os.replace(tmp + suffix, prefix + suffix)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True     # someone else's live process
-    return True
-
-
 def remove_stale_temp_files(directory: Path, stem_glob: str) -> list[str]:
     """Remove ``{stem}.tmp{PID}.bin/.idx`` files (see :func:`temp_prefix`) left by writers that were killed.
 
@@ -94,7 +87,7 @@ def remove_stale_temp_files(directory: Path, stem_glob: str) -> list[str]:
     removed = []
     for path in sorted(directory.glob(f"{stem_glob}.tmp*")):
         match = _TEMP_NAME.fullmatch(path.name)
-        if match and not _pid_alive(int(match["pid"])):
+        if match and not pid_alive(int(match["pid"])):
             path.unlink(missing_ok=True)
             removed.append(str(path))
     if removed:

@@ -15,6 +15,7 @@ ids, int32 above, e.g. for Llama-3's 128,256).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -71,6 +72,13 @@ class Tokenizer(ABC):
     def describe(self) -> dict:
         return {"path": self.path, "kind": type(self).__name__, "vocab_size": self.vocab_size,
                 "eod_id": self.eod_id, "bos_id": self.bos_id, "dtype": np.dtype(self.dtype).name}
+
+    def identity(self) -> dict:
+        """What makes its ids what they are, wherever its file lies: the file's content hash (sha256),
+        the vocabulary size, the token width and the special ids."""
+        with open(self.path, "rb") as f:
+            content = hashlib.file_digest(f, "sha256").hexdigest()
+        return {"sha256": content, **{k: v for k, v in self.describe().items() if k != "path"}}
 
 
 class SentencePieceTokenizer(Tokenizer):

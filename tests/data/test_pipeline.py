@@ -271,8 +271,9 @@ def test_a_resumed_run_removes_temp_files_of_killed_writers(tmp_path, sample_cor
         live = [work / "task-00002" / f"part.tmp{alive.pid}.bin"]
         for p in stale + live:
             p.write_bytes(b"half written")
-        # As if killed while task 1 was being cleaned.
+        # As if killed while task 1 was being filtered (its clean step redone too).
         os.unlink(work / "task-00001" / "clean.json")
+        os.unlink(work / "task-00001" / "filter.json")
         run_preprocess(cfg)
         assert not [p for p in stale if p.exists()]
         assert all(p.exists() for p in live)
@@ -317,3 +318,23 @@ def test_summary_reads_well_for_small_and_empty_runs():
     text = format_summary(stats)
     assert text.splitlines()[0] == "documents: 0 in"
     assert "0.40 docs/s, 12.3 tokens/s" in text
+    # Issue 28 item 11: a lone --stage tokenize did not read the documents; no docs/s over its time alone.
+    stats["timing"].update(stage="tokenize", documents_per_second=None)
+    line = [t for t in format_summary(stats).splitlines() if t.startswith("time:")][0]
+    assert line == "time:      2.5s for --stage tokenize alone, 12.3 tokens/s"
+
+
+def test_loading_megatron_cores_writer_is_announced_once(tmp_path, caplog, monkeypatch):
+    """Issue 28 item 8: a filter or tokenize task spent seconds importing megatron.core with no log line."""
+    import logging
+    import sys
+
+    from native_megatron.data.indexed import _WRITER_MODULE, write_partition
+
+    monkeypatch.delitem(sys.modules, _WRITER_MODULE, raising=False)   # as in a fresh task's process
+    with caplog.at_level(logging.INFO, logger="native_megatron.data.indexed"):
+        for name in ("a", "b"):
+            write_partition([({"id": "x", "file": "f", "line": 1}, np.arange(5, dtype=np.uint16))],
+                            str(tmp_path / name), np.uint16)
+    said = [r.message for r in caplog.records if "megatron-core" in r.message]
+    assert len(said) == 1 and "a few seconds, once per process" in said[0]

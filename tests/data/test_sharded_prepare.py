@@ -91,7 +91,7 @@ def test_a_slurm_array_runs_the_steps_one_job_at_a_time(corpus, one_task, tmp_pa
     array("clean", 3)
     with pytest.raises(ConfigError, match="unfinished"):
         run_preprocess(cfg(files, prefix, "--run.stage=tokenize"))
-    with pytest.raises(ConfigError, match=r"prepared with other settings \(dedup.threshold\)"):
+    with pytest.raises(ConfigError, match=r"prepared with other settings \(dedup.threshold: 0.7 -> 0.8\)"):
         run_preprocess(cfg(files, prefix, "--run.stage=merge", "--dedup.threshold=0.8"))
     array("merge", 2)
     run_preprocess(cfg(files, prefix, "--run.stage=clusters"))

@@ -29,7 +29,6 @@ from native_megatron.data.neardup.store import (
     Run,
     StagesConfig,
     Strings,
-    digest,
     is_done,
     load_npy,
     read_json,
@@ -37,6 +36,7 @@ from native_megatron.data.neardup.store import (
     save_strings,
     write_done,
 )
+from native_megatron.data.work import Lease, identity
 from native_megatron.utils.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -87,41 +87,45 @@ def build_clusters(run_dir: str | Path, config: DedupConfig, stages: StagesConfi
         if not marker.exists():
             raise ConfigError(f"{run_dir}: stage 2 unit {p.name} is unfinished; rerun stage 2 first")
         part_digests.append(read_json(marker)["signature"])
-    signature = digest(part_digests)
+    signature = identity(part_digests)
     done = out / "DONE.json"
     if is_done(done, signature):
         return {**read_json(done), "reused": True}
-    start = time.monotonic()
-    done.unlink(missing_ok=True)
-    near = _read_pairs(run_dir, [p.name for p in parts if p.kind == "band"])
-    exact = np.unique(_read_pairs(run_dir, [p.name for p in parts if p.kind == "exact"]), axis=0)
-    nodes, roots = components(np.concatenate([near, exact]))
-    dropped = (nodes != roots) & ((nodes & THIS_RUN) != 0)
-    keys, kept = nodes[dropped], roots[dropped]
-    by_member = np.argsort(exact[:, 1], kind="stable")
-    em, ek = exact[by_member, 1], exact[by_member, 0]
-    pos = np.minimum(np.searchsorted(em, keys), max(len(em) - 1, 0))
-    is_exact = (pos < len(em)) & (em[pos] == keys) & (ek[pos] == kept) if len(em) else np.zeros(len(keys), bool)
-    removed = np.empty(len(keys), dtype=REMOVED_DTYPE)
-    removed["k"], removed["root"], removed["exact"] = keys & ~THIS_RUN, kept, is_exact
-    out.mkdir(parents=True, exist_ok=True)
-    save_npy(out / "removed.npy", removed)
-    root_keys = np.unique(kept)
-    mine = (root_keys & THIS_RUN) != 0
-    ids = np.empty(len(root_keys), dtype=object)
-    ids[mine] = Run.open(run_dir).ids(root_keys[mine] & ~THIS_RUN) if mine.any() else []
-    if (~mine).any():
-        ids[~mine] = Against(config.against, config).run.ids(root_keys[~mine])
-    save_npy(out / "roots.npy", root_keys)
-    save_strings(out / "root_ids", [str(s) for s in ids])
-    info = {"signature": signature, "pairs": {"near": len(near), "exact": len(exact)},
-            "documents_in_groups": int(len(nodes)), "groups": int(len(root_keys)),
-            "dropped": int(len(keys)), "exact_duplicate": int(is_exact.sum()),
-            "near_duplicate": int(len(keys) - is_exact.sum()),
-            "against_matches": int(((kept & THIS_RUN) == 0).sum()),
-            "against": config.against or None, "seconds": round(time.monotonic() - start, 3)}
-    write_done(done, info)
-    return {**info, "reused": False}
+    # Under the unit's lease: a second process running the same unit waits, then reuses it.
+    with Lease(out / "clusters.lease"):
+        if is_done(done, signature):
+            return {**read_json(done), "reused": True}
+        start = time.monotonic()
+        done.unlink(missing_ok=True)
+        near = _read_pairs(run_dir, [p.name for p in parts if p.kind == "band"])
+        exact = np.unique(_read_pairs(run_dir, [p.name for p in parts if p.kind == "exact"]), axis=0)
+        nodes, roots = components(np.concatenate([near, exact]))
+        dropped = (nodes != roots) & ((nodes & THIS_RUN) != 0)
+        keys, kept = nodes[dropped], roots[dropped]
+        by_member = np.argsort(exact[:, 1], kind="stable")
+        em, ek = exact[by_member, 1], exact[by_member, 0]
+        pos = np.minimum(np.searchsorted(em, keys), max(len(em) - 1, 0))
+        is_exact = (pos < len(em)) & (em[pos] == keys) & (ek[pos] == kept) if len(em) else np.zeros(len(keys), bool)
+        removed = np.empty(len(keys), dtype=REMOVED_DTYPE)
+        removed["k"], removed["root"], removed["exact"] = keys & ~THIS_RUN, kept, is_exact
+        out.mkdir(parents=True, exist_ok=True)
+        save_npy(out / "removed.npy", removed)
+        root_keys = np.unique(kept)
+        mine = (root_keys & THIS_RUN) != 0
+        ids = np.empty(len(root_keys), dtype=object)
+        ids[mine] = Run.open(run_dir).ids(root_keys[mine] & ~THIS_RUN) if mine.any() else []
+        if (~mine).any():
+            ids[~mine] = Against(config.against, config).run.ids(root_keys[~mine])
+        save_npy(out / "roots.npy", root_keys)
+        save_strings(out / "root_ids", [str(s) for s in ids])
+        info = {"signature": signature, "pairs": {"near": len(near), "exact": len(exact)},
+                "documents_in_groups": int(len(nodes)), "groups": int(len(root_keys)),
+                "dropped": int(len(keys)), "exact_duplicate": int(is_exact.sum()),
+                "near_duplicate": int(len(keys) - is_exact.sum()),
+                "against_matches": int(((kept & THIS_RUN) == 0).sum()),
+                "against": config.against or None, "seconds": round(time.monotonic() - start, 3)}
+        write_done(done, info)
+        return {**info, "reused": False}
 
 
 class Decisions:
@@ -154,6 +158,3 @@ class Decisions:
         rec = self.removed[pos]
         root = int(np.searchsorted(self._roots, rec["root"]))
         return (EXACT if rec["exact"] else NEAR), self._root_ids.get([root])[0]
-
-    def is_kept(self, key: int) -> bool:
-        return self.check(key) is None

@@ -27,8 +27,8 @@ from native_megatron.data.neardup.store import (
     Run,
     StagesConfig,
     band_path,
+    check_task_file,
     config_signature,
-    digest,
     is_done,
     load_npy,
     read_json,
@@ -36,6 +36,7 @@ from native_megatron.data.neardup.store import (
     save_npy,
     write_done,
 )
+from native_megatron.data.work import Lease, identity
 from native_megatron.utils.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class Against:
 
 def _part_signature(part: Part, config: DedupConfig, stages: StagesConfig, run: Run,
                     against: Against | None) -> str:
-    return digest({"config": config_signature(config), "part": part.name, "verify": config.verify,
+    return identity({"config": config_signature(config), "part": part.name, "verify": config.verify,
                    "threshold": config.threshold, "max_candidates": stages.max_candidates,
                    "tasks": [(t.index, t.docs, t.min_key, t.max_key) for t in run.tasks],
                    "against": against.digest if against else None})
@@ -123,7 +124,9 @@ def _part_signature(part: Part, config: DedupConfig, stages: StagesConfig, run: 
 
 def _sources(part: Part, run: Run, against: Against | None) -> list[Source]:
     def open_file(task) -> np.ndarray:
-        return load_npy(band_path(task.path, part.band) if part.kind == "band" else task.path / "exact.npy")
+        path = band_path(task.path, part.band) if part.kind == "band" else task.path / "exact.npy"
+        check_task_file(task, path)
+        return load_npy(path)
 
     out = [Source(open_file(t), run, THIS_RUN, None) for t in run.tasks]
     if against is not None:
@@ -254,21 +257,25 @@ def merge_part(part: Part, run_dir: str | Path, config: DedupConfig, stages: Sta
     signature = _part_signature(part, config, stages, run, against)
     if is_done(done, signature):
         return {**read_json(done), "reused": True}
-    start = time.monotonic()
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out, f"{part.name}.*")
-    verifier = _Verifier(run, against, config, stages) if part.kind == "band" and config.verify else None
-    found, records = [], 0
-    for h, low, keys in _windows(part, _sources(part, run, against), stages.window_records):
-        records += len(keys)
-        starts, sizes = _buckets(h, low, keys)
-        found.append(verifier.pairs(keys, starts, sizes) if verifier else _first_member_pairs(keys, starts, sizes))
-    pairs = np.unique(np.concatenate(found), axis=0) if found else np.zeros((0, 2), dtype=np.uint64)
-    save_npy(out / f"{part.name}.npy", pairs.astype(np.uint64))
-    info = {"signature": signature, "part": part.name, "records": records, "pairs": len(pairs),
-            "seconds": round(time.monotonic() - start, 3)}
-    write_done(done, info)
-    return {**info, "reused": False}
+    # Under the unit's lease: a second process running the same unit waits, then reuses it.
+    with Lease(out / f"{part.name}.lease"):
+        if is_done(done, signature):
+            return {**read_json(done), "reused": True}
+        start = time.monotonic()
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out, f"{part.name}.*")
+        verifier = _Verifier(run, against, config, stages) if part.kind == "band" and config.verify else None
+        found, records = [], 0
+        for h, low, keys in _windows(part, _sources(part, run, against), stages.window_records):
+            records += len(keys)
+            starts, sizes = _buckets(h, low, keys)
+            found.append(verifier.pairs(keys, starts, sizes) if verifier else _first_member_pairs(keys, starts, sizes))
+        pairs = np.unique(np.concatenate(found), axis=0) if found else np.zeros((0, 2), dtype=np.uint64)
+        save_npy(out / f"{part.name}.npy", pairs.astype(np.uint64))
+        info = {"signature": signature, "part": part.name, "records": records, "pairs": len(pairs),
+                "seconds": round(time.monotonic() - start, 3)}
+        write_done(done, info)
+        return {**info, "reused": False}
 
 
 def merge_buckets(task: int, num_tasks: int, run_dir: str | Path, config: DedupConfig,

@@ -23,8 +23,9 @@ from native_megatron.data.manifest import DROPPED, PASSED
 from native_megatron.data.neardup.clusters import Decisions, build_clusters
 from native_megatron.data.neardup.merge import merge_buckets
 from native_megatron.data.neardup.signatures import write_signatures
-from native_megatron.data.neardup.store import StagesConfig, digest, is_done, make_key, read_json, write_done
+from native_megatron.data.neardup.store import StagesConfig, is_done, make_key, read_json, write_done
 from native_megatron.data.readers import RecordSkip, iter_records, parse_document
+from native_megatron.data.work import Lease, identity
 from native_megatron.utils.config import ConfigError
 from native_megatron.utils.io import atomic_open
 from native_megatron.utils.parallel import mp_context
@@ -94,34 +95,39 @@ def _kept_line(rec, doc) -> str:
 def run_filter(spec: InputSpec, run_dir: Path, task: int, num_tasks: int) -> dict:
     """Stage 4 for one task: its kept lines and its manifest rows."""
     done = run_dir / "manifest" / f"part-{task:05d}.done.json"
-    signature = digest({"clusters": read_json(run_dir / "clusters" / "DONE.json")["signature"],
+    signature = identity({"clusters": read_json(run_dir / "clusters" / "DONE.json")["signature"],
                         "task": task, "num_tasks": num_tasks})
     if is_done(done, signature):
         return {**read_json(done), "reused": True}
-    mine = task_files(spec.files, task, num_tasks)
-    decisions = Decisions(run_dir, (make_key(mine[0][0], 0), make_key(mine[-1][0], (1 << 32) - 1)) if mine else (0, 0))
-    counts = {"kept": 0, "exact_duplicate": 0, "near_duplicate": 0, "skipped": 0}
-    with atomic_open(run_dir / "kept" / f"part-{task:05d}.jsonl", "w") as kf, \
-            atomic_open(run_dir / "manifest" / f"part-{task:05d}.jsonl", "w") as mf:
-        for index, line, doc, rec in _records(spec, task, num_tasks):
-            row = {"id": getattr(doc, "doc_id", f"{os.path.basename(spec.files[index])}:{line}"),
-                   "file": spec.files[index], "line": line}
-            if isinstance(doc, RecordSkip):
-                row.update(status=DROPPED, reason=doc.reason)
-                counts["skipped"] += 1
-            else:
-                dup = decisions.check(make_key(index, line))
-                if dup is None:
-                    row["status"] = PASSED
-                    counts["kept"] += 1
-                    kf.write(_kept_line(rec, doc) + "\n")
+    # Under the unit's lease: a second process running the same unit waits, then reuses it.
+    with Lease(done.with_name(f"part-{task:05d}.lease")):
+        if is_done(done, signature):
+            return {**read_json(done), "reused": True}
+        mine = task_files(spec.files, task, num_tasks)
+        key_range = (make_key(mine[0][0], 0), make_key(mine[-1][0], (1 << 32) - 1)) if mine else (0, 0)
+        decisions = Decisions(run_dir, key_range)
+        counts = {"kept": 0, "exact_duplicate": 0, "near_duplicate": 0, "skipped": 0}
+        with atomic_open(run_dir / "kept" / f"part-{task:05d}.jsonl", "w") as kf, \
+                atomic_open(run_dir / "manifest" / f"part-{task:05d}.jsonl", "w") as mf:
+            for index, line, doc, rec in _records(spec, task, num_tasks):
+                row = {"id": getattr(doc, "doc_id", f"{os.path.basename(spec.files[index])}:{line}"),
+                       "file": spec.files[index], "line": line}
+                if isinstance(doc, RecordSkip):
+                    row.update(status=DROPPED, reason=doc.reason)
+                    counts["skipped"] += 1
                 else:
-                    row.update(status=DROPPED, reason=dup[0], duplicate_of=dup[1])
-                    counts[dup[0]] += 1
-            mf.write(json.dumps(row, ensure_ascii=False) + "\n")
-    info = {"signature": signature, "task": task, **counts}
-    write_done(done, info)
-    return {**info, "reused": False}
+                    dup = decisions.check(make_key(index, line))
+                    if dup is None:
+                        row["status"] = PASSED
+                        counts["kept"] += 1
+                        kf.write(_kept_line(rec, doc) + "\n")
+                    else:
+                        row.update(status=DROPPED, reason=dup[0], duplicate_of=dup[1])
+                        counts[dup[0]] += 1
+                mf.write(json.dumps(row, ensure_ascii=False) + "\n")
+        info = {"signature": signature, "task": task, **counts}
+        write_done(done, info)
+        return {**info, "reused": False}
 
 
 def run_task(stage: str, spec: InputSpec, cfg: DedupRunConfig, run_dir: str | Path, task: int,

@@ -23,7 +23,6 @@ from native_megatron.data.neardup.store import (
     EXACT_DTYPE,
     band_path,
     config_signature,
-    digest,
     is_done,
     load_npy,
     make_key,
@@ -35,6 +34,7 @@ from native_megatron.data.neardup.store import (
     task_dir,
     write_done,
 )
+from native_megatron.data.work import Lease, identity
 from native_megatron.utils.config import ConfigError
 from native_megatron.utils.parallel import batched, ordered_map
 
@@ -67,7 +67,7 @@ def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 
 def _task_signature(config: DedupConfig, task: int, num_tasks: int) -> str:
-    return digest({"config": config_signature(config), "task": task, "num_tasks": num_tasks})
+    return identity({"config": config_signature(config), "task": task, "num_tasks": num_tasks})
 
 
 def write_fingerprints(task: int, num_tasks: int, items: Iterable[tuple], run_dir: str | Path,
@@ -84,54 +84,58 @@ def write_fingerprints(task: int, num_tasks: int, items: Iterable[tuple], run_di
         return {**read_json(done), "reused": True}
     if not 0 <= task < num_tasks:
         raise ConfigError(f"task {task} is outside 0..{num_tasks - 1}")
-    start = time.monotonic()
-    tdir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(tdir)
-    done.unlink(missing_ok=True)
-    # Signatures go into fixed-size blocks as they arrive (not a list of arrays), so a task
-    # holds about num_perm * 4 bytes a document, and twice that only while joining the blocks.
-    keys, ids, blocks, exact = array.array("Q"), [], [], bytearray()
-    block, filled = None, 0
-    for key, doc_id, fp in items:
-        keys.append(_as_key(key))
-        ids.append(str(doc_id))
+    # Under the unit's lease: a second process running the same unit waits, then reuses it.
+    with Lease(tdir.parent / f"{tdir.name}.lease"):
+        if is_done(done, signature):
+            return {**read_json(done), "reused": True}
+        start = time.monotonic()
+        tdir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(tdir)
+        done.unlink(missing_ok=True)
+        # Signatures go into fixed-size blocks as they arrive (not a list of arrays), so a task
+        # holds about num_perm * 4 bytes a document, and twice that only while joining the blocks.
+        keys, ids, blocks, exact = array.array("Q"), [], [], bytearray()
+        block, filled = None, 0
+        for key, doc_id, fp in items:
+            keys.append(_as_key(key))
+            ids.append(str(doc_id))
+            if config.near:
+                if block is None or filled == len(block):
+                    if block is not None:
+                        blocks.append(block)
+                    block, filled = np.empty((_BLOCK_ROWS, len(fp.minhash)), dtype=np.uint32), 0
+                block[filled] = fp.minhash
+                filled += 1
+            if config.exact:
+                exact += fp.exact
+        if block is not None:
+            blocks.append(block[:filled])
+        key_arr = np.frombuffer(keys, dtype=np.uint64) if keys else np.zeros(0, dtype=np.uint64)
+        if len(key_arr) > 1 and not (key_arr[1:] > key_arr[:-1]).all():
+            raise ConfigError(f"dedup task {task}: document keys must increase (input order, no repeats)")
+        save_npy(tdir / "keys.npy", key_arr)
+        save_strings(tdir / "ids", ids)
+        sig = config_signature(config)
         if config.near:
-            if block is None or filled == len(block):
-                if block is not None:
-                    blocks.append(block)
-                block, filled = np.empty((_BLOCK_ROWS, len(fp.minhash)), dtype=np.uint32), 0
-            block[filled] = fp.minhash
-            filled += 1
+            width = blocks[0].shape[1] if blocks else config.num_perm
+            save_npy_rows(tdir / "sigs.npy", blocks, width, np.uint32)
+            del blocks, block
+            sig_arr = load_npy(tdir / "sigs.npy")   # memory-mapped: the bands are hashed from the page cache
+            for b, h in enumerate(band_hashes(sig_arr, sig["bands"], sig["rows"])):
+                rec = np.empty(len(h), dtype=BAND_DTYPE)
+                rec["h"], rec["k"] = h, key_arr
+                rec = rec[np.lexsort((rec["k"], rec["h"]))]
+                save_npy(band_path(tdir, b), rec)
         if config.exact:
-            exact += fp.exact
-    if block is not None:
-        blocks.append(block[:filled])
-    key_arr = np.frombuffer(keys, dtype=np.uint64) if keys else np.zeros(0, dtype=np.uint64)
-    if len(key_arr) > 1 and not (key_arr[1:] > key_arr[:-1]).all():
-        raise ConfigError(f"dedup task {task}: document keys must increase (input order, no repeats)")
-    save_npy(tdir / "keys.npy", key_arr)
-    save_strings(tdir / "ids", ids)
-    sig = config_signature(config)
-    if config.near:
-        width = blocks[0].shape[1] if blocks else config.num_perm
-        save_npy_rows(tdir / "sigs.npy", blocks, width, np.uint32)
-        del blocks, block
-        sig_arr = load_npy(tdir / "sigs.npy")   # memory-mapped: the bands are hashed from the page cache
-        for b, h in enumerate(band_hashes(sig_arr, sig["bands"], sig["rows"])):
-            rec = np.empty(len(h), dtype=BAND_DTYPE)
-            rec["h"], rec["k"] = h, key_arr
-            rec = rec[np.lexsort((rec["k"], rec["h"]))]
-            save_npy(band_path(tdir, b), rec)
-    if config.exact:
-        halves = np.frombuffer(bytes(exact), dtype=">u8").reshape(-1, 2).astype(np.uint64)
-        rec = np.empty(len(key_arr), dtype=EXACT_DTYPE)
-        rec["h"], rec["l"], rec["k"] = halves[:, 0], halves[:, 1], key_arr
-        save_npy(tdir / "exact.npy", rec[np.lexsort((rec["k"], rec["l"], rec["h"]))])
-    info = {"signature": signature, "task": task, "num_tasks": num_tasks, "config": sig, "docs": len(keys),
-            "min_key": int(key_arr[0]) if len(keys) else None, "max_key": int(key_arr[-1]) if len(keys) else None,
-            "seconds": round(time.monotonic() - start, 3)}
-    write_done(done, info)
-    return {**info, "reused": False}
+            halves = np.frombuffer(bytes(exact), dtype=">u8").reshape(-1, 2).astype(np.uint64)
+            rec = np.empty(len(key_arr), dtype=EXACT_DTYPE)
+            rec["h"], rec["l"], rec["k"] = halves[:, 0], halves[:, 1], key_arr
+            save_npy(tdir / "exact.npy", rec[np.lexsort((rec["k"], rec["l"], rec["h"]))])
+        info = {"signature": signature, "task": task, "num_tasks": num_tasks, "config": sig, "docs": len(keys),
+                "min_key": int(key_arr[0]) if len(keys) else None, "max_key": int(key_arr[-1]) if len(keys) else None,
+                "seconds": round(time.monotonic() - start, 3)}
+        write_done(done, info, sorted(p for p in tdir.iterdir() if p.suffix in (".npy", ".bin")))
+        return {**info, "reused": False}
 
 
 _CONFIG: dict = {}

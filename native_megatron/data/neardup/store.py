@@ -18,8 +18,6 @@ marker exists, so a killed stage is rerun by redoing the units without one.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,6 +26,7 @@ import numpy as np
 
 from native_megatron.data.dedup import MINHASH_SCHEME, DedupConfig, lsh_bands_rows
 from native_megatron.data.tasks import ShardTask
+from native_megatron.data.work import WorkError, file_problem, file_record
 from native_megatron.utils.config import ConfigError
 from native_megatron.utils.io import atomic_open, read_json
 
@@ -75,10 +74,6 @@ def config_signature(config: DedupConfig) -> dict[str, Any]:
     return {"exact": config.exact, "near": config.near, "shingle_unit": config.shingle_unit,
             "shingle_size": config.shingle_size, "num_perm": config.num_perm, "seed": config.seed,
             "bands": bands, "rows": rows, "scheme": MINHASH_SCHEME}
-
-
-def digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
@@ -146,6 +141,16 @@ class Task:
     docs: int
     min_key: int
     max_key: int
+    # Size and checksum of each file the task wrote (see native_megatron.data.work), by name.
+    files: dict = field(default_factory=dict)
+
+
+def check_task_file(task: Task, path: Path) -> None:
+    """Stop with one line when a stage-1 file is not what its task wrote (cut or changed since)."""
+    recorded = task.files.get(path.name)
+    problem = file_problem(path, recorded) if recorded is not None else None
+    if problem is not None:
+        raise WorkError(f"{problem}: rerun stage 1 (prepare: --stage clean) for task {task.index}, then this step")
 
 
 @dataclass
@@ -175,7 +180,7 @@ class Run:
         if any(d["config"] != dones[0]["config"] for d in dones):
             raise ConfigError(f"{run_dir}: signature tasks were made with different dedup settings; "
                               f"remove {run_dir / 'signatures'} and rerun stage 1")
-        tasks = [Task(d["task"], m.parent, d["docs"], d["min_key"], d["max_key"])
+        tasks = [Task(d["task"], m.parent, d["docs"], d["min_key"], d["max_key"], d.get("files", {}))
                  for d, m in zip(dones, markers) if d["docs"]]
         tasks.sort(key=lambda t: t.min_key)
         for a, b in zip(tasks, tasks[1:]):
@@ -222,9 +227,11 @@ class Run:
         return out
 
 
-def write_done(path: Path, info: dict) -> None:
-    """The task's done marker (``info`` carries its ``signature``), see :class:`ShardTask`."""
-    ShardTask(path, {"signature": info["signature"]}).mark_done(info)
+def write_done(path: Path, info: dict, files: Iterable[Path] = ()) -> None:
+    """The task's done marker (``info`` carries its ``signature``), see :class:`ShardTask`, with the size
+    and checksum of each of ``files`` (beside it) for the steps that read them."""
+    ShardTask(path, {"signature": info["signature"]}).mark_done({**info, "files": {
+        Path(f).name: file_record(f) for f in files}})
 
 
 def is_done(path: Path, signature: str) -> bool:
