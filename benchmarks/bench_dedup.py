@@ -1,7 +1,9 @@
 """Near-dedup, side by side on one generated corpus with planted duplicates of known Jaccard similarity.
 
-    python benchmarks/bench_dedup.py                  # 1M documents (minutes to hours on few cores)
-    python benchmarks/bench_dedup.py --docs 20000     # quick
+    python -m benchmarks.bench_dedup                  # 1M documents (minutes to hours on few cores)
+    python -m benchmarks.bench_dedup --docs 20000     # quick
+
+Run it from the repository root, as a module: it generates its corpus with tests/helpers/planted_corpus.py.
 
 Methods: the in-memory path (fingerprint + one Deduplicator, one process); the
 four staged tasks (native_megatron.data.neardup) with 1 task and with --tasks
@@ -27,6 +29,8 @@ from native_megatron.data.dedup import DedupConfig, lsh_bands_rows, normalize_fo
 ROOT = Path(__file__).resolve().parents[1]
 
 PY = sys.executable
+# Children run as a module from the repository root (spawn_all's cwd), so tests.helpers imports.
+SELF = [PY, "-m", "benchmarks.bench_dedup"]
 CLI = [PY, "-m", "native_megatron.cli.dedup"]
 
 
@@ -197,7 +201,7 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.monotonic()
     # The corpus is made in a child: a task's peak RSS counts its parent's at the fork, so this one stays small.
-    spawn_all([[PY, __file__, *extra_args(args), "--child", "generate", str(args.docs), str(args.files),
+    spawn_all([[*SELF, *extra_args(args), "--child", "generate", str(args.docs), str(args.files),
                 str(work)]], 1)
     planted = load_truth(work)
     files = sorted(str(p) for p in (work / "input").glob("*.jsonl"))
@@ -211,7 +215,7 @@ def main() -> int:
     results = {"documents": n, "bands_rows": [bands, rows], "threshold": args.threshold}
 
     out = work / "inmemory.json"
-    m = spawn_all([[PY, __file__, *extra, "--child", "inmemory", str(out), *files]], 1)
+    m = spawn_all([[*SELF, *extra, "--child", "inmemory", str(out), *files]], 1)
     results["in_memory"] = {**per_core({"all": m}, n)["all"], **score(json.loads(out.read_text()), planted,
                                                                        args.threshold)}
     print("in-memory:", json.dumps(results["in_memory"]), flush=True)
@@ -234,7 +238,7 @@ def run_datatrove(planted, work: Path, args, bands: int, rows: int, extra: list[
         return {"skipped": f"datatrove does not import: {exc}"}
     n, stages = len(planted.ids), {}
     for stage, count in (("signatures", args.tasks), ("buckets", bands), ("cluster", 1), ("filter", args.tasks)):
-        cmds = [[PY, __file__, *extra, "--child", "datatrove", stage, str(t), str(count), str(work), str(bands),
+        cmds = [[*SELF, *extra, "--child", "datatrove", stage, str(t), str(count), str(work), str(bands),
                  str(rows)] for t in range(count)]
         stages[stage] = spawn_all(cmds, args.workers)
     dropped = {}

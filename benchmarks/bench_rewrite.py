@@ -20,10 +20,12 @@ batches; the tool runs the whole stage (reading the shard, chunking, prompting,
 validation, retries off, writing shards and manifests atomically). The ratio is
 the tool's cost; 1.00x means none.
 
-    python benchmarks/bench_rewrite.py                              # simulated engine, defaults + window sweep
-    python benchmarks/bench_rewrite.py --backend hf                 # tiny local model, hf backend (CPU)
-    python benchmarks/bench_rewrite.py --backend vllm --model /models/rewriter          # GPU
-    python benchmarks/bench_rewrite.py --backend openai --model NAME --base-url http://h:8000/v1
+    python -m benchmarks.bench_rewrite                              # simulated engine, defaults + window sweep
+    python -m benchmarks.bench_rewrite --backend hf                 # tiny local model, hf backend (CPU)
+    python -m benchmarks.bench_rewrite --backend vllm --model /models/rewriter          # GPU
+    python -m benchmarks.bench_rewrite --backend openai --model NAME --base-url http://h:8000/v1
+
+Run it from the repository root, as a module: the simulated engine is tests/helpers/engine_sim.py.
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ from native_megatron.utils.config import load_config
 from native_megatron.utils.logging import setup_logging
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))   # tests.helpers.engine_sim
 
 
 def sample_rows(n: int) -> list[dict]:

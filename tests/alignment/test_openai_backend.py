@@ -69,8 +69,10 @@ def test_rewrites_through_a_real_server_and_accounts_for_every_document(tmp_path
                                        "--run.progress=true", "--rewrite.progress_interval_s=0.3"))
     # Progress per document, not per batch: a line at the first answer, then lines that move.
     lines = [r.getMessage() for r in caplog.records if r.name == "native_megatron.alignment.progress"]
-    assert lines and lines[0].startswith("rewrite: 1/") and "in flight" in lines[0] and "ETA" in lines[0]
+    assert lines and "in flight" in lines[0] and "ETA" in lines[0]
     done = [int(line.split()[1].split("/")[0]) for line in lines]
+    # The first line comes with the first answers: the documents of one window (4) may finish together.
+    assert 1 <= done[0] <= 4
     assert len(set(done)) >= 3 and done == sorted(done)
     rows = statuses(prefix)
     assert sorted(r["line"] for r in rows) == list(range(1, N_DOCS + 1))

@@ -16,22 +16,10 @@ from native_megatron.data.tokenizer import load_tokenizer
 from native_megatron.utils.config import ConfigError, load_config
 from tests.helpers.fakes import PolishingBackend
 from tests.helpers.paths import same_bytes
+from tests.helpers.rewrite_corpus import BODY, marked_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDELINES = ROOT / "examples" / "guidelines" / "native_alignment_ar.yaml"
-BODY = ("تحدث الخبراء في المؤتمر السنوي عن مستقبل الزراعة في المناطق الجافة واستخدام تقنيات الري بالتنقيط "
-        "وتحلية المياه، وأكدوا أن الاستثمار في البحث العلمي هو الطريق الأهم لتحقيق الأمن الغذائي. ")
-
-
-def corpus(tmp_path: Path, n: int = 24) -> Path:
-    rows = []
-    for i in range(n):
-        marker = {3: "REFUSE", 7: "TRUNCATE", 11: "FLAKY"}.get(i, "")
-        text = f"المقال رقم {i} عن موضوع مختلف {'ب' * (i + 1)}. {BODY}{marker} يا غبي!!!"
-        rows.append({"id": f"d{i:02d}", "text": text})
-    path = tmp_path / "in.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def cfg(inputs, prefix, tokenizer, *overrides):
@@ -55,7 +43,7 @@ def read_texts(prefix, tokenizer):
 
 
 def test_policies_statuses_and_what_reaches_the_dataset(tmp_path, sample_tokenizer):
-    src = corpus(tmp_path)
+    src = marked_corpus(tmp_path)
     prefix = tmp_path / "out" / "a"
     stats = run_preprocess_aligned(cfg(src, prefix, sample_tokenizer), backend=PolishingBackend())
     rows = manifest(prefix)
@@ -82,7 +70,7 @@ def test_policies_statuses_and_what_reaches_the_dataset(tmp_path, sample_tokeniz
 ])
 def test_failure_policies(tmp_path, sample_tokenizer, policy, d03, d11):
     prefix = tmp_path / "p"
-    stats = run_preprocess_aligned(cfg(corpus(tmp_path), prefix, sample_tokenizer, *policy),
+    stats = run_preprocess_aligned(cfg(marked_corpus(tmp_path), prefix, sample_tokenizer, *policy),
                                    backend=PolishingBackend())
     rows = manifest(prefix)
     assert (rows["d03"]["status"], rows["d11"]["status"]) == (d03, d11)
@@ -94,7 +82,7 @@ def test_failure_policies(tmp_path, sample_tokenizer, policy, d03, d11):
 
 def test_a_retry_inherits_every_sampling_setting_not_set_for_it(tmp_path, sample_tokenizer):
     backend = PolishingBackend()
-    run_preprocess_aligned(cfg(corpus(tmp_path, 12), tmp_path / "r", sample_tokenizer,
+    run_preprocess_aligned(cfg(marked_corpus(tmp_path, 12), tmp_path / "r", sample_tokenizer,
                                "--rewrite.sampling.max_new_tokens=16", "--rewrite.sampling.temperature=0.5",
                                "--rewrite.retry_sampling.top_p=0.8"), backend=backend)
     tried = {(s.temperature, s.top_p, s.max_new_tokens, s.seed) for s in backend.samplings}
@@ -105,8 +93,8 @@ def test_a_retry_inherits_every_sampling_setting_not_set_for_it(tmp_path, sample
 
 def test_a_retry_that_would_repeat_a_greedy_first_attempt_is_refused_at_load(tmp_path, sample_tokenizer):
     with pytest.raises(ConfigError, match="would repeat the first attempt"):
-        cfg(corpus(tmp_path, 1), tmp_path / "g", sample_tokenizer, "--rewrite.sampling.temperature=0")
-    cfg(corpus(tmp_path, 1), tmp_path / "g", sample_tokenizer, "--rewrite.sampling.temperature=0",
+        cfg(marked_corpus(tmp_path, 1), tmp_path / "g", sample_tokenizer, "--rewrite.sampling.temperature=0")
+    cfg(marked_corpus(tmp_path, 1), tmp_path / "g", sample_tokenizer, "--rewrite.sampling.temperature=0",
         "--rewrite.retry_sampling.temperature=0.7")
 
 
@@ -143,7 +131,7 @@ def test_long_documents_are_chunked_and_joined_in_order(tmp_path, sample_tokeniz
 
 
 def test_a_dead_backend_loses_nothing_and_the_rerun_equals_an_uninterrupted_run(tmp_path, sample_tokenizer):
-    src = corpus(tmp_path)
+    src = marked_corpus(tmp_path)
     ref = tmp_path / "ref"
     run_preprocess_aligned(cfg(src, ref, sample_tokenizer), backend=PolishingBackend())
     prefix = tmp_path / "cut"
@@ -162,7 +150,7 @@ def test_a_dead_backend_loses_nothing_and_the_rerun_equals_an_uninterrupted_run(
 
 
 def test_ranks_share_the_shards_and_tokenize_waits_for_all(tmp_path, sample_tokenizer):
-    src = corpus(tmp_path)
+    src = marked_corpus(tmp_path)
     ref = tmp_path / "ref"
     run_preprocess_aligned(cfg(src, ref, sample_tokenizer), backend=PolishingBackend())
     prefix = tmp_path / "split"
@@ -180,7 +168,7 @@ def test_ranks_share_the_shards_and_tokenize_waits_for_all(tmp_path, sample_toke
 
 
 def test_three_prepare_tasks_give_the_rewritten_dataset_of_one(tmp_path, sample_tokenizer):
-    src = corpus(tmp_path)
+    src = marked_corpus(tmp_path)
     one, three = tmp_path / "one", tmp_path / "three"
     run_preprocess_aligned(cfg(src, one, sample_tokenizer, "--run.tasks=1"), backend=PolishingBackend())
     stats = run_preprocess_aligned(cfg(src, three, sample_tokenizer, "--run.tasks=3"), backend=PolishingBackend())
@@ -201,7 +189,7 @@ def test_slurm_array_variables_pick_the_rank(monkeypatch):
 
 
 def test_changed_guidelines_redo_the_rewrites(tmp_path, sample_tokenizer):
-    src = corpus(tmp_path, 6)
+    src = marked_corpus(tmp_path, 6)
     prefix = tmp_path / "g"
     run_preprocess_aligned(cfg(src, prefix, sample_tokenizer), backend=PolishingBackend())
     other = tmp_path / "other.yaml"

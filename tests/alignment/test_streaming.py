@@ -22,29 +22,14 @@ from native_megatron.utils.config import load_config
 from tests.helpers.engine_sim import SimulatedEngine
 from tests.helpers.fakes import PolishingBackend
 from tests.helpers.paths import same_bytes
+from tests.helpers.rewrite_corpus import marked_corpus, write_jsonl
 from tests.helpers.servers import ExpertServer
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 GUIDELINES = ROOT / "examples" / "guidelines" / "native_alignment_ar.yaml"
-BODY = ("تحدث الخبراء في المؤتمر السنوي عن مستقبل الزراعة في المناطق الجافة واستخدام تقنيات الري بالتنقيط "
-        "وتحلية المياه، وأكدوا أن الاستثمار في البحث العلمي هو الطريق الأهم لتحقيق الأمن الغذائي. ")
 ROW_KEYS = ["id", "file", "line", "attempt", "chunks", "text", "finish_reasons", "prompt_tokens",
             "completion_tokens", "checks", "failed_checks", "decision", "backend", "model", "guidelines"]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def marked_corpus(tmp_path: Path, n: int = 14) -> Path:
-    rows = []
-    for i in range(n):
-        marker = {3: "REFUSE", 7: "TRUNCATE", 11: "FLAKY"}.get(i, "")
-        text = f"المقال رقم {i} عن موضوع مختلف {'ب' * (i + 1)}. {BODY}{marker} يا غبي!!!"
-        rows.append({"id": f"d{i:02d}", "text": text})
-    return write_jsonl(tmp_path / "in.jsonl", rows)
 
 
 def cfg(inputs, prefix, tokenizer, *overrides):
@@ -70,7 +55,7 @@ def prepare_and_rewrite(src, prefix, tokenizer, *overrides, backend=None) -> dic
 
 
 def test_streaming_writes_what_the_batch_path_writes_and_keeps_every_attempt(tmp_path, sample_tokenizer):
-    src = marked_corpus(tmp_path)
+    src = marked_corpus(tmp_path, 14)
     batch = tmp_path / "batch" / "a"
     prepare_and_rewrite(src, batch, sample_tokenizer, "--rewrite.backend=hf", "--rewrite.model=fake",
                         "--rewrite.batch_size=3", backend=PolishingBackend())

@@ -17,6 +17,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 from native_megatron.evaluation import models as model_io
 from native_megatron.evaluation.run import EvalConfig, score_task
@@ -28,6 +29,9 @@ pytestmark = pytest.mark.slow
 if os.environ.get("NM_LIGHTEVAL_PATH"):
     # Appended, not prepended: the venv's own packages win; only what it lacks comes from there.
     sys.path.append(os.environ["NM_LIGHTEVAL_PATH"])
+# Importing lighteval (and building its model) calls torch.set_grad_enabled(False) for the whole process;
+# every other test in this session needs autograd back.
+_GRAD = torch.is_grad_enabled()
 try:
     from lighteval.models.transformers.transformers_model import TransformersModel, TransformersModelConfig
     from lighteval.tasks.multilingual.tasks import arabic
@@ -36,6 +40,15 @@ except ImportError as exc:  # not installed, or installed without what its impor
         raise
     pytest.skip(f"lighteval is not importable ({exc}); not in the dev extra: docs/evaluation.md says why",
                 allow_module_level=True)
+finally:
+    torch.set_grad_enabled(_GRAD)
+
+
+@pytest.fixture(autouse=True)
+def _autograd_back():
+    yield
+    torch.set_grad_enabled(_GRAD)
+
 
 SAMPLES = ROOT / "examples" / "eval"
 PROMPT_FUNCTIONS = {"arabic_mmlu": arabic.arabic_mmlu_pfn, "acva": arabic.acva_pfn, "alghafa": arabic.alghafa_pfn,
