@@ -79,6 +79,7 @@ CARRY = [("megatron-core==0.16.1", "the trainer's model, parallel layers and che
          ("ninja==1.13.2", "torch builds the extension in parallel with it (serially without)"),
          ("pycld2==0.42", "language identification (native_megatron.data.langid), imported by the preprocessing"),
          ("zstandard==0.25.0", "reading .zst corpora (native_megatron.data.readers)"),
+         ("xxhash==4.1.0", "work-file checksums (native_megatron.data.work), imported by every data stage"),
          ("ftfy==6.3.1", "mojibake repair in cleaning"), ("wcwidth==0.9.5", "ftfy's one dependency"),
          ("httpx==0.29.0", "the OpenAI-compatible client, imported by the rewriting pipeline the gpu tests run"),
          ("httpcore==1.0.9", "httpx's transport"), ("certifi==2026.10.19.post1", "httpx's CA bundle"),
@@ -98,7 +99,8 @@ OPTIONAL = [("transformer-engine", "transformer_engine", ["transformer-engine", 
 NEEDED = [("megatron-core", "megatron.core", True), ("sentencepiece", "sentencepiece", True),
           ("tokenizers", "tokenizers", True), ("numpy", "numpy", True), ("pyyaml", "yaml", True),
           ("tqdm", "tqdm", True), ("pycld2", "pycld2", True), ("ftfy", "ftfy", True), ("pyarrow", "pyarrow", True),
-          ("zstandard", "zstandard", True), ("psutil", "psutil", True), ("httpx", "httpx", True),
+          ("zstandard", "zstandard", True), ("xxhash", "xxhash", True), ("psutil", "psutil", True),
+          ("httpx", "httpx", True),
           ("tenacity", "tenacity", True), ("transformers", "transformers", True), ("pytest", "pytest", True),
           ("pytest-timeout", "pytest_timeout", True), ("triton", "triton", False)]
 
