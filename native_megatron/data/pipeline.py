@@ -32,6 +32,7 @@ from typing import Any, Literal, Protocol
 
 from native_megatron.data.cleaning import CleanConfig
 from native_megatron.data.dedup import DedupConfig
+from native_megatron.data.executor import Share
 from native_megatron.data.indexed import (
     TokenizeSettings,
     dataset_prefix,
@@ -57,7 +58,6 @@ from native_megatron.data.tokenizer import load_tokenizer
 from native_megatron.data.work import Lease
 from native_megatron.utils.config import ConfigError, dump_yaml
 from native_megatron.utils.io import atomic_open, atomic_write_json, check_writable_dir
-from native_megatron.utils.slurm import work_share
 
 logger = logging.getLogger(__name__)
 
@@ -177,10 +177,8 @@ def _share(cfg: PreprocessConfig) -> tuple[int | None, int | None]:
     """(this process's task or None for all, the array's task count or None)."""
     if cfg.run.task >= 0:
         return cfg.run.task, None
-    share = work_share()
-    if share is not None and share[1] > 1:
-        return share
-    return None, None
+    share = Share.of()   # the executor's reading of a SLURM array
+    return (share.task, share.num_tasks) if share.task is not None else (None, None)
 
 
 def _task_count(cfg: PreprocessConfig, files: list[str], array_count: int | None) -> int:

@@ -38,13 +38,15 @@ import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from native_megatron.data.cleaning import CleanConfig, Cleaner
 from native_megatron.data.dedup import DedupConfig, Fingerprint, fingerprint, lsh_bands_rows
+from native_megatron.data.executor import Done, Share, Unit, execute
 from native_megatron.data.indexed import DocumentEncoder, TokenizeSettings, preload_writer, write_partition
 from native_megatron.data.langid import LanguageGuess
 from native_megatron.data.manifest import DROPPED, PASSED, ManifestWriter, read_manifest
@@ -52,7 +54,7 @@ from native_megatron.data.plan import plan_tasks
 from native_megatron.data.readers import InputPiece, RawRecord, RecordSkip, iter_pieces, parse_document
 from native_megatron.data.shards import ShardWriter, read_shard_texts
 from native_megatron.data.tasks import remove_stale_temp_files
-from native_megatron.data.work import Marker, WorkError, identity, run_unit
+from native_megatron.data.work import Marker, WorkError, identity
 from native_megatron.utils.config import ConfigError
 from native_megatron.utils.io import Progress, atomic_open, atomic_write_json, read_json
 from native_megatron.utils.parallel import batched, ordered_map
@@ -266,11 +268,11 @@ def _remove_clean_temporaries(settings: PrepareSettings, work_dir: Path, task: i
         (sdir / "DONE.json").unlink(missing_ok=True)
 
 
-def clean_task(settings: PrepareSettings, work_dir: Path, task: int, show_progress: bool = True) -> dict:
-    """Step 1 for one task, under its lease; a finished task whose files check is not redone."""
-    marker = clean_marker(settings, work_dir, task)
-    return run_unit(marker, lambda: _clean(settings, work_dir, task, show_progress),
-                    cleanup=lambda: _remove_clean_temporaries(settings, work_dir, task))
+def clean_unit(settings: PrepareSettings, work_dir: Path, task: int, show_progress: bool = True) -> Unit:
+    """Step 1's unit for one task; a finished task whose files check is not redone."""
+    return Unit(f"task {task}", clean_marker(settings, work_dir, task),
+                partial(_clean, settings, work_dir, task, show_progress),
+                cleanup=partial(_remove_clean_temporaries, settings, work_dir, task))
 
 
 def _clean(settings: PrepareSettings, work_dir: Path, task: int, show_progress: bool) -> tuple[dict, list]:
@@ -372,22 +374,24 @@ def _dedup_config(settings: PrepareSettings) -> DedupConfig:
     return dataclasses.replace(settings.dedup, against=against)
 
 
-def merge_task(settings: PrepareSettings, work_dir: Path, task: int, num_tasks: int) -> list[dict]:
-    """Step 2: the merge units ``p`` with ``p % num_tasks == task``."""
+def merge_units(settings: PrepareSettings, work_dir: Path) -> tuple[int, Callable[[int], Unit]]:
+    """Step 2's units (band x hash-range slices, ``neardup/merge.py``): how many, how to build one."""
     if not dedup_enabled(settings.dedup):
-        return []
-    from native_megatron.data.neardup import StagesConfig, merge_buckets
+        return 0, lambda i: None
+    from native_megatron.data.neardup import StagesConfig
+    from native_megatron.data.neardup.merge import merge_stage
 
-    return merge_buckets(task, num_tasks, dedup_dir(work_dir), _dedup_config(settings), StagesConfig())
+    return merge_stage(dedup_dir(work_dir), _dedup_config(settings), StagesConfig())
 
 
-def clusters_step(settings: PrepareSettings, work_dir: Path) -> dict:
-    """Step 3 (one process): the groups and which document each drop is a copy of."""
+def clusters_units(settings: PrepareSettings, work_dir: Path) -> tuple[int, Callable[[int], Unit]]:
+    """Step 3's one unit: the groups and which document each drop is a copy of."""
     if not dedup_enabled(settings.dedup):
-        return {}
-    from native_megatron.data.neardup import StagesConfig, build_clusters
+        return 0, lambda i: None
+    from native_megatron.data.neardup import StagesConfig
+    from native_megatron.data.neardup.clusters import clusters_unit
 
-    return build_clusters(dedup_dir(work_dir), _dedup_config(settings), StagesConfig())
+    return 1, lambda _: clusters_unit(dedup_dir(work_dir), _dedup_config(settings), StagesConfig())
 
 
 def _clusters_signature(settings: PrepareSettings, work_dir: Path) -> str | None:
@@ -422,23 +426,24 @@ def finished_clean(settings: PrepareSettings, work_dir: Path, task: int, verify:
     return done
 
 
-def filter_task(settings: PrepareSettings, work_dir: Path, task: int) -> dict:
-    """Step 4 for one task, under its lease: its kept documents (shards or a token partition) and final
-    manifest rows."""
+def filter_unit(settings: PrepareSettings, work_dir: Path, task: int) -> Unit:
+    """Step 4's unit for one task: its kept documents (shards or a token partition) and final manifest
+    rows. Building it checks the clean unit's files it reads."""
     clean = finished_clean(settings, work_dir, task)
     marker = filter_marker(settings, work_dir, task, clean, _clusters_signature(settings, work_dir))
-    tdir = task_dir(work_dir, task)
+    return Unit(f"task {task}", marker, partial(_filter, settings, work_dir, task, clean),
+                cleanup=partial(_remove_filter_temporaries, task_dir(work_dir, task)))
 
-    def cleanup() -> None:
-        for old in tdir.glob("shard-*.jsonl"):
-            old.unlink()
-        remove_stale_temp_files(tdir, "part")
-        from native_megatron.data.neardup.store import remove_stale_temporaries
 
-        for name in ("manifest.jsonl", "part.manifest.jsonl", "shard-*.jsonl"):
-            remove_stale_temporaries(tdir, name)
+def _remove_filter_temporaries(tdir: Path) -> None:
+    """What an earlier, dead holder of a filter unit left (called under its lease)."""
+    from native_megatron.data.neardup.store import remove_stale_temporaries
 
-    return run_unit(marker, lambda: _filter(settings, work_dir, task, clean), cleanup=cleanup)
+    for old in tdir.glob("shard-*.jsonl"):
+        old.unlink()
+    remove_stale_temp_files(tdir, "part")
+    for name in ("manifest.jsonl", "part.manifest.jsonl", "shard-*.jsonl"):
+        remove_stale_temporaries(tdir, name)
 
 
 def _filter(settings: PrepareSettings, work_dir: Path, task: int, clean: dict) -> tuple[dict, list]:
@@ -509,48 +514,39 @@ def _reorder(row: dict) -> dict:
 # ---- the whole stage -----------------------------------------------------------------
 
 
-def _filter_call(args: tuple) -> dict:
-    return filter_task(*args)
-
-
-def _merge_call(args: tuple) -> list[dict]:
-    return merge_task(*args)
-
-
 def run_step(step: str, settings: PrepareSettings, work_dir: Path, task: int | None = None,
-             num_tasks: int | None = None, show_progress: bool = True) -> list[dict]:
-    """One step: for one task (a SLURM array task), or every task here when ``task`` is None.
-    Returns the results of the tasks (units, for merge) it ran or found done."""
+             num_tasks: int | None = None, show_progress: bool = True) -> list[Done]:
+    """One step: this process's share of its units (``task`` of ``num_tasks``, a SLURM array task), or
+    every unit here when ``task`` is None. Clean and filter have one unit per prepare task; merge has
+    its band x range units, split over ``num_tasks`` (default: ``run.workers``)."""
     load_plan(settings, work_dir)
-    if step == "clusters":
-        summary = clusters_step(settings, work_dir)
-        if summary:
-            logger.info("dedup clusters: %s", _clusters_line(summary))
-        return [summary] if summary else []
+    here = task is None
     if step == "merge":
-        count = num_tasks or max(1, settings.workers)
-        todo = range(count) if task is None else [task]
-        args = [(settings, work_dir, t, count) for t in todo]
-        units = ordered_map(_merge_call, args, settings.workers if task is None else 1)
-        return [unit for batch in units for unit in batch]
-    todo = range(settings.tasks) if task is None else [task]
-    if task is not None and not 0 <= task < settings.tasks:
+        count, unit = merge_units(settings, work_dir)
+        share = Share() if here else Share(task, num_tasks or max(1, settings.workers))
+        return execute("dedup merge", count, unit, share, settings.workers if here else 1)
+    if step == "clusters":
+        if not here and task != 0:
+            raise ConfigError("the clusters step is one task: run it outside an array, or as --array=0")
+        count, unit = clusters_units(settings, work_dir)
+        return execute("dedup clusters", count, unit, describe=lambda d: _clusters_line(d.record))
+    if not here and not 0 <= task < settings.tasks:
         raise ConfigError(f"prepare task {task} is outside 0..{settings.tasks - 1} (run.tasks={settings.tasks})")
+    share = Share() if here else Share(task, settings.tasks)
     if step == "clean":
-        results = []
-        for t in todo:
-            r = clean_task(settings, work_dir, t, show_progress)
-            results.append(r)
-            if settings.tasks > 1:
-                logger.info("prepare task %d/%d: %d documents in, %d passed cleaning%s", t + 1, settings.tasks,
-                            r["documents_in"], r["candidates"], " (reused)" if r["reused"] else "")
-        return results
+        # One unit at a time: each cleans its slice over run.workers processes of its own.
+        return execute("prepare clean", settings.tasks, partial(clean_unit, settings, work_dir,
+                       show_progress=show_progress), share, describe=_clean_line)
     if step == "filter":
-        workers = settings.workers if task is None and settings.tasks > 1 else 1
+        workers = settings.workers if here and settings.tasks > 1 else 1
         if workers > 1 and settings.tokenize is not None:
             preload_writer()    # import megatron-core once here (seconds), not in every forked worker
-        return list(ordered_map(_filter_call, [(settings, work_dir, t) for t in todo], workers))
+        return execute("prepare filter", settings.tasks, partial(filter_unit, settings, work_dir), share, workers)
     raise ConfigError(f"unknown prepare step {step!r}: choose one of {', '.join(STEPS)}")
+
+
+def _clean_line(done: Done) -> str:
+    return f"{done.record['documents_in']} documents in, {done.record['candidates']} passed cleaning"
 
 
 def _clusters_line(summary: dict) -> str:
@@ -568,7 +564,7 @@ def run_prepare(settings: PrepareSettings, work_dir: Path, show_progress: bool =
     reused = {}
     for step in STEPS:
         results = run_step(step, settings, work_dir, show_progress=show_progress)
-        reused[step] = sum(1 for r in results if r.get("reused"))
+        reused[step] = sum(d.reused for d in results)
     result = collect(settings, work_dir, verify=False)    # every unit was just checked or written
     result.stats["seconds"] = round(time.monotonic() - start, 3)
     # Per step, how many tasks (merge: units) were found finished and not redone.

@@ -25,8 +25,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from native_megatron.data.dedup import MINHASH_SCHEME, DedupConfig, lsh_bands_rows
-from native_megatron.data.tasks import ShardTask
-from native_megatron.data.work import WorkError, file_problem, file_record
+from native_megatron.data.work import WorkError, file_problem
 from native_megatron.utils.config import ConfigError
 from native_megatron.utils.io import atomic_open, read_json
 
@@ -225,17 +224,6 @@ class Run:
             for p, s in zip(pos, Strings(task.path / "ids").get(rows)):
                 out[p] = s
         return out
-
-
-def write_done(path: Path, info: dict, files: Iterable[Path] = ()) -> None:
-    """The task's done marker (``info`` carries its ``signature``), see :class:`ShardTask`, with the size
-    and checksum of each of ``files`` (beside it) for the steps that read them."""
-    ShardTask(path, {"signature": info["signature"]}).mark_done({**info, "files": {
-        Path(f).name: file_record(f) for f in files}})
-
-
-def is_done(path: Path, signature: str) -> bool:
-    return ShardTask(path, {"signature": signature}).done()
 
 
 def remove_stale_temporaries(directory: Path, name: str = "*") -> None:
