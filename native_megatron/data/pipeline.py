@@ -217,11 +217,7 @@ def _check_work_dir(paths: Paths, settings: PrepareSettings) -> None:
                 if made.get("fingerprint") == settings.fingerprint else "made from other inputs or settings")
         raise ConfigError(f"{paths.work} was {what}; pass --overwrite to redo it, or choose another "
                           f"--output-prefix")
-    # The release before tasks wrote these straight into prepare/. Anything else there may be
-    # another array task that has started and is still writing plan.json.
-    if (paths.prepare / "DONE.json").exists() or any(paths.prepare.glob("shard-*.jsonl")):
-        raise ConfigError(f"{paths.work} was made by an earlier version of this tool; pass --overwrite to "
-                          f"redo it, or choose another --output-prefix")
+    # No plan yet: anything else there may be another array task that is still writing plan.json.
 
 
 def _prepare_settings(cfg: PreprocessConfig, paths: Paths, one_pass: bool, array_count: int | None,
