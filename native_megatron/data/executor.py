@@ -20,6 +20,7 @@ from typing import Callable
 
 from native_megatron.data.work import Marker, run_unit
 from native_megatron.utils.config import ConfigError
+from native_megatron.utils.io import Progress
 from native_megatron.utils.parallel import ordered_map
 from native_megatron.utils.slurm import work_share
 
@@ -81,20 +82,21 @@ def run_one(unit: Unit) -> Done:
 
 
 def execute(stage: str, count: int, unit: Callable[[int], Unit], share: Share = Share(), workers: int = 1,
-            describe: Callable[[Done], str] | None = None) -> list[Done]:
+            describe: Callable[[Done], str] | None = None, progress: bool = True) -> list[Done]:
     """Run this process's share of the stage's ``count`` units, ``unit(i)`` building unit ``i`` (only
     this process's are built: building one may check the files it reads), ``workers`` at a time (1:
-    here, for units that use their own pool); log each as it finishes (``describe``: what it did)."""
+    here, for units that use their own pool). Progress: a bar on a terminal, a line every 30 s in a
+    batch log, and with ``describe`` a line per unit saying what it did."""
     mine = [unit(i) for i in share.mine(count)]
     start = time.monotonic()
     results = []
-    for i, done in enumerate(ordered_map(run_one, mine, min(workers, len(mine))), 1):
-        results.append(done)
-        what = describe(done) if describe is not None else ""
-        if count > 1 or what:
-            logger.info("%s %s (%d/%d here)%s%s", stage, done.name, i, len(mine), f": {what}" if what else "",
-                        " (reused)" if done.reused else "")
+    with Progress(len(mine), stage, unit="unit", enabled=progress and len(mine) > 1) as bar:
+        for done in ordered_map(run_one, mine, min(workers, len(mine))):
+            results.append(done)
+            bar.update()
+            if describe is not None:
+                logger.info("%s %s: %s%s", stage, done.name, describe(done), " (reused)" if done.reused else "")
     if len(mine) > 1:
-        reused = sum(d.reused for d in results)
-        logger.info("%s: %d units in %.1fs (%d reused)", stage, len(mine), time.monotonic() - start, reused)
+        logger.info("%s: %d of %d units here in %.1fs, %d reused", stage, len(mine), count,
+                    time.monotonic() - start, sum(d.reused for d in results))
     return results

@@ -80,7 +80,7 @@ class PrepareSettings:
     # Tokenize where documents are cleaned (no rewriting follows): tasks write token partitions.
     tokenize: TokenizeSettings | None = None
     # What the work was made from (inputs and settings); a task's done marker carries it.
-    fingerprint: str = ""
+    inputs_identity: str = ""
     # With tokenize: the tokenizer's identity (content hash, vocabulary size, token width, special ids).
     tokenizer: dict | None = None
 
@@ -124,7 +124,7 @@ def read_plan(path: Path) -> dict:
         made = read_json(path)
     except (ValueError, UnicodeDecodeError):
         made = None
-    if not isinstance(made, dict) or not {"fingerprint", "tasks", "files", "pieces"} <= set(made):
+    if not isinstance(made, dict) or not {"identity", "tasks", "files", "pieces"} <= set(made):
         raise WorkError(f"{path} is damaged; pass --overwrite to redo the preprocessing (its work cannot be "
                         f"trusted without it)")
     return made
@@ -132,17 +132,17 @@ def read_plan(path: Path) -> dict:
 
 def load_plan(settings: PrepareSettings, work_dir: Path) -> list[list[InputPiece]]:
     """The task slices: read from ``plan.json``, or computed and written (identically by any task),
-    with the inputs, their fingerprint and whether tokenizing happens here (``one_pass``)."""
+    with the inputs, their identity and whether tokenizing happens here (``one_pass``)."""
     path = plan_path(work_dir)
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     if path.exists():
         plan = read_plan(path)
-        if plan.get("fingerprint") == settings.fingerprint and plan.get("tasks") == settings.tasks:
+        if plan.get("identity") == settings.inputs_identity and plan.get("tasks") == settings.tasks:
             return [[InputPiece(**p) for p in task] for task in plan["pieces"]]
         raise ConfigError(f"{path} was written for other inputs, settings or task count; start over with "
                           f"--overwrite")
     pieces = plan_tasks(settings.files, settings.tasks)
-    atomic_write_json(path, {"fingerprint": settings.fingerprint, "tasks": settings.tasks, "files": settings.files,
+    atomic_write_json(path, {"identity": settings.inputs_identity, "tasks": settings.tasks, "files": settings.files,
                              "one_pass": settings.tokenize is not None, "settings": settings_digest(settings),
                              "pieces": [[p.to_json() for p in task] for task in pieces]})
     return pieces
@@ -234,9 +234,9 @@ FILTER_OUTPUTS = ("manifest.jsonl", "part.bin", "part.idx", "part.manifest.jsonl
 
 
 def clean_marker(settings: PrepareSettings, work_dir: Path, task: int) -> Marker:
-    """The clean step's marker for ``task``: its identity is the run's fingerprint and the task's place."""
+    """The clean step's marker for ``task``: its identity is the run's inputs identity and the task's place."""
     return Marker(task_dir(work_dir, task) / "clean.json",
-                  {"identity": identity({"step": "clean", "fingerprint": settings.fingerprint, "task": task,
+                  {"identity": identity({"step": "clean", "identity": settings.inputs_identity, "task": task,
                                          "tasks": settings.tasks})})
 
 
@@ -524,7 +524,7 @@ def run_step(step: str, settings: PrepareSettings, work_dir: Path, task: int | N
     if step == "merge":
         count, unit = merge_units(settings, work_dir)
         share = Share() if here else Share(task, num_tasks or max(1, settings.workers))
-        return execute("dedup merge", count, unit, share, settings.workers if here else 1)
+        return execute("dedup merge", count, unit, share, settings.workers if here else 1, progress=show_progress)
     if step == "clusters":
         if not here and task != 0:
             raise ConfigError("the clusters step is one task: run it outside an array, or as --array=0")
@@ -534,14 +534,15 @@ def run_step(step: str, settings: PrepareSettings, work_dir: Path, task: int | N
         raise ConfigError(f"prepare task {task} is outside 0..{settings.tasks - 1} (run.tasks={settings.tasks})")
     share = Share() if here else Share(task, settings.tasks)
     if step == "clean":
-        # One unit at a time: each cleans its slice over run.workers processes of its own.
+        # One unit at a time: each cleans its slice over run.workers processes, with its own bar.
         return execute("prepare clean", settings.tasks, partial(clean_unit, settings, work_dir,
-                       show_progress=show_progress), share, describe=_clean_line)
+                       show_progress=show_progress), share, describe=_clean_line, progress=False)
     if step == "filter":
         workers = settings.workers if here and settings.tasks > 1 else 1
         if workers > 1 and settings.tokenize is not None:
             preload_writer()    # import megatron-core once here (seconds), not in every forked worker
-        return execute("prepare filter", settings.tasks, partial(filter_unit, settings, work_dir), share, workers)
+        return execute("prepare filter", settings.tasks, partial(filter_unit, settings, work_dir), share, workers,
+                       progress=show_progress)
     raise ConfigError(f"unknown prepare step {step!r}: choose one of {', '.join(STEPS)}")
 
 
@@ -649,7 +650,7 @@ def _prepare_stats(settings: PrepareSettings, work_dir: Path, clean: list[dict],
 
 
 def settings_digest(settings: PrepareSettings) -> dict:
-    """What the stage's output depends on (JSON), for the caller's fingerprint and the plan."""
+    """What the stage's output depends on (JSON), for the inputs identity and the plan."""
     out = {"clean": asdict(settings.clean), "dedup": asdict(settings.dedup), "shard_size": settings.shard_size,
            "text_key": settings.text_key, "id_key": settings.id_key, "url_key": settings.url_key}
     if settings.tokenize is not None:
