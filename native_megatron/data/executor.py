@@ -95,7 +95,8 @@ def execute(stage: str, count: int, unit: Callable[[int], Unit], share: Share = 
             results.append(done)
             bar.update()
             if describe is not None:
-                logger.info("%s %s: %s%s", stage, done.name, describe(done), " (reused)" if done.reused else "")
+                name = f" {done.name}" if count > 1 else ""
+                logger.info("%s%s: %s%s", stage, name, describe(done), " (reused)" if done.reused else "")
     if len(mine) > 1:
         logger.info("%s: %d of %d units here in %.1fs, %d reused", stage, len(mine), count,
                     time.monotonic() - start, sum(d.reused for d in results))

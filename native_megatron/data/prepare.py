@@ -18,7 +18,7 @@ the same work runs as local processes or as SLURM array tasks:
 
 The kept set is the first copy in input order, whatever the number of tasks,
 so 1 task and 64 give identical manifests and datasets. Every output is
-written atomically and every step marks itself done with a signature of its
+written atomically and every step marks itself done with the identity of its
 inputs and settings, so a killed run redoes only the unfinished steps.
 
 In ``{prefix}_work/prepare/``: ``plan.json``; ``dedup/`` (the staged dedup run);
@@ -394,14 +394,14 @@ def clusters_units(settings: PrepareSettings, work_dir: Path) -> tuple[int, Call
     return 1, lambda _: clusters_unit(dedup_dir(work_dir), _dedup_config(settings), StagesConfig())
 
 
-def _clusters_signature(settings: PrepareSettings, work_dir: Path) -> str | None:
+def _clusters_identity(settings: PrepareSettings, work_dir: Path) -> str | None:
     if not dedup_enabled(settings.dedup):
         return None
     path = dedup_dir(work_dir) / "clusters" / "DONE.json"
     if not path.exists():
         raise ConfigError(f"{work_dir}: the dedup clusters step has not run; run --stage clusters "
                           f"(after every merge task) before --stage filter")
-    return read_json(path)["signature"]
+    return read_json(path).get("identity")
 
 
 # ---- step 4: filter ------------------------------------------------------------------
@@ -430,7 +430,7 @@ def filter_unit(settings: PrepareSettings, work_dir: Path, task: int) -> Unit:
     """Step 4's unit for one task: its kept documents (shards or a token partition) and final manifest
     rows. Building it checks the clean unit's files it reads."""
     clean = finished_clean(settings, work_dir, task)
-    marker = filter_marker(settings, work_dir, task, clean, _clusters_signature(settings, work_dir))
+    marker = filter_marker(settings, work_dir, task, clean, _clusters_identity(settings, work_dir))
     return Unit(f"task {task}", marker, partial(_filter, settings, work_dir, task, clean),
                 cleanup=partial(_remove_filter_temporaries, task_dir(work_dir, task)))
 
@@ -588,7 +588,7 @@ def _finished_tasks(settings: PrepareSettings, work_dir: Path, verify: bool) -> 
     """Every task's clean and filter markers, or one line naming what is unfinished or damaged."""
     clean, filtered, missing = [], [], []
     try:
-        clusters = _clusters_signature(settings, work_dir)
+        clusters = _clusters_identity(settings, work_dir)
         clustered = True
     except ConfigError:     # no clusters step yet: no task can have filtered
         clusters, clustered = None, False

@@ -85,9 +85,9 @@ def clusters_unit(run_dir: str | Path, config: DedupConfig, stages: StagesConfig
         marker = pairs_dir(run_dir) / f"{p.name}.done.json"
         if not marker.exists():
             raise ConfigError(f"{run_dir}: stage 2 unit {p.name} is unfinished; rerun stage 2 first")
-        part_digests.append(read_json(marker)["signature"])
+        part_digests.append(read_json(marker).get("identity"))
     out = clusters_dir(run_dir)
-    return Unit("clusters", Marker(out / "DONE.json", {"signature": identity(part_digests)}),
+    return Unit("clusters", Marker(out / "DONE.json", {"identity": identity(part_digests)}),
                 partial(_clusters, run_dir, config, stages),
                 cleanup=partial(remove_stale_temporaries, out), lease=out / "clusters.lease")
 

@@ -31,11 +31,11 @@ from native_megatron.data.neardup.store import (
     StagesConfig,
     band_path,
     check_task_file,
-    config_signature,
     load_npy,
     read_json,
     remove_stale_temporaries,
     save_npy,
+    sketch_settings,
 )
 from native_megatron.data.work import Marker, identity
 from native_megatron.utils.config import ConfigError
@@ -68,7 +68,7 @@ class Part:
 
 def plan_parts(config: DedupConfig, stages: StagesConfig) -> list[Part]:
     """Every stage-2 unit; unit ``p`` belongs to stage-2 task ``p % num_tasks``."""
-    sig = config_signature(config)
+    sig = sketch_settings(config)
     parts = [Part("band", b, r, config.band_ranges) for b in range(sig["bands"]) for r in range(config.band_ranges)]
     if config.exact:
         parts += [Part("exact", 0, e, config.exact_ranges) for e in range(config.exact_ranges)]
@@ -105,19 +105,19 @@ class Against:
 
     def __init__(self, path: str, config: DedupConfig) -> None:
         self.run = Run.open(path)
-        if self.run.signature != config_signature(config):
-            raise ConfigError(f"dedup against {path}: it was made with other settings ({self.run.signature}); "
+        if self.run.settings != sketch_settings(config):
+            raise ConfigError(f"dedup against {path}: it was made with other settings ({self.run.settings}); "
                               f"use the same shingles, num_perm, seed, bands and rows")
         done = Path(path) / "clusters" / "DONE.json"
         if not done.exists():
             raise ConfigError(f"dedup against {path}: that run has no finished clusters stage (stage 3)")
-        self.digest = read_json(done)["signature"]
+        self.digest = read_json(done).get("identity")
         self.dropped = np.array(load_npy(Path(path) / "clusters" / "removed.npy")["k"])
 
 
-def _part_signature(part: Part, config: DedupConfig, stages: StagesConfig, run: Run,
+def _part_identity(part: Part, config: DedupConfig, stages: StagesConfig, run: Run,
                     against: Against | None) -> str:
-    return identity({"config": config_signature(config), "part": part.name, "verify": config.verify,
+    return identity({"config": sketch_settings(config), "part": part.name, "verify": config.verify,
                    "threshold": config.threshold, "max_candidates": stages.max_candidates,
                    "tasks": [(t.index, t.docs, t.min_key, t.max_key) for t in run.tasks],
                    "against": against.digest if against else None})
@@ -254,7 +254,7 @@ def merge_unit(part: Part, run_dir: str | Path, config: DedupConfig, stages: Sta
     if against is None and config.against:
         against = Against(config.against, config)
     out = pairs_dir(Path(run_dir))
-    marker = Marker(out / f"{part.name}.done.json", {"signature": _part_signature(part, config, stages, run, against)})
+    marker = Marker(out / f"{part.name}.done.json", {"identity": _part_identity(part, config, stages, run, against)})
     return Unit(part.name, marker, partial(_merge, part, Path(run_dir), config, stages),
                 cleanup=partial(remove_stale_temporaries, out, f"{part.name}.*"), lease=out / f"{part.name}.lease")
 
@@ -287,8 +287,8 @@ def merge_part(part: Part, run_dir: str | Path, config: DedupConfig, stages: Sta
 def merge_stage(run_dir: str | Path, config: DedupConfig, stages: StagesConfig) -> tuple[int, Callable[[int], Unit]]:
     """Stage 2's units: how many, and how to build unit ``i`` (for the executor)."""
     run = Run.open(run_dir)
-    if run.signature != config_signature(config):
-        raise ConfigError(f"{run_dir}: its signatures were made with other dedup settings ({run.signature})")
+    if run.settings != sketch_settings(config):
+        raise ConfigError(f"{run_dir}: its signatures were made with other dedup settings ({run.settings})")
     against = Against(config.against, config) if config.against else None
     parts = plan_parts(config, stages)
     return len(parts), lambda i: merge_unit(parts[i], run_dir, config, stages, run, against)

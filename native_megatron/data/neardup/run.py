@@ -86,10 +86,11 @@ def _kept_line(rec, doc) -> str:
 
 def filter_unit(spec: InputSpec, run_dir: Path, task: int, num_tasks: int) -> Unit:
     """Stage 4's unit for one task: its kept lines and its manifest rows."""
-    out = run_dir / "manifest"
-    signature = identity({"clusters": read_json(run_dir / "clusters" / "DONE.json")["signature"],
-                          "task": task, "num_tasks": num_tasks})
-    return Unit(f"part-{task:05d}", Marker(out / f"part-{task:05d}.done.json", {"signature": signature}),
+    out, clusters = run_dir / "manifest", run_dir / "clusters" / "DONE.json"
+    if not clusters.exists():
+        raise ConfigError(f"{run_dir}: the clusters stage (3) has not finished; run it before the filter stage")
+    unit_identity = identity({"clusters": read_json(clusters).get("identity"), "task": task, "num_tasks": num_tasks})
+    return Unit(f"part-{task:05d}", Marker(out / f"part-{task:05d}.done.json", {"identity": unit_identity}),
                 partial(_filter, spec, run_dir, task, num_tasks), lease=out / f"part-{task:05d}.lease",
                 cleanup=partial(_remove_filter_temporaries, run_dir, task))
 

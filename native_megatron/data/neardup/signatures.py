@@ -24,13 +24,13 @@ from native_megatron.data.neardup.store import (
     BAND_DTYPE,
     EXACT_DTYPE,
     band_path,
-    config_signature,
     load_npy,
     make_key,
     remove_stale_temporaries,
     save_npy,
     save_npy_rows,
     save_strings,
+    sketch_settings,
     task_dir,
 )
 from native_megatron.data.work import Marker, identity
@@ -65,8 +65,8 @@ def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return out
 
 
-def _task_signature(config: DedupConfig, task: int, num_tasks: int) -> str:
-    return identity({"config": config_signature(config), "task": task, "num_tasks": num_tasks})
+def _task_identity(config: DedupConfig, task: int, num_tasks: int) -> str:
+    return identity({"config": sketch_settings(config), "task": task, "num_tasks": num_tasks})
 
 
 def signatures_unit(task: int, num_tasks: int, run_dir: str | Path, config: DedupConfig,
@@ -77,7 +77,7 @@ def signatures_unit(task: int, num_tasks: int, run_dir: str | Path, config: Dedu
     if not 0 <= task < num_tasks:
         raise ConfigError(f"task {task} is outside 0..{num_tasks - 1}")
     tdir = task_dir(Path(run_dir), task)
-    marker = Marker(tdir / "DONE.json", {"signature": _task_signature(config, task, num_tasks)})
+    marker = Marker(tdir / "DONE.json", {"identity": _task_identity(config, task, num_tasks)})
     return Unit(f"task-{task:05d}", marker, partial(_write, task, num_tasks, items, tdir, config),
                 cleanup=partial(_remove_partial, tdir), lease=tdir.parent / f"{tdir.name}.lease")
 
@@ -125,7 +125,7 @@ def _write(task: int, num_tasks: int, items: Callable[[], Iterable[tuple]], tdir
         raise ConfigError(f"dedup task {task}: document keys must increase (input order, no repeats)")
     save_npy(tdir / "keys.npy", key_arr)
     save_strings(tdir / "ids", ids)
-    sig = config_signature(config)
+    sig = sketch_settings(config)
     if config.near:
         width = blocks[0].shape[1] if blocks else config.num_perm
         save_npy_rows(tdir / "sigs.npy", blocks, width, np.uint32)
