@@ -53,7 +53,8 @@ def spawn_all(commands: list[list[str]], parallel: int) -> dict:
 
 
 def child_inmemory(files: list[str], out: str, config: DedupConfig) -> None:
-    from native_megatron.data.dedup import Deduplicator, fingerprint
+    from native_megatron.data.dedup import fingerprint
+    from tests.helpers.inmemory_dedup import Deduplicator
 
     dedup, dropped = Deduplicator(config), {}
     for path in files:

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSONL (.gz/.bz2/.zst) or Parquet files, directories or globs (signatures, filter, all)")
     p.add_argument("--run-dir", required=True, help="where the stages write (shared by every task)")
     p.add_argument("--tasks", type=int, help="tasks in this stage (default: the SLURM array's size, else 1)")
-    p.add_argument("--task", type=int, help="this task's index (default: SLURM_ARRAY_TASK_ID's index, else 0)")
+    p.add_argument("--task", type=int, help="this task's index (default: SLURM_ARRAY_TASK_ID's index, else "
+                                            "every task here)")
     p.add_argument("--workers", type=int, default=1, help="processes: fingerprinting per task; tasks for 'all'")
     p.add_argument("--against", default="", metavar="PREV_RUN_DIR", help="an earlier run to dedup against")
     p.add_argument("--text-key", default="text")
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(rest)
     setup_logging("INFO")
-    from native_megatron.data.neardup.run import DedupRunConfig, InputSpec, run_local, run_task, task_share
+    from native_megatron.data.executor import Share
+    from native_megatron.data.neardup.run import DedupRunConfig, InputSpec, run_local, run_task
     from native_megatron.data.readers import expand_inputs
 
     cfg = load_config(DedupRunConfig, overrides=overrides,
@@ -59,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "all":
         result = run_local(spec, cfg, args.run_dir, args.tasks or 1, args.workers)
     else:
-        task, num_tasks = task_share(args.task, args.tasks)
-        result = run_task(args.stage, spec, cfg, args.run_dir, task, num_tasks, args.workers)
+        share = Share.of(args.task, args.tasks)
+        done = run_task(args.stage, spec, cfg, args.run_dir, share.task, args.tasks or share.num_tasks, args.workers)
+        result = {"stage": args.stage, "units": [{"name": d.name, "reused": d.reused, **d.record} for d in done]}
     print(json.dumps(result, ensure_ascii=False, default=str))
     return 0
 

@@ -2,10 +2,9 @@
 
 Fingerprints are computed per document in worker processes (:func:`fingerprint`).
 The prepare stage decides on disk, in four steps (:mod:`native_megatron.data.neardup`),
-so memory per task is bounded by its slice. :class:`Deduplicator` is the one-process,
-in-memory way to the same decisions (a document is compared with the documents kept
-before it): the reference that ``benchmarks/bench_dedup.py`` and the tests measure
-the staged path against.
+so memory per task is bounded by its slice. ``tests/helpers/inmemory_dedup.py``
+holds the one-process, in-memory way to the same decisions (``Deduplicator``), the
+reference that ``benchmarks/bench_dedup.py`` and the tests measure the staged path against.
 
 Exact duplicates are found on a normalised form (diacritics, tatweel, letter
 variants, case, punctuation and spacing ignored). Near duplicates: MinHash over
@@ -133,61 +132,3 @@ def lsh_bands_rows(config: DedupConfig) -> tuple[int, int]:
 
     lsh = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm)
     return lsh.b, lsh.r
-
-
-class Deduplicator:
-    """Keeps the first of each group of duplicates, deciding in the order documents arrive."""
-
-    def __init__(self, config: DedupConfig) -> None:
-        self.config = config
-        self._exact: dict[bytes, str] = {}
-        self._lsh = None
-        self._signatures: dict[int, np.ndarray] = {}
-        self._ids: list[str] = []
-        if config.near:
-            from datasketch import MinHashLSH
-
-            params = (config.bands, config.rows) if config.bands is not None else None
-            self._lsh = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm, params=params)
-
-    @property
-    def bands_rows(self) -> tuple[int, int] | None:
-        return (self._lsh.b, self._lsh.r) if self._lsh is not None else None
-
-    def check(self, doc_id: str, fp: Fingerprint) -> tuple[str, str] | None:
-        """``(reason, id of the kept original)`` for a duplicate; None (and remember it) otherwise."""
-        if fp.exact is not None:
-            original = self._exact.get(fp.exact)
-            if original is not None:
-                return "exact_duplicate", original
-        if self._lsh is not None and fp.minhash is not None:
-            match = self._near_match(fp.minhash)
-            if match is not None:
-                return "near_duplicate", match
-        self._remember(doc_id, fp)
-        return None
-
-    def _lean(self, signature: np.ndarray):
-        from datasketch import LeanMinHash
-
-        return LeanMinHash(seed=self.config.seed, hashvalues=signature, scheme=MINHASH_SCHEME)
-
-    def _near_match(self, signature: np.ndarray) -> str | None:
-        candidates = sorted(self._lsh.query(self._lean(signature)))
-        for key in candidates:  # sorted: the earliest kept document wins, every run
-            if not self.config.verify:
-                return self._ids[key]
-            similarity = float(np.mean(self._signatures[key] == signature))
-            if similarity >= self.config.threshold:
-                return self._ids[key]
-        return None
-
-    def _remember(self, doc_id: str, fp: Fingerprint) -> None:
-        key = len(self._ids)
-        self._ids.append(doc_id)
-        if fp.exact is not None:
-            self._exact[fp.exact] = doc_id
-        if self._lsh is not None and fp.minhash is not None:
-            self._lsh.insert(key, self._lean(fp.minhash), check_duplication=False)
-            if self.config.verify:
-                self._signatures[key] = fp.minhash

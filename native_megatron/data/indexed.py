@@ -24,18 +24,20 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
+from native_megatron.data.executor import Unit, execute
 from native_megatron.data.shards import read_shard_texts
 from native_megatron.data.tasks import publish, remove_stale_temp_files, temp_prefix
 from native_megatron.data.tokenizer import Tokenizer, load_tokenizer
-from native_megatron.data.work import Marker, identity, run_unit
-from native_megatron.utils.io import Progress, atomic_open
+from native_megatron.data.work import Marker, identity
+from native_megatron.utils.io import atomic_open
 from native_megatron.utils.logging import quiet_third_party
-from native_megatron.utils.parallel import batched, ordered_map
+from native_megatron.utils.parallel import batched
 
 logger = logging.getLogger(__name__)
 
@@ -145,28 +147,25 @@ def write_partition(documents: Iterable[tuple[dict, np.ndarray]], part_prefix: s
     return {"documents": documents_n, "tokens": tokens, "max_id": max_id}
 
 
-def tokenize_shard(task: tuple[str, str, TokenizeSettings]) -> PartResult:
-    """Tokenize one shard into partition ``part_prefix`` (.bin/.idx/.manifest.jsonl), a unit of work whose
+def tokenize_unit(shard: str, part_prefix: str, settings: TokenizeSettings) -> Unit:
+    """Tokenizing one shard into partition ``part_prefix`` (.bin/.idx/.manifest.jsonl): a unit whose
     marker (``.done.json``) records those files."""
-    shard, part_prefix, settings = task
-    tok = _tokenizer(settings)
-    marker = Marker(Path(part_prefix + ".done.json"), {"identity": _part_identity(shard, settings, tok)})
+    marker = Marker(Path(part_prefix + ".done.json"),
+                    {"identity": _part_identity(shard, settings, _tokenizer(settings))})
+    return Unit(os.path.basename(part_prefix), marker, partial(_tokenize, shard, part_prefix, settings))
 
-    def work() -> tuple[dict, list]:
-        start = time.monotonic()
-        encoder = DocumentEncoder(settings)
 
-        def documents():
-            for batch in batched(read_shard_texts(shard), settings.batch_size):
-                yield from zip(batch, encoder.encode([r["text"] for r in batch]))
+def _tokenize(shard: str, part_prefix: str, settings: TokenizeSettings) -> tuple[dict, list]:
+    start = time.monotonic()
+    encoder = DocumentEncoder(settings)
 
-        result = write_partition(documents(), part_prefix, encoder.dtype)
-        result["seconds"] = round(time.monotonic() - start, 3)
-        return result, [part_prefix + suffix for suffix in (".bin", ".idx", ".manifest.jsonl")]
+    def documents():
+        for batch in batched(read_shard_texts(shard), settings.batch_size):
+            yield from zip(batch, encoder.encode([r["text"] for r in batch]))
 
-    done = run_unit(marker, work)
-    return PartResult(part_prefix, done["documents"], done["tokens"], 0.0 if done["reused"] else done["seconds"],
-                      reused=done["reused"], max_id=done["max_id"])
+    result = write_partition(documents(), part_prefix, encoder.dtype)
+    result["seconds"] = round(time.monotonic() - start, 3)
+    return result, [part_prefix + suffix for suffix in (".bin", ".idx", ".manifest.jsonl")]
 
 
 def _assemble(ids: np.ndarray, prefix: list[int], suffix: list[int], dtype) -> np.ndarray:
@@ -220,13 +219,12 @@ def run_tokenize(shards: list[str], work_dir: Path, out_prefix: str, settings: T
     remove_stale_temp_files(work_dir, "part-*")
     tok = _tokenizer(settings)
     start = time.monotonic()
-    tasks = [(s, str(work_dir / f"part-{i:05d}"), settings) for i, s in enumerate(shards)]
-    results: list[PartResult] = []
-    workers = max(1, min(settings.workers, len(tasks)))
-    with Progress(len(tasks), "tokenize", unit="shard", enabled=show_progress) as bar:
-        for result in ordered_map(tokenize_shard, tasks, workers, window=2 * workers):
-            results.append(result)
-            bar.update()
+    workers = max(1, min(settings.workers, len(shards)))
+    done = execute("tokenize", len(shards), lambda i: tokenize_unit(shards[i], str(work_dir / f"part-{i:05d}"),
+                                                                    settings), workers=workers, progress=show_progress)
+    results = [PartResult(str(work_dir / d.name), d.record["documents"], d.record["tokens"],
+                          0.0 if d.reused else d.record["seconds"], reused=d.reused, max_id=d.record["max_id"])
+               for d in done]
     merge_start = time.monotonic()
     publish_dataset([r.prefix for r in results] if sum(r.documents for r in results) else [], out_prefix,
                     tok.dtype)

@@ -32,6 +32,7 @@ from typing import Any, Literal, Protocol
 
 from native_megatron.data.cleaning import CleanConfig
 from native_megatron.data.dedup import DedupConfig
+from native_megatron.data.executor import Share
 from native_megatron.data.indexed import (
     TokenizeSettings,
     dataset_prefix,
@@ -57,7 +58,6 @@ from native_megatron.data.tokenizer import load_tokenizer
 from native_megatron.data.work import Lease
 from native_megatron.utils.config import ConfigError, dump_yaml
 from native_megatron.utils.io import atomic_open, atomic_write_json, check_writable_dir
-from native_megatron.utils.slurm import work_share
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class Paths:
 AUTO_TASK_BYTES = 256 << 20
 
 
-def _input_fingerprint(files: list[str], settings: PrepareSettings, one_pass: bool) -> str:
+def _inputs_identity(files: list[str], settings: PrepareSettings, one_pass: bool) -> str:
     """The identity of the prepare work: each input (path, size, modification time) and every setting
     its output depends on (the tokenizer's content too, when tokenizing happens in prepare)."""
     h = hashlib.sha256()
@@ -177,10 +177,8 @@ def _share(cfg: PreprocessConfig) -> tuple[int | None, int | None]:
     """(this process's task or None for all, the array's task count or None)."""
     if cfg.run.task >= 0:
         return cfg.run.task, None
-    share = work_share()
-    if share is not None and share[1] > 1:
-        return share
-    return None, None
+    share = Share.of()   # the executor's reading of a SLURM array
+    return (share.task, share.num_tasks) if share.task is not None else (None, None)
 
 
 def _task_count(cfg: PreprocessConfig, files: list[str], array_count: int | None) -> int:
@@ -200,11 +198,11 @@ def _tokenize_settings(cfg: PreprocessConfig) -> TokenizeSettings:
 
 
 def _settings(cfg: PreprocessConfig, files: list[str], tasks: int, one_pass: bool, tokenizer: dict,
-              fingerprint: str = "") -> PrepareSettings:
+              inputs_identity: str = "") -> PrepareSettings:
     return PrepareSettings(files, cfg.input.text_key, cfg.input.id_key, cfg.clean, cfg.dedup,
                            cfg.output.shard_size, cfg.run.workers, url_key=cfg.input.url_key or None,
                            tasks=tasks, tokenize=_tokenize_settings(cfg) if one_pass else None,
-                           fingerprint=fingerprint, tokenizer=tokenizer if one_pass else None)
+                           inputs_identity=inputs_identity, tokenizer=tokenizer if one_pass else None)
 
 
 def _check_work_dir(paths: Paths, settings: PrepareSettings) -> None:
@@ -212,18 +210,14 @@ def _check_work_dir(paths: Paths, settings: PrepareSettings) -> None:
     plan = plan_path(paths.prepare)
     if plan.exists():
         made = read_plan(plan)
-        if made.get("fingerprint") == settings.fingerprint and made.get("tasks") == settings.tasks:
+        if made.get("identity") == settings.inputs_identity and made.get("tasks") == settings.tasks:
             return
         what = (f"split into {made.get('tasks')} tasks (this command: {settings.tasks}; pass "
                 f"--run.tasks={made.get('tasks')} to continue it)"
-                if made.get("fingerprint") == settings.fingerprint else "made from other inputs or settings")
+                if made.get("identity") == settings.inputs_identity else "made from other inputs or settings")
         raise ConfigError(f"{paths.work} was {what}; pass --overwrite to redo it, or choose another "
                           f"--output-prefix")
-    # The release before tasks wrote these straight into prepare/. Anything else there may be
-    # another array task that has started and is still writing plan.json.
-    if (paths.prepare / "DONE.json").exists() or any(paths.prepare.glob("shard-*.jsonl")):
-        raise ConfigError(f"{paths.work} was made by an earlier version of this tool; pass --overwrite to "
-                          f"redo it, or choose another --output-prefix")
+    # No plan yet: anything else there may be another array task that is still writing plan.json.
 
 
 def _prepare_settings(cfg: PreprocessConfig, paths: Paths, one_pass: bool, array_count: int | None,
@@ -233,7 +227,7 @@ def _prepare_settings(cfg: PreprocessConfig, paths: Paths, one_pass: bool, array
         files = expand_inputs(cfg.input.paths)
         check_text_key(files, cfg.input.text_key)
         settings = _settings(cfg, files, _task_count(cfg, files, array_count), one_pass, tokenizer)
-        settings.fingerprint = _input_fingerprint(files, settings, one_pass)
+        settings.inputs_identity = _inputs_identity(files, settings, one_pass)
         _check_work_dir(paths, settings)
         return settings
     plan = plan_path(paths.prepare)
@@ -241,7 +235,7 @@ def _prepare_settings(cfg: PreprocessConfig, paths: Paths, one_pass: bool, array
         raise ConfigError(f"{paths.prepare} has no prepare plan; run --stage prepare (or clean) first")
     made = read_plan(plan)
     files = made["files"]
-    settings = _settings(cfg, files, made["tasks"], one_pass, tokenizer, made["fingerprint"])
+    settings = _settings(cfg, files, made["tasks"], one_pass, tokenizer, made["identity"])
     changed = _changed_keys(made.get("settings", {}), settings_digest(settings))
     if changed:
         shown = "; ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")

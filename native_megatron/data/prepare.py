@@ -18,7 +18,7 @@ the same work runs as local processes or as SLURM array tasks:
 
 The kept set is the first copy in input order, whatever the number of tasks,
 so 1 task and 64 give identical manifests and datasets. Every output is
-written atomically and every step marks itself done with a signature of its
+written atomically and every step marks itself done with the identity of its
 inputs and settings, so a killed run redoes only the unfinished steps.
 
 In ``{prefix}_work/prepare/``: ``plan.json``; ``dedup/`` (the staged dedup run);
@@ -38,13 +38,15 @@ import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from native_megatron.data.cleaning import CleanConfig, Cleaner
 from native_megatron.data.dedup import DedupConfig, Fingerprint, fingerprint, lsh_bands_rows
+from native_megatron.data.executor import Done, Share, Unit, execute
 from native_megatron.data.indexed import DocumentEncoder, TokenizeSettings, preload_writer, write_partition
 from native_megatron.data.langid import LanguageGuess
 from native_megatron.data.manifest import DROPPED, PASSED, ManifestWriter, read_manifest
@@ -52,7 +54,7 @@ from native_megatron.data.plan import plan_tasks
 from native_megatron.data.readers import InputPiece, RawRecord, RecordSkip, iter_pieces, parse_document
 from native_megatron.data.shards import ShardWriter, read_shard_texts
 from native_megatron.data.tasks import remove_stale_temp_files
-from native_megatron.data.work import Marker, WorkError, identity, run_unit
+from native_megatron.data.work import Marker, WorkError, identity
 from native_megatron.utils.config import ConfigError
 from native_megatron.utils.io import Progress, atomic_open, atomic_write_json, read_json
 from native_megatron.utils.parallel import batched, ordered_map
@@ -78,7 +80,7 @@ class PrepareSettings:
     # Tokenize where documents are cleaned (no rewriting follows): tasks write token partitions.
     tokenize: TokenizeSettings | None = None
     # What the work was made from (inputs and settings); a task's done marker carries it.
-    fingerprint: str = ""
+    inputs_identity: str = ""
     # With tokenize: the tokenizer's identity (content hash, vocabulary size, token width, special ids).
     tokenizer: dict | None = None
 
@@ -122,7 +124,7 @@ def read_plan(path: Path) -> dict:
         made = read_json(path)
     except (ValueError, UnicodeDecodeError):
         made = None
-    if not isinstance(made, dict) or not {"fingerprint", "tasks", "files", "pieces"} <= set(made):
+    if not isinstance(made, dict) or not {"identity", "tasks", "files", "pieces"} <= set(made):
         raise WorkError(f"{path} is damaged; pass --overwrite to redo the preprocessing (its work cannot be "
                         f"trusted without it)")
     return made
@@ -130,17 +132,17 @@ def read_plan(path: Path) -> dict:
 
 def load_plan(settings: PrepareSettings, work_dir: Path) -> list[list[InputPiece]]:
     """The task slices: read from ``plan.json``, or computed and written (identically by any task),
-    with the inputs, their fingerprint and whether tokenizing happens here (``one_pass``)."""
+    with the inputs, their identity and whether tokenizing happens here (``one_pass``)."""
     path = plan_path(work_dir)
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     if path.exists():
         plan = read_plan(path)
-        if plan.get("fingerprint") == settings.fingerprint and plan.get("tasks") == settings.tasks:
+        if plan.get("identity") == settings.inputs_identity and plan.get("tasks") == settings.tasks:
             return [[InputPiece(**p) for p in task] for task in plan["pieces"]]
         raise ConfigError(f"{path} was written for other inputs, settings or task count; start over with "
                           f"--overwrite")
     pieces = plan_tasks(settings.files, settings.tasks)
-    atomic_write_json(path, {"fingerprint": settings.fingerprint, "tasks": settings.tasks, "files": settings.files,
+    atomic_write_json(path, {"identity": settings.inputs_identity, "tasks": settings.tasks, "files": settings.files,
                              "one_pass": settings.tokenize is not None, "settings": settings_digest(settings),
                              "pieces": [[p.to_json() for p in task] for task in pieces]})
     return pieces
@@ -232,9 +234,9 @@ FILTER_OUTPUTS = ("manifest.jsonl", "part.bin", "part.idx", "part.manifest.jsonl
 
 
 def clean_marker(settings: PrepareSettings, work_dir: Path, task: int) -> Marker:
-    """The clean step's marker for ``task``: its identity is the run's fingerprint and the task's place."""
+    """The clean step's marker for ``task``: its identity is the run's inputs identity and the task's place."""
     return Marker(task_dir(work_dir, task) / "clean.json",
-                  {"identity": identity({"step": "clean", "fingerprint": settings.fingerprint, "task": task,
+                  {"identity": identity({"step": "clean", "identity": settings.inputs_identity, "task": task,
                                          "tasks": settings.tasks})})
 
 
@@ -266,11 +268,11 @@ def _remove_clean_temporaries(settings: PrepareSettings, work_dir: Path, task: i
         (sdir / "DONE.json").unlink(missing_ok=True)
 
 
-def clean_task(settings: PrepareSettings, work_dir: Path, task: int, show_progress: bool = True) -> dict:
-    """Step 1 for one task, under its lease; a finished task whose files check is not redone."""
-    marker = clean_marker(settings, work_dir, task)
-    return run_unit(marker, lambda: _clean(settings, work_dir, task, show_progress),
-                    cleanup=lambda: _remove_clean_temporaries(settings, work_dir, task))
+def clean_unit(settings: PrepareSettings, work_dir: Path, task: int, show_progress: bool = True) -> Unit:
+    """Step 1's unit for one task; a finished task whose files check is not redone."""
+    return Unit(f"task {task}", clean_marker(settings, work_dir, task),
+                partial(_clean, settings, work_dir, task, show_progress),
+                cleanup=partial(_remove_clean_temporaries, settings, work_dir, task))
 
 
 def _clean(settings: PrepareSettings, work_dir: Path, task: int, show_progress: bool) -> tuple[dict, list]:
@@ -372,32 +374,34 @@ def _dedup_config(settings: PrepareSettings) -> DedupConfig:
     return dataclasses.replace(settings.dedup, against=against)
 
 
-def merge_task(settings: PrepareSettings, work_dir: Path, task: int, num_tasks: int) -> list[dict]:
-    """Step 2: the merge units ``p`` with ``p % num_tasks == task``."""
+def merge_units(settings: PrepareSettings, work_dir: Path) -> tuple[int, Callable[[int], Unit]]:
+    """Step 2's units (band x hash-range slices, ``neardup/merge.py``): how many, how to build one."""
     if not dedup_enabled(settings.dedup):
-        return []
-    from native_megatron.data.neardup import StagesConfig, merge_buckets
+        return 0, lambda i: None
+    from native_megatron.data.neardup import StagesConfig
+    from native_megatron.data.neardup.merge import merge_stage
 
-    return merge_buckets(task, num_tasks, dedup_dir(work_dir), _dedup_config(settings), StagesConfig())
+    return merge_stage(dedup_dir(work_dir), _dedup_config(settings), StagesConfig())
 
 
-def clusters_step(settings: PrepareSettings, work_dir: Path) -> dict:
-    """Step 3 (one process): the groups and which document each drop is a copy of."""
+def clusters_units(settings: PrepareSettings, work_dir: Path) -> tuple[int, Callable[[int], Unit]]:
+    """Step 3's one unit: the groups and which document each drop is a copy of."""
     if not dedup_enabled(settings.dedup):
-        return {}
-    from native_megatron.data.neardup import StagesConfig, build_clusters
+        return 0, lambda i: None
+    from native_megatron.data.neardup import StagesConfig
+    from native_megatron.data.neardup.clusters import clusters_unit
 
-    return build_clusters(dedup_dir(work_dir), _dedup_config(settings), StagesConfig())
+    return 1, lambda _: clusters_unit(dedup_dir(work_dir), _dedup_config(settings), StagesConfig())
 
 
-def _clusters_signature(settings: PrepareSettings, work_dir: Path) -> str | None:
+def _clusters_identity(settings: PrepareSettings, work_dir: Path) -> str | None:
     if not dedup_enabled(settings.dedup):
         return None
     path = dedup_dir(work_dir) / "clusters" / "DONE.json"
     if not path.exists():
         raise ConfigError(f"{work_dir}: the dedup clusters step has not run; run --stage clusters "
                           f"(after every merge task) before --stage filter")
-    return read_json(path)["signature"]
+    return read_json(path).get("identity")
 
 
 # ---- step 4: filter ------------------------------------------------------------------
@@ -422,23 +426,24 @@ def finished_clean(settings: PrepareSettings, work_dir: Path, task: int, verify:
     return done
 
 
-def filter_task(settings: PrepareSettings, work_dir: Path, task: int) -> dict:
-    """Step 4 for one task, under its lease: its kept documents (shards or a token partition) and final
-    manifest rows."""
+def filter_unit(settings: PrepareSettings, work_dir: Path, task: int) -> Unit:
+    """Step 4's unit for one task: its kept documents (shards or a token partition) and final manifest
+    rows. Building it checks the clean unit's files it reads."""
     clean = finished_clean(settings, work_dir, task)
-    marker = filter_marker(settings, work_dir, task, clean, _clusters_signature(settings, work_dir))
-    tdir = task_dir(work_dir, task)
+    marker = filter_marker(settings, work_dir, task, clean, _clusters_identity(settings, work_dir))
+    return Unit(f"task {task}", marker, partial(_filter, settings, work_dir, task, clean),
+                cleanup=partial(_remove_filter_temporaries, task_dir(work_dir, task)))
 
-    def cleanup() -> None:
-        for old in tdir.glob("shard-*.jsonl"):
-            old.unlink()
-        remove_stale_temp_files(tdir, "part")
-        from native_megatron.data.neardup.store import remove_stale_temporaries
 
-        for name in ("manifest.jsonl", "part.manifest.jsonl", "shard-*.jsonl"):
-            remove_stale_temporaries(tdir, name)
+def _remove_filter_temporaries(tdir: Path) -> None:
+    """What an earlier, dead holder of a filter unit left (called under its lease)."""
+    from native_megatron.data.neardup.store import remove_stale_temporaries
 
-    return run_unit(marker, lambda: _filter(settings, work_dir, task, clean), cleanup=cleanup)
+    for old in tdir.glob("shard-*.jsonl"):
+        old.unlink()
+    remove_stale_temp_files(tdir, "part")
+    for name in ("manifest.jsonl", "part.manifest.jsonl", "shard-*.jsonl"):
+        remove_stale_temporaries(tdir, name)
 
 
 def _filter(settings: PrepareSettings, work_dir: Path, task: int, clean: dict) -> tuple[dict, list]:
@@ -509,48 +514,40 @@ def _reorder(row: dict) -> dict:
 # ---- the whole stage -----------------------------------------------------------------
 
 
-def _filter_call(args: tuple) -> dict:
-    return filter_task(*args)
-
-
-def _merge_call(args: tuple) -> list[dict]:
-    return merge_task(*args)
-
-
 def run_step(step: str, settings: PrepareSettings, work_dir: Path, task: int | None = None,
-             num_tasks: int | None = None, show_progress: bool = True) -> list[dict]:
-    """One step: for one task (a SLURM array task), or every task here when ``task`` is None.
-    Returns the results of the tasks (units, for merge) it ran or found done."""
+             num_tasks: int | None = None, show_progress: bool = True) -> list[Done]:
+    """One step: this process's share of its units (``task`` of ``num_tasks``, a SLURM array task), or
+    every unit here when ``task`` is None. Clean and filter have one unit per prepare task; merge has
+    its band x range units, split over ``num_tasks`` (default: ``run.workers``)."""
     load_plan(settings, work_dir)
-    if step == "clusters":
-        summary = clusters_step(settings, work_dir)
-        if summary:
-            logger.info("dedup clusters: %s", _clusters_line(summary))
-        return [summary] if summary else []
+    here = task is None
     if step == "merge":
-        count = num_tasks or max(1, settings.workers)
-        todo = range(count) if task is None else [task]
-        args = [(settings, work_dir, t, count) for t in todo]
-        units = ordered_map(_merge_call, args, settings.workers if task is None else 1)
-        return [unit for batch in units for unit in batch]
-    todo = range(settings.tasks) if task is None else [task]
-    if task is not None and not 0 <= task < settings.tasks:
+        count, unit = merge_units(settings, work_dir)
+        share = Share() if here else Share(task, num_tasks or max(1, settings.workers))
+        return execute("dedup merge", count, unit, share, settings.workers if here else 1, progress=show_progress)
+    if step == "clusters":
+        if not here and task != 0:
+            raise ConfigError("the clusters step is one task: run it outside an array, or as --array=0")
+        count, unit = clusters_units(settings, work_dir)
+        return execute("dedup clusters", count, unit, describe=lambda d: _clusters_line(d.record))
+    if not here and not 0 <= task < settings.tasks:
         raise ConfigError(f"prepare task {task} is outside 0..{settings.tasks - 1} (run.tasks={settings.tasks})")
+    share = Share() if here else Share(task, settings.tasks)
     if step == "clean":
-        results = []
-        for t in todo:
-            r = clean_task(settings, work_dir, t, show_progress)
-            results.append(r)
-            if settings.tasks > 1:
-                logger.info("prepare task %d/%d: %d documents in, %d passed cleaning%s", t + 1, settings.tasks,
-                            r["documents_in"], r["candidates"], " (reused)" if r["reused"] else "")
-        return results
+        # One unit at a time: each cleans its slice over run.workers processes, with its own bar.
+        return execute("prepare clean", settings.tasks, partial(clean_unit, settings, work_dir,
+                       show_progress=show_progress), share, describe=_clean_line, progress=False)
     if step == "filter":
-        workers = settings.workers if task is None and settings.tasks > 1 else 1
+        workers = settings.workers if here and settings.tasks > 1 else 1
         if workers > 1 and settings.tokenize is not None:
             preload_writer()    # import megatron-core once here (seconds), not in every forked worker
-        return list(ordered_map(_filter_call, [(settings, work_dir, t) for t in todo], workers))
+        return execute("prepare filter", settings.tasks, partial(filter_unit, settings, work_dir), share, workers,
+                       progress=show_progress)
     raise ConfigError(f"unknown prepare step {step!r}: choose one of {', '.join(STEPS)}")
+
+
+def _clean_line(done: Done) -> str:
+    return f"{done.record['documents_in']} documents in, {done.record['candidates']} passed cleaning"
 
 
 def _clusters_line(summary: dict) -> str:
@@ -568,7 +565,7 @@ def run_prepare(settings: PrepareSettings, work_dir: Path, show_progress: bool =
     reused = {}
     for step in STEPS:
         results = run_step(step, settings, work_dir, show_progress=show_progress)
-        reused[step] = sum(1 for r in results if r.get("reused"))
+        reused[step] = sum(d.reused for d in results)
     result = collect(settings, work_dir, verify=False)    # every unit was just checked or written
     result.stats["seconds"] = round(time.monotonic() - start, 3)
     # Per step, how many tasks (merge: units) were found finished and not redone.
@@ -591,7 +588,7 @@ def _finished_tasks(settings: PrepareSettings, work_dir: Path, verify: bool) -> 
     """Every task's clean and filter markers, or one line naming what is unfinished or damaged."""
     clean, filtered, missing = [], [], []
     try:
-        clusters = _clusters_signature(settings, work_dir)
+        clusters = _clusters_identity(settings, work_dir)
         clustered = True
     except ConfigError:     # no clusters step yet: no task can have filtered
         clusters, clustered = None, False
@@ -653,7 +650,7 @@ def _prepare_stats(settings: PrepareSettings, work_dir: Path, clean: list[dict],
 
 
 def settings_digest(settings: PrepareSettings) -> dict:
-    """What the stage's output depends on (JSON), for the caller's fingerprint and the plan."""
+    """What the stage's output depends on (JSON), for the inputs identity and the plan."""
     out = {"clean": asdict(settings.clean), "dedup": asdict(settings.dedup), "shard_size": settings.shard_size,
            "text_key": settings.text_key, "id_key": settings.id_key, "url_key": settings.url_key}
     if settings.tokenize is not None:

@@ -1,7 +1,8 @@
 import pytest
 
-from native_megatron.data.dedup import DedupConfig, Deduplicator, fingerprint, normalize_for_match
+from native_megatron.data.dedup import DedupConfig, fingerprint, normalize_for_match
 from native_megatron.utils.config import ConfigError, load_config
+from tests.helpers.inmemory_dedup import Deduplicator
 
 ARTICLE = (
     "أعلنت وزارة الصحة اليوم عن إطلاق حملة وطنية للتطعيم ضد الإنفلونزا الموسمية تستهدف كبار السن "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from native_megatron.data.dedup import DedupConfig, Deduplicator, fingerprint
+from native_megatron.data.dedup import DedupConfig, fingerprint
 from native_megatron.data.neardup import (
     Decisions,
     StagesConfig,
@@ -22,6 +22,7 @@ from native_megatron.data.neardup import (
     merge_buckets,
     write_fingerprints,
 )
+from tests.helpers.inmemory_dedup import Deduplicator
 from tests.helpers.paths import ROOT, SAMPLE_CORPUS
 from tests.helpers.planted_corpus import generate, truly_dropped, write_jsonl
 

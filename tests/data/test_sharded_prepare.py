@@ -150,12 +150,6 @@ def test_array_tasks_starting_together_do_not_refuse_each_others_plan_in_progres
     (prepare / "dedup" / "signatures" / "task-00000").mkdir(parents=True)
     out = run_preprocess(cfg(files[:2], prefix, "--run.tasks=2", "--run.stage=clean", "--run.task=1"))
     assert out["prepare_step"] == {"step": "clean", "task": 1, "tasks": 2}
-    # A work directory of the release before tasks is still refused.
-    old = tmp_path / "old_work" / "prepare"
-    old.mkdir(parents=True)
-    (old / "DONE.json").write_text("{}")
-    with pytest.raises(ConfigError, match="earlier version"):
-        run_preprocess(cfg(files[:2], tmp_path / "old", "--run.stage=clean"))
 
 
 # ---- kill -9 at any step ---------------------------------------------------------------

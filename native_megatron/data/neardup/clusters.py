@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from native_megatron.data.dedup import DedupConfig
+from native_megatron.data.executor import Unit, run_one
 from native_megatron.data.neardup.merge import Against, pairs_dir, plan_parts
 from native_megatron.data.neardup.store import (
     REMOVED_DTYPE,
@@ -29,14 +31,13 @@ from native_megatron.data.neardup.store import (
     Run,
     StagesConfig,
     Strings,
-    is_done,
     load_npy,
     read_json,
+    remove_stale_temporaries,
     save_npy,
     save_strings,
-    write_done,
 )
-from native_megatron.data.work import Lease, identity
+from native_megatron.data.work import Marker, identity
 from native_megatron.utils.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -76,56 +77,59 @@ def _read_pairs(run_dir: Path, names: list[str]) -> np.ndarray:
     return np.concatenate(arrays) if arrays else np.zeros((0, 2), dtype=np.uint64)
 
 
-def build_clusters(run_dir: str | Path, config: DedupConfig, stages: StagesConfig) -> dict:
-    """Stage 3: writes ``clusters/removed.npy`` and the kept documents' ids; returns the counts."""
+def clusters_unit(run_dir: str | Path, config: DedupConfig, stages: StagesConfig) -> Unit:
+    """Stage 3's one unit: writes ``clusters/removed.npy`` and the kept documents' ids."""
     run_dir = Path(run_dir)
-    out = clusters_dir(run_dir)
-    parts = plan_parts(config, stages)
     part_digests = []
-    for p in parts:
+    for p in plan_parts(config, stages):
         marker = pairs_dir(run_dir) / f"{p.name}.done.json"
         if not marker.exists():
             raise ConfigError(f"{run_dir}: stage 2 unit {p.name} is unfinished; rerun stage 2 first")
-        part_digests.append(read_json(marker)["signature"])
-    signature = identity(part_digests)
-    done = out / "DONE.json"
-    if is_done(done, signature):
-        return {**read_json(done), "reused": True}
-    # Under the unit's lease: a second process running the same unit waits, then reuses it.
-    with Lease(out / "clusters.lease"):
-        if is_done(done, signature):
-            return {**read_json(done), "reused": True}
-        start = time.monotonic()
-        done.unlink(missing_ok=True)
-        near = _read_pairs(run_dir, [p.name for p in parts if p.kind == "band"])
-        exact = np.unique(_read_pairs(run_dir, [p.name for p in parts if p.kind == "exact"]), axis=0)
-        nodes, roots = components(np.concatenate([near, exact]))
-        dropped = (nodes != roots) & ((nodes & THIS_RUN) != 0)
-        keys, kept = nodes[dropped], roots[dropped]
-        by_member = np.argsort(exact[:, 1], kind="stable")
-        em, ek = exact[by_member, 1], exact[by_member, 0]
-        pos = np.minimum(np.searchsorted(em, keys), max(len(em) - 1, 0))
-        is_exact = (pos < len(em)) & (em[pos] == keys) & (ek[pos] == kept) if len(em) else np.zeros(len(keys), bool)
-        removed = np.empty(len(keys), dtype=REMOVED_DTYPE)
-        removed["k"], removed["root"], removed["exact"] = keys & ~THIS_RUN, kept, is_exact
-        out.mkdir(parents=True, exist_ok=True)
-        save_npy(out / "removed.npy", removed)
-        root_keys = np.unique(kept)
-        mine = (root_keys & THIS_RUN) != 0
-        ids = np.empty(len(root_keys), dtype=object)
-        ids[mine] = Run.open(run_dir).ids(root_keys[mine] & ~THIS_RUN) if mine.any() else []
-        if (~mine).any():
-            ids[~mine] = Against(config.against, config).run.ids(root_keys[~mine])
-        save_npy(out / "roots.npy", root_keys)
-        save_strings(out / "root_ids", [str(s) for s in ids])
-        info = {"signature": signature, "pairs": {"near": len(near), "exact": len(exact)},
-                "documents_in_groups": int(len(nodes)), "groups": int(len(root_keys)),
-                "dropped": int(len(keys)), "exact_duplicate": int(is_exact.sum()),
-                "near_duplicate": int(len(keys) - is_exact.sum()),
-                "against_matches": int(((kept & THIS_RUN) == 0).sum()),
-                "against": config.against or None, "seconds": round(time.monotonic() - start, 3)}
-        write_done(done, info)
-        return {**info, "reused": False}
+        part_digests.append(read_json(marker).get("identity"))
+    out = clusters_dir(run_dir)
+    return Unit("clusters", Marker(out / "DONE.json", {"identity": identity(part_digests)}),
+                partial(_clusters, run_dir, config, stages),
+                cleanup=partial(remove_stale_temporaries, out), lease=out / "clusters.lease")
+
+
+def build_clusters(run_dir: str | Path, config: DedupConfig, stages: StagesConfig) -> dict:
+    """Stage 3, here: the counts (see :func:`clusters_unit`)."""
+    done = run_one(clusters_unit(run_dir, config, stages))
+    return {**done.record, "reused": done.reused}
+
+
+def _clusters(run_dir: Path, config: DedupConfig, stages: StagesConfig) -> tuple[dict, list]:
+    start = time.monotonic()
+    out = clusters_dir(run_dir)
+    parts = plan_parts(config, stages)
+    near = _read_pairs(run_dir, [p.name for p in parts if p.kind == "band"])
+    exact = np.unique(_read_pairs(run_dir, [p.name for p in parts if p.kind == "exact"]), axis=0)
+    nodes, roots = components(np.concatenate([near, exact]))
+    dropped = (nodes != roots) & ((nodes & THIS_RUN) != 0)
+    keys, kept = nodes[dropped], roots[dropped]
+    by_member = np.argsort(exact[:, 1], kind="stable")
+    em, ek = exact[by_member, 1], exact[by_member, 0]
+    pos = np.minimum(np.searchsorted(em, keys), max(len(em) - 1, 0))
+    is_exact = (pos < len(em)) & (em[pos] == keys) & (ek[pos] == kept) if len(em) else np.zeros(len(keys), bool)
+    removed = np.empty(len(keys), dtype=REMOVED_DTYPE)
+    removed["k"], removed["root"], removed["exact"] = keys & ~THIS_RUN, kept, is_exact
+    out.mkdir(parents=True, exist_ok=True)
+    save_npy(out / "removed.npy", removed)
+    root_keys = np.unique(kept)
+    mine = (root_keys & THIS_RUN) != 0
+    ids = np.empty(len(root_keys), dtype=object)
+    ids[mine] = Run.open(run_dir).ids(root_keys[mine] & ~THIS_RUN) if mine.any() else []
+    if (~mine).any():
+        ids[~mine] = Against(config.against, config).run.ids(root_keys[~mine])
+    save_npy(out / "roots.npy", root_keys)
+    save_strings(out / "root_ids", [str(s) for s in ids])
+    info = {"pairs": {"near": len(near), "exact": len(exact)},
+            "documents_in_groups": int(len(nodes)), "groups": int(len(root_keys)),
+            "dropped": int(len(keys)), "exact_duplicate": int(is_exact.sum()),
+            "near_duplicate": int(len(keys) - is_exact.sum()),
+            "against_matches": int(((kept & THIS_RUN) == 0).sum()),
+            "against": config.against or None, "seconds": round(time.monotonic() - start, 3)}
+    return info, [out / "removed.npy", out / "roots.npy", out / "root_ids.bin", out / "root_ids.npy"]
 
 
 class Decisions:

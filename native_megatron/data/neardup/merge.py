@@ -17,26 +17,27 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from native_megatron.data.dedup import DedupConfig
+from native_megatron.data.executor import Share, Unit, execute, run_one
 from native_megatron.data.neardup.store import (
     THIS_RUN,
     Run,
     StagesConfig,
     band_path,
     check_task_file,
-    config_signature,
-    is_done,
     load_npy,
     read_json,
     remove_stale_temporaries,
     save_npy,
-    write_done,
+    sketch_settings,
 )
-from native_megatron.data.work import Lease, identity
+from native_megatron.data.work import Marker, identity
 from native_megatron.utils.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class Part:
 
 def plan_parts(config: DedupConfig, stages: StagesConfig) -> list[Part]:
     """Every stage-2 unit; unit ``p`` belongs to stage-2 task ``p % num_tasks``."""
-    sig = config_signature(config)
+    sig = sketch_settings(config)
     parts = [Part("band", b, r, config.band_ranges) for b in range(sig["bands"]) for r in range(config.band_ranges)]
     if config.exact:
         parts += [Part("exact", 0, e, config.exact_ranges) for e in range(config.exact_ranges)]
@@ -104,19 +105,19 @@ class Against:
 
     def __init__(self, path: str, config: DedupConfig) -> None:
         self.run = Run.open(path)
-        if self.run.signature != config_signature(config):
-            raise ConfigError(f"dedup against {path}: it was made with other settings ({self.run.signature}); "
+        if self.run.settings != sketch_settings(config):
+            raise ConfigError(f"dedup against {path}: it was made with other settings ({self.run.settings}); "
                               f"use the same shingles, num_perm, seed, bands and rows")
         done = Path(path) / "clusters" / "DONE.json"
         if not done.exists():
             raise ConfigError(f"dedup against {path}: that run has no finished clusters stage (stage 3)")
-        self.digest = read_json(done)["signature"]
+        self.digest = read_json(done).get("identity")
         self.dropped = np.array(load_npy(Path(path) / "clusters" / "removed.npy")["k"])
 
 
-def _part_signature(part: Part, config: DedupConfig, stages: StagesConfig, run: Run,
+def _part_identity(part: Part, config: DedupConfig, stages: StagesConfig, run: Run,
                     against: Against | None) -> str:
-    return identity({"config": config_signature(config), "part": part.name, "verify": config.verify,
+    return identity({"config": sketch_settings(config), "part": part.name, "verify": config.verify,
                    "threshold": config.threshold, "max_candidates": stages.max_candidates,
                    "tasks": [(t.index, t.docs, t.min_key, t.max_key) for t in run.tasks],
                    "against": against.digest if against else None})
@@ -246,44 +247,56 @@ class _Verifier:
         return np.concatenate(out)
 
 
-def merge_part(part: Part, run_dir: str | Path, config: DedupConfig, stages: StagesConfig,
-               run: Run | None = None, against: Against | None = None) -> dict:
-    """Stage 2 for one unit: writes ``pairs/NAME.npy`` (uint64 [n, 2]: kept-side key, member key)."""
+def merge_unit(part: Part, run_dir: str | Path, config: DedupConfig, stages: StagesConfig,
+               run: Run | None = None, against: Against | None = None) -> Unit:
+    """Stage 2's unit for ``part``: writes ``pairs/NAME.npy`` (uint64 [n, 2]: kept-side key, member key)."""
     run = run or Run.open(run_dir)
     if against is None and config.against:
         against = Against(config.against, config)
     out = pairs_dir(Path(run_dir))
-    done = out / f"{part.name}.done.json"
-    signature = _part_signature(part, config, stages, run, against)
-    if is_done(done, signature):
-        return {**read_json(done), "reused": True}
-    # Under the unit's lease: a second process running the same unit waits, then reuses it.
-    with Lease(out / f"{part.name}.lease"):
-        if is_done(done, signature):
-            return {**read_json(done), "reused": True}
-        start = time.monotonic()
-        out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out, f"{part.name}.*")
-        verifier = _Verifier(run, against, config, stages) if part.kind == "band" and config.verify else None
-        found, records = [], 0
-        for h, low, keys in _windows(part, _sources(part, run, against), stages.window_records):
-            records += len(keys)
-            starts, sizes = _buckets(h, low, keys)
-            found.append(verifier.pairs(keys, starts, sizes) if verifier else _first_member_pairs(keys, starts, sizes))
-        pairs = np.unique(np.concatenate(found), axis=0) if found else np.zeros((0, 2), dtype=np.uint64)
-        save_npy(out / f"{part.name}.npy", pairs.astype(np.uint64))
-        info = {"signature": signature, "part": part.name, "records": records, "pairs": len(pairs),
-                "seconds": round(time.monotonic() - start, 3)}
-        write_done(done, info)
-        return {**info, "reused": False}
+    marker = Marker(out / f"{part.name}.done.json", {"identity": _part_identity(part, config, stages, run, against)})
+    return Unit(part.name, marker, partial(_merge, part, Path(run_dir), config, stages),
+                cleanup=partial(remove_stale_temporaries, out, f"{part.name}.*"), lease=out / f"{part.name}.lease")
+
+
+def _merge(part: Part, run_dir: Path, config: DedupConfig, stages: StagesConfig) -> tuple[dict, list]:
+    start = time.monotonic()
+    run = Run.open(run_dir)
+    against = Against(config.against, config) if config.against else None
+    out = pairs_dir(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    verifier = _Verifier(run, against, config, stages) if part.kind == "band" and config.verify else None
+    found, records = [], 0
+    for h, low, keys in _windows(part, _sources(part, run, against), stages.window_records):
+        records += len(keys)
+        starts, sizes = _buckets(h, low, keys)
+        found.append(verifier.pairs(keys, starts, sizes) if verifier else _first_member_pairs(keys, starts, sizes))
+    pairs = np.unique(np.concatenate(found), axis=0) if found else np.zeros((0, 2), dtype=np.uint64)
+    save_npy(out / f"{part.name}.npy", pairs.astype(np.uint64))
+    info = {"part": part.name, "records": records, "pairs": len(pairs), "seconds": round(time.monotonic() - start, 3)}
+    return info, [out / f"{part.name}.npy"]
+
+
+def merge_part(part: Part, run_dir: str | Path, config: DedupConfig, stages: StagesConfig,
+               run: Run | None = None, against: Against | None = None) -> dict:
+    """Stage 2 for one unit, here (see :func:`merge_unit`)."""
+    done = run_one(merge_unit(part, run_dir, config, stages, run, against))
+    return {**done.record, "reused": done.reused}
+
+
+def merge_stage(run_dir: str | Path, config: DedupConfig, stages: StagesConfig) -> tuple[int, Callable[[int], Unit]]:
+    """Stage 2's units: how many, and how to build unit ``i`` (for the executor)."""
+    run = Run.open(run_dir)
+    if run.settings != sketch_settings(config):
+        raise ConfigError(f"{run_dir}: its signatures were made with other dedup settings ({run.settings})")
+    against = Against(config.against, config) if config.against else None
+    parts = plan_parts(config, stages)
+    return len(parts), lambda i: merge_unit(parts[i], run_dir, config, stages, run, against)
 
 
 def merge_buckets(task: int, num_tasks: int, run_dir: str | Path, config: DedupConfig,
-                  stages: StagesConfig) -> list[dict]:
+                  stages: StagesConfig, workers: int = 1) -> list[dict]:
     """Stage 2 for task ``task`` of ``num_tasks``: the units ``p`` with ``p % num_tasks == task``."""
-    run = Run.open(run_dir)
-    if run.signature != config_signature(config):
-        raise ConfigError(f"{run_dir}: its signatures were made with other dedup settings ({run.signature})")
-    against = Against(config.against, config) if config.against else None
-    return [merge_part(p, run_dir, config, stages, run, against)
-            for i, p in enumerate(plan_parts(config, stages)) if i % num_tasks == task]
+    count, unit = merge_stage(run_dir, config, stages)
+    return [{**d.record, "reused": d.reused}
+            for d in execute("dedup merge", count, unit, Share(task, num_tasks), workers)]

@@ -25,8 +25,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from native_megatron.data.dedup import MINHASH_SCHEME, DedupConfig, lsh_bands_rows
-from native_megatron.data.tasks import ShardTask
-from native_megatron.data.work import WorkError, file_problem, file_record
+from native_megatron.data.work import WorkError, file_problem
 from native_megatron.utils.config import ConfigError
 from native_megatron.utils.io import atomic_open, read_json
 
@@ -68,8 +67,9 @@ class StagesConfig:
             raise ConfigError("stages.window_records and stages.max_candidates must be at least 1")
 
 
-def config_signature(config: DedupConfig) -> dict[str, Any]:
-    """What stage-1 files depend on: two runs can be compared only when these agree."""
+def sketch_settings(config: DedupConfig) -> dict[str, Any]:
+    """The settings the stage-1 files (MinHash signatures, exact hashes) depend on: two runs can be
+    compared only when these agree."""
     bands, rows = lsh_bands_rows(config) if config.near else (0, 0)
     return {"exact": config.exact, "near": config.near, "shingle_unit": config.shingle_unit,
             "shingle_size": config.shingle_size, "num_perm": config.num_perm, "seed": config.seed,
@@ -158,7 +158,7 @@ class Run:
     """A finished stage 1: its tasks in key order, and lookups of signatures and ids by key."""
 
     path: Path
-    signature: dict
+    settings: dict   # sketch_settings() of the run
     tasks: list[Task]
     _sigs: dict = field(default_factory=dict, repr=False)
     _keys: dict = field(default_factory=dict, repr=False)
@@ -212,7 +212,7 @@ class Run:
 
     def signatures(self, keys: np.ndarray) -> np.ndarray:
         """The MinHash signatures of ``keys`` (this run's keys, without the run bit)."""
-        out = np.empty((len(keys), self.signature["num_perm"]), dtype=np.uint32)
+        out = np.empty((len(keys), self.settings["num_perm"]), dtype=np.uint32)
         for task, pos, rows in self._locate(keys):
             if task.index not in self._sigs:
                 self._sigs[task.index] = load_npy(task.path / "sigs.npy")
@@ -225,17 +225,6 @@ class Run:
             for p, s in zip(pos, Strings(task.path / "ids").get(rows)):
                 out[p] = s
         return out
-
-
-def write_done(path: Path, info: dict, files: Iterable[Path] = ()) -> None:
-    """The task's done marker (``info`` carries its ``signature``), see :class:`ShardTask`, with the size
-    and checksum of each of ``files`` (beside it) for the steps that read them."""
-    ShardTask(path, {"signature": info["signature"]}).mark_done({**info, "files": {
-        Path(f).name: file_record(f) for f in files}})
-
-
-def is_done(path: Path, signature: str) -> bool:
-    return ShardTask(path, {"signature": signature}).done()
 
 
 def remove_stale_temporaries(directory: Path, name: str = "*") -> None:
