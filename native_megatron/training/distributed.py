@@ -131,11 +131,3 @@ def init_world_of_one(backend: str = "gloo", timeout_minutes: int = 30) -> None:
     dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1,
                             timeout=datetime.timedelta(minutes=timeout_minutes))
 
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (for MASTER_PORT, test servers)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

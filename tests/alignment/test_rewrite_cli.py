@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from native_megatron.alignment.pipeline import AlignedPreprocessConfig, run_preprocess_aligned
-from native_megatron.training.distributed import free_port
 from native_megatron.utils.config import ConfigError, load_config
+from tests.helpers.ports import free_port
 from tests.helpers.servers import ExpertServer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from native_megatron.training.distributed import free_port
+from tests.helpers.ports import free_port
 
 
 class ServedModel:

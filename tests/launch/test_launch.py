@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from native_megatron.launch.torchrun import default_port, plan_from_slurm
-from native_megatron.training.distributed import free_port
 from native_megatron.utils.config import ConfigError
 from tests.helpers.launch_env import recorded_env
+from tests.helpers.ports import free_port
 from tests.helpers.training import MOCK_TINY, ROOT, TINY, losses, metrics
 
 FAKE_SLURM = Path(__file__).resolve().parent / "fake_slurm"
