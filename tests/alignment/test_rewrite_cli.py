@@ -80,9 +80,11 @@ def test_an_endpoint_lost_mid_run_stops_with_one_line_and_keeps_finished_shards(
                                                                                   sample_tokenizer, capsys):
     prefix = tmp_path / "x"
     with ExpertServer(close_after=5) as server:
+        # One request at a time: the 5 answered are the first 5, so the first shard is finished before
+        # the 6th closes the port (with a window, the 6th can close it while the 5th is being answered).
         rc, _, lines, seconds = preprocess(capsys, docs(tmp_path, sample_corpus), prefix, sample_tokenizer,
                                            server.url, "--rewrite.openai.max_retries=3",
-                                           "--rewrite.openai.backoff_s=0.2")
+                                           "--rewrite.openai.backoff_s=0.2", "--rewrite.openai.window=1")
     assert rc == 3, lines
     warnings = [line for line in lines if "WARNING" in line]
     assert len(warnings) <= 1, warnings                       # not one per request and retry
