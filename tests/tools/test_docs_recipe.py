@@ -53,11 +53,12 @@ def test_the_seed_paper_is_cited_by_its_authors():
 # them) except the SFT job, which runs here as the script runs it on a node: torchrun pretrain_arabic.py.
 
 TOY_STEPS = 2
-# script (and subcommand) -> what a toy run on CPU adds to the documented line. `build_sft_data.py check`
-# defaults to vLLM, which a CPU machine lacks.
+# script (and subcommand) -> what a toy run on CPU adds to the documented line: sizes only. `build_sft_data.py
+# check` runs as documented (it picks the hf backend where vLLM is not installed); the SFT config trains in
+# bf16, which the CPU toy run replaces with fp32.
 TOY = {
     "make_seed_pairs.py generate": ["--rewrite.batch_size=4"],
-    "build_sft_data.py check": ["--backend", "hf", "--rewrite.sampling.max_new_tokens=8"],
+    "build_sft_data.py check": ["--rewrite.sampling.max_new_tokens=8"],
     "pretrain_arabic.py": ["--data.seq_length=2048", "--data.num_workers=0", "--precision=fp32",
                            "--schedule.global_batch_size=2", f"--schedule.train_steps={TOY_STEPS}",
                            "--schedule.warmup_steps=1", f"--schedule.eval_interval={TOY_STEPS}",
