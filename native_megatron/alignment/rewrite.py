@@ -51,6 +51,7 @@ from native_megatron.alignment.streaming import Stream, client_workers, start_po
 from native_megatron.alignment.validation import ValidationConfig
 from native_megatron.data.shards import read_shard_texts
 from native_megatron.data.tasks import ShardTask, StageResult
+from native_megatron.data.work import pid_alive
 from native_megatron.utils.io import atomic_open
 
 logger = logging.getLogger(__name__)
@@ -132,17 +133,9 @@ def remove_dead_live_files(out_dir: Path) -> None:
     host = socket.gethostname()
     for path in out_dir.glob("shard-*.rewrites.jsonl.tmp-*"):
         owner, _, pid = path.name.rpartition(".tmp-")[2].rpartition("-")
-        if owner == host and pid.isdigit() and not _pid_alive(int(pid)):
+        if owner == host and pid.isdigit() and not pid_alive(int(pid)):
             path.unlink(missing_ok=True)
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
