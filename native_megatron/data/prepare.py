@@ -124,6 +124,9 @@ def read_plan(path: Path) -> dict:
         made = read_json(path)
     except (ValueError, UnicodeDecodeError):
         made = None
+    if isinstance(made, dict) and "fingerprint" in made and "identity" not in made:
+        raise WorkError(f"{path} was written by an earlier version of native_megatron, whose work this one does "
+                        f"not reuse; pass --overwrite to redo the preprocessing")
     if not isinstance(made, dict) or not {"identity", "tasks", "files", "pieces"} <= set(made):
         raise WorkError(f"{path} is damaged; pass --overwrite to redo the preprocessing (its work cannot be "
                         f"trusted without it)")

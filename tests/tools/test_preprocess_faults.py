@@ -133,7 +133,13 @@ def test_work_files_cut_or_damaged_between_steps_are_redone_or_named(straight, t
                                           r"--stage clean\) for task 1"):
         run_preprocess(cfg(mine, "--run.stage=merge"))
 
-    (Path(f"{mine}_work") / "prepare" / "plan.json").write_text("{")
+    plan = Path(f"{mine}_work") / "prepare" / "plan.json"
+    # An earlier version's plan (its input identity was called "fingerprint") is named as such, not "damaged".
+    made = json.loads(plan.read_text())
+    plan.write_text(json.dumps({"fingerprint" if k == "identity" else k: v for k, v in made.items()}))
+    with pytest.raises(ConfigError, match=r"plan.json was written by an earlier version of native_megatron"):
+        run_preprocess(cfg(mine))
+    plan.write_text("{")
     with pytest.raises(ConfigError, match=r"plan.json is damaged; pass --overwrite"):
         run_preprocess(cfg(mine))
 
