@@ -27,13 +27,21 @@ LONG = [*MOCK_TINY, "--parallel.tensor=2", "--schedule.train_steps=100000", "--c
         "--checkpoint.keep_last=1"]
 
 
+def start_past_a_save(launcher: list[str], tmp_path):
+    """The long tiny run under ``python -m LAUNCHER...`` in its own session, once past a save (so
+    megatron-core's writer helpers are running): (process, run dir, log file)."""
+    run_dir, log = tmp_path / "run", tmp_path / "log.txt"
+    cmd = [sys.executable, "-m", *launcher, str(SCRIPT), "--config", str(TINY), f"--logging.run_dir={run_dir}",
+           *LONG]
+    proc = start_in_session(cmd, log)
+    wait_for_step(proc, run_dir, 3, log)
+    return proc, run_dir, log
+
+
 @pytest.mark.slow
 def test_sigterm_to_torchrun_saves_the_current_step(tmp_path):
-    run_dir, log = tmp_path / "run", tmp_path / "log.txt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone", str(SCRIPT),
-           "--config", str(TINY), f"--logging.run_dir={run_dir}", *LONG]
-    proc = start_in_session(cmd, log)
-    wait_for_step(proc, run_dir, 3, log)  # past a save: megatron-core's writer helpers are running
+    proc, run_dir, log = start_past_a_save(["torch.distributed.run", "--nproc-per-node=2", "--standalone"],
+                                           tmp_path)
     text = stop(proc, signal.SIGTERM, log)
     assert_saved_at_last_step(run_dir, text)
     assert "received SIGTERM" in text
@@ -46,11 +54,8 @@ def test_sigterm_to_torchrun_saves_the_current_step(tmp_path):
 @pytest.mark.slow
 def test_sigterm_to_every_process_under_the_launcher_saves_and_exits_0(tmp_path):
     # What scancel (through srun's step) and a pod stop do: every process gets SIGTERM at once.
-    run_dir, log = tmp_path / "run", tmp_path / "log.txt"
-    cmd = [sys.executable, "-m", "native_megatron.launch", "--standalone", "--nproc-per-node=2", str(SCRIPT),
-           "--config", str(TINY), f"--logging.run_dir={run_dir}", *LONG]
-    proc = start_in_session(cmd, log)
-    wait_for_step(proc, run_dir, 3, log)
+    proc, run_dir, log = start_past_a_save(["native_megatron.launch", "--standalone", "--nproc-per-node=2"],
+                                           tmp_path)
     pids = [proc.pid, *(p.pid for p in psutil.Process(proc.pid).children(recursive=True))]
     assert len(pids) >= 5  # launcher, torchrun, two workers, their writer helpers
     text = stop(proc, signal.SIGTERM, log, pids)
