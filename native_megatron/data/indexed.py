@@ -18,6 +18,7 @@ the half-written ``.tmp{PID}`` files its killed writers left.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -255,3 +256,16 @@ def run_tokenize(shards: list[str], work_dir: Path, out_prefix: str, settings: T
 
 def partition_manifests(work_dir: Path, count: int) -> list[str]:
     return [str(work_dir / f"part-{i:05d}.manifest.jsonl") for i in range(count)]
+
+
+def dataset_identity(prefix: str) -> dict[str, Any]:
+    """What ties facts recorded about the dataset at ``prefix`` to its files: both sizes and a blake2b
+    of the ``.idx``, which changes with any change of content that matters (document lengths and
+    offsets) and is small next to the ``.bin``. Preprocessing records it in ``_stats.json`` under
+    ``"dataset_files"`` -> the prefix's basename; training trusts those stats only while it matches."""
+    digest = hashlib.blake2b()
+    with open(prefix + ".idx", "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return {"bin_bytes": os.path.getsize(prefix + ".bin"), "idx_bytes": os.path.getsize(prefix + ".idx"),
+            "idx_blake2b": digest.hexdigest()}

@@ -35,6 +35,7 @@ from native_megatron.data.dedup import DedupConfig
 from native_megatron.data.executor import Share
 from native_megatron.data.indexed import (
     TokenizeSettings,
+    dataset_identity,
     dataset_prefix,
     partition_manifests,
     publish_dataset,
@@ -459,10 +460,8 @@ def _run_stats(cfg: PreprocessConfig, paths: Paths, files: list[str], prepare_st
 
 
 def dataset_files(prefix: str) -> dict[str, dict]:
-    """``{basename: {bin_bytes, idx_bytes, idx_blake2b}}`` of the dataset written at ``prefix``."""
-    idx = Path(prefix + ".idx").read_bytes()
-    return {os.path.basename(prefix): {"bin_bytes": os.path.getsize(prefix + ".bin"), "idx_bytes": len(idx),
-                                       "idx_blake2b": hashlib.blake2b(idx).hexdigest()}}
+    """``{basename: its dataset_identity}`` of the dataset written at ``prefix``."""
+    return {os.path.basename(prefix): dataset_identity(prefix)}
 
 
 def _prefixed(counts: dict[str, int], prefix: str) -> dict[str, int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import glob
-import hashlib
 import logging
 import math
 import os
@@ -21,6 +20,7 @@ from typing import Any, Iterator
 
 import torch
 
+from native_megatron.data import indexed
 from native_megatron.data.tokenizer import TokenizerError, load_tokenizer
 from native_megatron.training.config import TrainConfig, blend_prefixes, parse_blend
 from native_megatron.training.distributed import decided_on_rank0
@@ -207,24 +207,15 @@ def log_blend(cfg: TrainConfig, sizes: dict[str, tuple[int, int]]) -> None:
 
 
 def dataset_identity(prefix: str) -> dict[str, Any]:
-    """What ties facts recorded about a dataset to its files: both sizes and a blake2b of the ``.idx``.
-
-    The contract with preprocessing, whose ``_stats.json`` records the same under
-    ``"dataset_files"`` -> prefix basename. The ``.idx`` (document lengths and offsets)
-    changes with any change of content that matters here, and is small next to the ``.bin``.
-    """
-    bin_stat, idx_stat = os.stat(prefix + ".bin"), os.stat(prefix + ".idx")
-    return dict(_identity(prefix, bin_stat.st_size, idx_stat.st_size, idx_stat.st_mtime_ns))
+    """:func:`native_megatron.data.indexed.dataset_identity`, computed once per state of the files:
+    the vocabulary check, the data setup and every save ask for it."""
+    idx = os.stat(prefix + ".idx")
+    return dict(_identity(prefix, os.path.getsize(prefix + ".bin"), idx.st_size, idx.st_mtime_ns))
 
 
 @functools.lru_cache(maxsize=None)
 def _identity(prefix: str, bin_bytes: int, idx_bytes: int, idx_mtime_ns: int) -> tuple:
-    # Cached on size and mtime: the vocabulary check, the data setup and every save ask for it.
-    digest = hashlib.blake2b()
-    with open(prefix + ".idx", "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return ("bin_bytes", bin_bytes), ("idx_bytes", idx_bytes), ("idx_blake2b", digest.hexdigest())
+    return tuple(indexed.dataset_identity(prefix).items())
 
 
 def recorded_vocabulary(prefix: str) -> tuple[int | None, int | None]:
